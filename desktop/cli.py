@@ -1,0 +1,186 @@
+"""The ``tokentrace`` command.
+
+Heavy imports (torch, transformers) happen inside the subcommands, so ``tokentrace --help`` and
+``tokentrace methods`` start fast. Every expected failure ends with one line on stderr and the
+error's exit code; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+MAX_CASE_FILE_BYTES = 1_000_000
+EXIT_INTERNAL = 70
+EXIT_CANCELLED = 130
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tokentrace",
+        description="Offline token-level attribution for clinical language-model answers.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    explain = commands.add_parser(
+        "explain", help="answer a case and show which words of it drove the answer",
+        description="Answer a clinical case with a local model and attribute the answer to the "
+                    "words of the case.")
+    explain.add_argument("text", nargs="?", help="the case text (or use --case-file)")
+    explain.add_argument("--case-file", type=Path, help="read the case from a UTF-8 text file")
+    explain.add_argument("--model", default="embedded",
+                         help="'embedded' (default), a Hugging Face model folder, or a .gguf file")
+    explain.add_argument("--method", default="ig", help="attribution method (default: ig); "
+                         "see `tokentrace methods`")
+    explain.add_argument("--steps", type=_positive_int, default=32,
+                         help="interpolation points (default: 32)")
+    explain.add_argument("--max-new-tokens", type=_positive_int, default=64,
+                         help="longest answer to generate (default: 64)")
+    explain.add_argument("--target", help="force this answer instead of generating one")
+    explain.add_argument("--baseline", default="pad", help="pad (default), zero, or token:ID")
+    explain.add_argument("--raw-prompt", action="store_true",
+                         help="feed the case as is, without the chat template")
+    explain.add_argument("--system", help="system prompt (default: a short clinical "
+                         "decision-support instruction)")
+    explain.add_argument("--no-matrix", action="store_true",
+                         help="skip the per-answer-token matrix (much faster)")
+    explain.add_argument("--batch-size", type=_positive_int,
+                         help="interpolation points per forward pass (default: fit to memory)")
+    explain.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    explain.add_argument("--dtype", default="auto",
+                         choices=["auto", "float32", "bfloat16", "float16", "float64"])
+    explain.add_argument("--top", type=_positive_int, default=10,
+                         help="how many influential words to list (default: 10)")
+    explain.add_argument("--json", type=Path, metavar="OUT", help="write the explanation record")
+    explain.add_argument("--quiet", action="store_true", help="print no progress bar")
+
+    methods = commands.add_parser("methods", help="list attribution methods and their cost")
+    methods.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def read_case(text: str | None, case_file: Path | None) -> str:
+    """The case text from the argument or the file, checked for emptiness and binary content."""
+    from engine.errors import InvalidInputError
+
+    if text is not None and case_file is not None:
+        raise InvalidInputError("give the case either as TEXT or with --case-file, not both")
+    if case_file is not None:
+        try:
+            size = case_file.stat().st_size
+            if case_file.is_dir():
+                raise InvalidInputError(f"{case_file} is a folder, not a case file")
+            if size > MAX_CASE_FILE_BYTES:
+                raise InvalidInputError(f"{case_file} is {size / 1e6:.1f} MB; a case file may "
+                                        f"be at most {MAX_CASE_FILE_BYTES / 1e6:.0f} MB of text")
+            data = case_file.read_bytes()
+        except FileNotFoundError:
+            raise InvalidInputError(f"case file not found: {case_file}") from None
+        except OSError as exc:
+            raise InvalidInputError(f"cannot read {case_file}: {exc.strerror}") from None
+        if b"\x00" in data:
+            raise InvalidInputError(f"{case_file} looks binary (it contains NUL bytes); give a "
+                                    "plain-text case")
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise InvalidInputError(f"{case_file} is not UTF-8 text (is it a binary or a Word "
+                                    "file?); save the case as plain text") from None
+    if text is None:
+        raise InvalidInputError("no case given: pass the case TEXT or --case-file FILE")
+    from engine.prompting import validate_case_text
+
+    return validate_case_text(text)
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    case = read_case(args.text, args.case_file)
+
+    from engine.explain import ExplainRequest
+    from engine.prompting import DEFAULT_SYSTEM_PROMPT
+
+    request = ExplainRequest(
+        case_text=case, method=args.method, steps=args.steps,
+        max_new_tokens=args.max_new_tokens, target=args.target, baseline=args.baseline,
+        raw_prompt=args.raw_prompt,
+        system_prompt=DEFAULT_SYSTEM_PROMPT if args.system is None else args.system,
+        matrix=not args.no_matrix, batch_size=args.batch_size)
+    request.validate()  # bad settings fail before a model is loaded
+
+    from desktop.terminal import RichTaskState, render_explanation
+    from engine.explain import explain
+    from engine.models import ModelRequest, load_model
+
+    with RichTaskState(quiet=args.quiet) as state:
+        loaded = load_model(ModelRequest(args.model, args.device, args.dtype), state)
+        record = explain(request, loaded, state)
+    if args.json:
+        record.save(args.json)
+    render_explanation(record, top=args.top)
+    if args.json:
+        print(f"Record written to {args.json}")
+    return 0
+
+
+def run_methods(args: argparse.Namespace) -> int:
+    from engine.methods import METHODS
+
+    example = {"n": 200, "T": 64}
+    entries: list[dict[str, Any]] = []
+    for spec in METHODS.values():
+        cost = spec.cost(example["n"], example["T"], spec.defaults())
+        entries.append({
+            "name": spec.name,
+            "description": spec.description,
+            "parameters": [{"name": p.name, "default": p.default, "help": p.help}
+                           for p in spec.params],
+            "cost": {"formula": spec.cost_formula,
+                     "example": {**example, "forwards": cost.forwards,
+                                 "backwards": cost.backwards, "tokens_per_pass": cost.tokens}},
+        })
+    if args.json:
+        print(json.dumps(entries, indent=2))
+        return 0
+    from desktop.terminal import render_methods
+
+    render_methods(entries)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = {"explain": run_explain, "methods": run_methods}[args.command]
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print("tokentrace: cancelled", file=sys.stderr)
+        return EXIT_CANCELLED
+    except Exception as exc:
+        if args.debug:
+            raise
+        from engine.errors import TokenTraceError
+
+        if isinstance(exc, TokenTraceError):
+            print(f"tokentrace: {exc}", file=sys.stderr)
+            return exc.exit_code
+        print(f"tokentrace: internal error: {type(exc).__name__}: {exc} "
+              "(run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Terminal rendering of an explanation with rich: coloured case text, top words, timings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.color import Color
+from rich.console import Console
+from rich.panel import Panel
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.style import Style
+from rich.table import Table
+from rich.text import Text
+
+from engine.grouping import top_spans, word_scores
+from engine.record import Explanation
+from engine.task import TaskState
+
+# Diverging, colour-blind-safe (ColorBrewer RdBu ends): blue = against, red = for the answer.
+NEGATIVE = (33, 102, 172)
+POSITIVE = (178, 24, 43)
+NEUTRAL = (247, 247, 247)
+
+_STAGES = {"load": "Loading model", "generate": "Generating answer",
+           "attribute": "Attributing"}
+
+
+class RichTaskState(TaskState):
+    """Progress bars on stderr for each stage; nothing printed with ``quiet``."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        super().__init__()
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
+            console=Console(stderr=True), transient=True, disable=quiet)
+        self._tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> RichTaskState:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def progressed(self, stage: str, done: int, total: int) -> None:
+        if stage not in self._tasks:
+            self._tasks[stage] = self._progress.add_task(_STAGES.get(stage, stage), total=total)
+        self._progress.update(self._tasks[stage], completed=done, total=total)
+
+
+def blend(score: float, scale: float) -> tuple[int, int, int]:
+    """Background colour for ``score`` on a symmetric scale of +/- ``scale``."""
+    if scale <= 0:
+        return NEUTRAL
+    weight = max(-1.0, min(1.0, score / scale))
+    end = POSITIVE if weight > 0 else NEGATIVE
+    w = abs(weight)
+    return tuple(round(n + (e - n) * w) for n, e in zip(NEUTRAL, end, strict=True))  # type: ignore[return-value]
+
+
+def coloured_case(record: Explanation) -> tuple[Text, float]:
+    """The case text with each word's background coloured by its summed attribution."""
+    prompt = record.prompt
+    spans = word_scores(prompt.text, prompt.offsets, record.attribution.sequence,
+                        prompt.attributable)
+    scale = max((abs(s.score) for s in spans), default=0.0)
+    case_start = prompt.text.rindex(prompt.case_text) if prompt.format == "chat" else 0
+    text = Text()
+    cursor = case_start
+    for span in spans:
+        text.append(prompt.text[cursor:span.start])
+        r, g, b = blend(span.score, scale)
+        fg = "white" if abs(span.score) > 0.55 * scale else "black"
+        text.append(span.text, Style(bgcolor=Color.from_rgb(r, g, b), color=fg))
+        cursor = span.end
+    text.append(prompt.text[cursor:case_start + len(prompt.case_text)])
+    return text, scale
+
+
+def render_explanation(record: Explanation, top: int = 10, console: Console | None = None
+                       ) -> None:
+    console = console or Console()
+    model = record.model
+    console.print(Text.assemble(("TokenTrace", "bold"), f"  {model.name} · {model.device} · "
+                                f"{model.dtype} · method {record.method.name} · offline"))
+    console.print(Panel(record.answer.text or "(empty)", title="Answer" +
+                        (" (forced)" if record.answer.forced else ""), title_align="left"))
+    text, scale = coloured_case(record)
+    console.print(Panel(text, title="Case, coloured by attribution", title_align="left"))
+    legend = Text("  scale ")
+    for w in (-1.0, -0.5, 0.0, 0.5, 1.0):
+        r, g, b = blend(w * scale, scale)
+        legend.append(f" {w * scale:+.3g} ", Style(bgcolor=Color.from_rgb(r, g, b),
+                                                  color="white" if abs(w) > 0.55 else "black"))
+    legend.append("   red: pushed toward the answer · blue: pushed against it")
+    console.print(legend)
+
+    spans = [s for s in word_scores(record.prompt.text, record.prompt.offsets,
+                                    record.attribution.sequence, record.prompt.attributable)
+             if any(c.isalnum() for c in s.text)]  # punctuation is coloured, not listed
+    total = sum(abs(s.score) for s in spans) or 1.0
+    table = Table(title=f"{min(top, len(spans))} most influential words", title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("word")
+    table.add_column("attribution", justify="right")
+    table.add_column("share", justify="right")
+    for rank, span in enumerate(top_spans(spans, top), 1):
+        table.add_row(str(rank), span.text, f"{span.score:+.4f}",
+                      f"{100 * abs(span.score) / total:.1f}%")
+    console.print(table)
+
+    t, hw, attr = record.timings, record.hardware, record.attribution
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column()
+    error = attr.completeness_error
+    facts.add_row("Completeness error",
+                  "n/a" if error is None else f"{100 * error:.2f}% of F(case) - F(baseline)")
+    params = ", ".join(f"{k}={v}" for k, v in record.method.params.items())
+    facts.add_row("Method", f"{record.method.name} ({params})")
+    facts.add_row("Tokens", f"{sum(record.prompt.attributable)} case tokens of "
+                            f"{len(record.prompt.token_ids)} prompt tokens; "
+                            f"{len(record.answer.token_ids)} answer tokens")
+    facts.add_row("Time", f"load {t.load_s:.1f} s · generate {t.generate_s:.1f} s · "
+                          f"attribute {t.attribute_s:.1f} s")
+    memory = f"peak RSS {hw.peak_rss_mb:,.0f} MiB"
+    if hw.peak_accelerator_mb is not None:
+        memory += f" · peak accelerator {hw.peak_accelerator_mb:,.0f} MiB"
+    facts.add_row("Memory", memory)
+    facts.add_row("Device", hw.device_name)
+    facts.add_row("Model sha256", model.sha256)
+    console.print(facts)
+
+
+def render_methods(entries: list[dict[str, Any]], console: Console | None = None) -> None:
+    console = console or Console()
+    table = Table(title="Attribution methods")
+    table.add_column("name", style="bold")
+    table.add_column("description")
+    table.add_column("parameters (default)")
+    table.add_column("cost")
+    for entry in entries:
+        params = "\n".join(f"{p['name']} ({p['default']})" for p in entry["parameters"])
+        table.add_row(entry["name"], entry["description"], params, entry["cost"]["formula"])
+    console.print(table)

@@ -1,0 +1,49 @@
+"""Typed engine errors. Each message names the offending value and, where there is one, the fix.
+
+The command line prints ``str(error)`` on one line; the GUI shows it in a dialog. ``Cancelled`` is
+not an error to report: callers treat it as the user's choice.
+"""
+
+from __future__ import annotations
+
+
+class TokenTraceError(Exception):
+    """Base of every error the engine raises on purpose. ``exit_code`` is used by the CLI."""
+
+    exit_code = 1
+
+
+class InvalidInputError(TokenTraceError):
+    """The case text or file cannot be used (empty, binary, too large, missing)."""
+
+    exit_code = 2
+
+
+class InvalidSettingsError(TokenTraceError):
+    """A setting is out of range or unknown (steps < 1, unknown method, bad baseline...)."""
+
+    exit_code = 2
+
+
+class ModelLoadError(TokenTraceError):
+    """The model folder or file is missing, incomplete, unsupported or corrupt."""
+
+    exit_code = 3
+
+
+class ContextTooLongError(TokenTraceError):
+    """Prompt plus answer do not fit in the model's context window."""
+
+    exit_code = 4
+
+
+class OutOfMemoryError(TokenTraceError):
+    """The device ran out of memory during generation or attribution."""
+
+    exit_code = 5
+
+
+class Cancelled(TokenTraceError):  # noqa: N818 - a state, not a failure
+    """The user cancelled the request. Not an error to report."""
+
+    exit_code = 130

@@ -1,0 +1,159 @@
+"""One explanation, end to end: prompt, answer (generated or forced), attribution, record."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+
+import torch
+
+from engine.errors import ContextTooLongError, InvalidInputError, InvalidSettingsError
+from engine.generation import generate_answer
+from engine.hardware import PeakMemory, device_name
+from engine.methods import AttributionInput, get_method
+from engine.methods.base import is_out_of_memory, out_of_memory_error
+from engine.models import LoadedModel
+from engine.prompting import DEFAULT_SYSTEM_PROMPT, answer_pieces, build_prompt
+from engine.record import (
+    Answer,
+    Attribution,
+    Explanation,
+    Hardware,
+    MethodInfo,
+    Prompt,
+    Timings,
+    Versions,
+)
+from engine.task import TaskState
+
+
+@dataclass(frozen=True)
+class ExplainRequest:
+    """Everything that defines one explanation except the model.
+
+    ``target`` forces the answer (teacher forcing) instead of generating up to
+    ``max_new_tokens`` greedy tokens. ``system_prompt`` None or "" keeps the template's default.
+    """
+
+    case_text: str
+    method: str = "ig"
+    steps: int = 32
+    max_new_tokens: int = 64
+    target: str | None = None
+    baseline: str = "pad"
+    raw_prompt: bool = False
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
+    matrix: bool = True
+    batch_size: int | None = None
+
+    def validate(self) -> None:
+        """Reject impossible settings before any model work starts."""
+        get_method(self.method)
+        if self.steps < 1:
+            raise InvalidSettingsError(f"steps must be at least 1 (got {self.steps})")
+        if self.max_new_tokens < 1:
+            raise InvalidSettingsError(
+                f"max new tokens must be at least 1 (got {self.max_new_tokens})")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise InvalidSettingsError(f"batch size must be at least 1 (got {self.batch_size})")
+        if self.target is not None and not self.target.strip():
+            raise InvalidInputError("the forced answer (--target) is empty")
+        if not (self.baseline in ("pad", "zero") or self.baseline.startswith("token:")):
+            raise InvalidSettingsError(
+                f"unknown baseline {self.baseline!r}; choose pad, zero or token:ID")
+
+
+def software_versions() -> Versions:
+    def of(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "unknown"
+
+    return Versions(tokentrace=of("tokentrace"), torch=torch.__version__,
+                    transformers=of("transformers"), captum=of("captum"))
+
+
+def explain(request: ExplainRequest, loaded: LoadedModel,
+            state: TaskState | None = None) -> Explanation:
+    """Answer the case with ``loaded`` and attribute the answer to the case's tokens.
+
+    Raises the typed errors of :mod:`engine.errors`; :class:`~engine.errors.Cancelled` when
+    ``state`` is cancelled.
+    """
+    state = state or TaskState()
+    request.validate()
+    method = get_method(request.method)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    device = loaded.device
+
+    prompt = build_prompt(tokenizer, request.case_text, system_prompt=request.system_prompt,
+                          raw=request.raw_prompt)
+    n = len(prompt.token_ids)
+    forced_ids = (tokenizer.encode(request.target, add_special_tokens=False)
+                  if request.target is not None else None)
+    planned = len(forced_ids) if forced_ids is not None else request.max_new_tokens
+    if n + planned > loaded.context_length:
+        raise ContextTooLongError(
+            f"the case makes a prompt of {n:,} tokens; with {planned:,} answer tokens that is "
+            f"{n + planned:,}, more than this model's context of {loaded.context_length:,} "
+            "tokens. Shorten the case, lower --max-new-tokens, or use a longer-context model")
+
+    with PeakMemory(device) as peak:
+        start = time.perf_counter()
+        try:
+            if forced_ids is None:
+                answer_ids = generate_answer(model, tokenizer, list(prompt.token_ids),
+                                             request.max_new_tokens, state)
+                if not answer_ids:
+                    raise InvalidInputError(
+                        "the model gave an empty answer; try another system prompt or --target")
+            else:
+                answer_ids = forced_ids
+        except (RuntimeError, torch.OutOfMemoryError) as exc:
+            if is_out_of_memory(exc):
+                raise out_of_memory_error("generation", 1) from None
+            raise
+        generate_s = time.perf_counter() - start
+
+        state.check()
+        start = time.perf_counter()
+        problem = AttributionInput(
+            prompt_ids=torch.tensor(prompt.token_ids, device=device),
+            attributable=torch.tensor(prompt.attributable, device=device),
+            answer_ids=torch.tensor(answer_ids, device=device),
+        )
+        params = {"steps": request.steps, "baseline": request.baseline,
+                  "matrix": request.matrix, "batch_size": request.batch_size}
+        output = method.run(model, tokenizer, problem, state=state, **params)
+        attribute_s = time.perf_counter() - start
+
+    answer_text, answer_tokens = answer_pieces(tokenizer, answer_ids)
+    mask = torch.tensor(prompt.attributable, dtype=torch.bool)
+    sequence = torch.where(mask, output.sequence, torch.zeros_like(output.sequence))
+    per_token = (None if output.per_token is None else
+                 tuple(tuple(row) for row in torch.where(mask, output.per_token, 0.0).tolist()))
+    return Explanation(
+        versions=software_versions(),
+        model=loaded.info,
+        method=MethodInfo(request.method, {**params, "integration": "gausslegendre"}),
+        prompt=Prompt(
+            text=prompt.text, case_text=prompt.case_text, token_ids=prompt.token_ids,
+            tokens=_prompt_tokens(tokenizer, prompt.token_ids, prompt.tokens),
+            attributable=prompt.attributable, offsets=prompt.offsets, format=prompt.format,
+            system_prompt=prompt.system_prompt),
+        answer=Answer(text=answer_text, token_ids=tuple(answer_ids), tokens=answer_tokens,
+                      forced=forced_ids is not None, log_probs=tuple(output.f_input.tolist())),
+        attribution=Attribution(sequence=tuple(sequence.tolist()), per_token=per_token,
+                                completeness_error=output.completeness_error),
+        timings=Timings(load_s=loaded.load_s, generate_s=generate_s, attribute_s=attribute_s),
+        hardware=Hardware(device_name=device_name(device), peak_rss_mb=peak.peak_rss_mb,
+                          peak_accelerator_mb=peak.peak_accelerator_mb),
+    )
+
+
+def _prompt_tokens(tokenizer, ids: tuple[int, ...], pieces: tuple[str, ...]) -> tuple[str, ...]:
+    """Display text per token: its characters in the prompt, or its name for special tokens."""
+    names = tokenizer.convert_ids_to_tokens(list(ids))
+    return tuple(piece if piece else name for piece, name in zip(pieces, names, strict=True))

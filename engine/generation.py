@@ -1,0 +1,88 @@
+"""Greedy generation with streamed tokens and cooperative cancellation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from engine.errors import InvalidSettingsError
+from engine.task import TaskState
+
+# End-of-turn markers of common chat templates, used when present in the vocabulary.
+_END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
+
+
+def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[t] for t in _END_OF_TURN if t in vocab)
+    return sorted(ids)
+
+
+class _Streamer:
+    """transformers streamer: the first ``put`` is the prompt, then one token at a time."""
+
+    def __init__(self, tokenizer: Any, state: TaskState) -> None:
+        self.tokenizer, self.state = tokenizer, state
+        self.ids: list[int] = []
+        self.text = ""
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        for token_id in value.reshape(-1).tolist():
+            self.ids.append(int(token_id))
+            text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+            piece, self.text = text[len(self.text):], text
+            self.state.token_generated(int(token_id), piece)
+
+    def end(self) -> None:
+        pass
+
+
+def generate_answer(model: Any, tokenizer: Any, prompt_ids: list[int], max_new_tokens: int,
+                    state: TaskState) -> list[int]:
+    """Greedy answer ids for ``prompt_ids``, without the final end-of-turn token."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    if max_new_tokens < 1:
+        raise InvalidSettingsError(f"max new tokens must be at least 1 (got {max_new_tokens})")
+
+    class _Cancel(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+            done = input_ids.shape[1] - len(prompt_ids)
+            state.progressed("generate", done, max_new_tokens)
+            return torch.full((input_ids.shape[0],), state.cancelled, dtype=torch.bool,
+                              device=input_ids.device)
+
+    stops = stop_token_ids(model, tokenizer)
+    inputs = torch.tensor([prompt_ids], device=model.device)
+    state.progressed("generate", 0, max_new_tokens)
+    with torch.inference_mode():
+        output = model.generate(
+            input_ids=inputs,
+            attention_mask=torch.ones_like(inputs),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            eos_token_id=stops,
+            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0],
+            streamer=_Streamer(tokenizer, state),
+            stopping_criteria=StoppingCriteriaList([_Cancel()]),
+        )
+    state.check()
+    answer = output[0, len(prompt_ids):].tolist()
+    while answer and answer[-1] in stops:
+        answer.pop()
+    return answer

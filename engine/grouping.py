@@ -1,0 +1,53 @@
+"""Grouping token scores into words, for display and for the "most influential words" list."""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+# A word keeps clinical tokens whole: "Ki-67", "HER2", "2.3", "60%", "biopsy-proven", "T2N1".
+_WORD = re.compile(r"\w+(?:[-./+]\w+)*%?|[^\w\s]")
+
+
+@dataclass(frozen=True)
+class Span:
+    """A piece of the prompt text with a score: ``text[start:end]``."""
+
+    start: int
+    end: int
+    text: str
+    score: float
+
+
+def word_scores(text: str, offsets: Sequence[tuple[int, int]], scores: Sequence[float],
+                attributable: Sequence[bool]) -> list[Span]:
+    """Sum attributable token scores into the words of ``text`` they overlap most.
+
+    Returns the words in text order; words no attributable token touches are left out.
+    """
+    words = [(m.start(), m.end()) for m in _WORD.finditer(text)]
+    starts = [w[0] for w in words]
+    totals: dict[int, float] = {}
+
+
+    for (s, e), score, keep in zip(offsets, scores, attributable, strict=True):
+        if not keep or e <= s:
+            continue
+        best, best_overlap = None, 0
+        k = max(0, bisect.bisect_right(starts, s) - 1)
+        while k < len(words) and words[k][0] < e:
+            overlap = min(e, words[k][1]) - max(s, words[k][0])
+            if overlap > best_overlap:
+                best, best_overlap = k, overlap
+            k += 1
+        if best is not None:
+            totals[best] = totals.get(best, 0.0) + float(score)
+    return [Span(words[k][0], words[k][1], text[words[k][0]:words[k][1]], totals[k])
+            for k in sorted(totals)]
+
+
+def top_spans(spans: Sequence[Span], k: int = 10) -> list[Span]:
+    """The ``k`` spans with the largest absolute score, largest first."""
+    return sorted(spans, key=lambda span: abs(span.score), reverse=True)[:k]

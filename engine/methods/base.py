@@ -1,0 +1,220 @@
+"""What every attribution method shares: its inputs, its output, its registry entry, and the
+machinery for batching interpolation points to memory, cancelling inside a forward or backward
+pass, and reporting out-of-memory clearly.
+
+Shapes: ``n`` prompt tokens, ``T`` answer tokens, ``d`` embedding width, ``V`` vocabulary size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from engine.errors import InvalidSettingsError, OutOfMemoryError
+from engine.hardware import available_memory_bytes
+from engine.task import TaskState
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    default: Any
+    help: str
+
+
+@dataclass(frozen=True)
+class AttributionInput:
+    """One explanation problem. Tensors are 1-D integer/bool tensors on the model's device."""
+
+    prompt_ids: torch.Tensor  # [n]
+    attributable: torch.Tensor  # [n] bool; only these positions move
+    answer_ids: torch.Tensor  # [T]
+
+    def __post_init__(self) -> None:
+        if self.prompt_ids.ndim != 1 or self.answer_ids.ndim != 1:
+            raise ValueError("prompt_ids and answer_ids must be 1-D")
+        if self.attributable.shape != self.prompt_ids.shape:
+            raise ValueError("attributable must have one flag per prompt token")
+        if len(self.answer_ids) == 0:
+            raise InvalidSettingsError("there is no answer to explain (the answer is empty)")
+
+
+@dataclass(frozen=True)
+class AttributionOutput:
+    """``sequence`` [n] and ``per_token`` [T, n] (or None), float64 on the CPU.
+
+    ``f_input`` [T] is log p(y_t | x, y_<t); ``f_baseline`` [T] the same with every attributable
+    token at the baseline (None where the method has no baseline).
+    """
+
+    sequence: torch.Tensor
+    per_token: torch.Tensor | None
+    f_input: torch.Tensor
+    f_baseline: torch.Tensor | None = None
+    completeness_error: float | None = None
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Model passes one explanation needs; each pass runs over ``tokens`` tokens per sequence."""
+
+    forwards: int
+    backwards: int
+    tokens: int
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    description: str
+    params: tuple[Param, ...]
+    cost_formula: str  # in terms of n (prompt tokens), T (answer tokens) and the parameters
+    cost: Callable[[int, int, dict[str, Any]], Cost]  # (n, T, params) -> passes
+    run: Callable[..., AttributionOutput] = field(repr=False)
+
+    def defaults(self) -> dict[str, Any]:
+        return {p.name: p.default for p in self.params}
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The model's stack of decoder blocks (the ModuleList with ``num_hidden_layers`` entries)."""
+    count = getattr(model.config, "num_hidden_layers", None)
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == count:
+            return module
+    raise ValueError(f"cannot find the decoder layers of {type(model).__name__}")
+
+
+@contextlib.contextmanager
+def cancellable(model: nn.Module, state: TaskState) -> Iterator[None]:
+    """Check for cancellation before every decoder block, forward and backward.
+
+    A cancelled run stops within one block's compute instead of one whole pass.
+    """
+
+    def check_tensor(grad: torch.Tensor) -> None:
+        state.check()
+
+    def before(module: nn.Module, args: Any) -> None:
+        state.check()
+
+    def after(module: nn.Module, args: Any, output: Any) -> None:
+        hidden = output[0] if isinstance(output, tuple) else output
+        if isinstance(hidden, torch.Tensor) and hidden.requires_grad:
+            hidden.register_hook(check_tensor)
+
+    handles = []
+    for layer in decoder_layers(model):
+        handles.append(layer.register_forward_pre_hook(before))
+        handles.append(layer.register_forward_hook(after))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text
+        or "not enough memory" in text)
+
+
+def out_of_memory_error(what: str, batch: int) -> OutOfMemoryError:
+    return OutOfMemoryError(
+        f"out of memory during {what} (batch of {batch} interpolation points); try fewer "
+        "steps, --batch-size 1, --no-matrix, a shorter case or a smaller model")
+
+
+def bytes_per_point(model: nn.Module, seq_len: int, n_logits: int) -> int:
+    """Rough activation memory kept for backward by one sequence of ``seq_len`` tokens."""
+    config = model.config
+    hidden = getattr(config, "hidden_size", 1024)
+    inter = getattr(config, "intermediate_size", 4 * hidden)
+    heads = getattr(config, "num_attention_heads", 16)
+    layers = getattr(config, "num_hidden_layers", 24)
+    vocab = getattr(config, "vocab_size", 32000)
+    size = next(model.parameters()).element_size()
+    per_layer = seq_len * (12 * hidden + 4 * inter) + 2 * heads * seq_len * seq_len
+    logits = n_logits * vocab * 3
+    return int(1.5 * size * (layers * per_layer + logits) + 4 * n_logits * vocab)
+
+
+def auto_batch_size(model: nn.Module, seq_len: int, n_logits: int, points: int) -> int:
+    """Interpolation points per forward that fit in about half the free device memory."""
+    device = next(model.parameters()).device
+    budget = 0.5 * available_memory_bytes(device)
+    if device.type == "cpu":
+        budget = min(budget, 8 * 2**30)  # beyond this, CPU throughput no longer improves
+    fits = int(budget // max(1, bytes_per_point(model, seq_len, n_logits)))
+    return max(1, min(points, fits))
+
+
+def run_in_batches(points: int, batch_size: int | None, estimate: Callable[[], int],
+                   work: Callable[[int, int], None], what: str) -> None:
+    """Call ``work(start, stop)`` over ``range(points)`` in batches.
+
+    With ``batch_size=None`` the size is ``estimate()`` and is halved on out-of-memory (the
+    failed batch is redone); with a fixed size an out-of-memory error is reported at once.
+    """
+    size = batch_size or estimate()
+    start = 0
+    while start < points:
+        stop = min(points, start + size)
+        try:
+            work(start, stop)
+        except (RuntimeError, torch.OutOfMemoryError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            if batch_size is not None or size == 1:
+                raise out_of_memory_error(what, size) from None
+            size = max(1, size // 2)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
+        start = stop
+
+
+def answer_log_probs(model: nn.Module, embeds: torch.Tensor, answer_ids: torch.Tensor
+                     ) -> torch.Tensor:
+    """F [B, T]: log p(y_t | x, y_<t) for a batch of embedded sequences [B, n + T - 1, d].
+
+    Only the T answer positions go through the language-model head; log-softmax runs in at
+    least float32.
+    """
+    n_answer = answer_ids.shape[0]
+    logits = model(inputs_embeds=embeds, use_cache=False, logits_to_keep=n_answer).logits
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    log_probs = torch.log_softmax(logits, dim=-1)
+    index = answer_ids.view(1, -1, 1).expand(logits.shape[0], -1, 1)
+    return log_probs.gather(-1, index).squeeze(-1)
+
+
+def parse_baseline(spec: str, tokenizer: Any, vocab_size: int) -> int | None:
+    """Baseline token id for ``pad`` / ``token:ID``; ``None`` for the ``zero`` embedding."""
+    if spec == "zero":
+        return None
+    if spec == "pad":
+        for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+            if candidate is not None:
+                return int(candidate)
+        raise InvalidSettingsError("baseline 'pad': this tokenizer has neither a pad nor an eos "
+                                   "token; use --baseline zero or --baseline token:ID")
+    if spec.startswith("token:"):
+        try:
+            token_id = int(spec.removeprefix("token:"))
+        except ValueError:
+            token_id = -1
+        if not 0 <= token_id < vocab_size:
+            raise InvalidSettingsError(f"baseline {spec!r}: the id must be an integer from 0 to "
+                                       f"{vocab_size - 1}")
+        return token_id
+    raise InvalidSettingsError(f"unknown baseline {spec!r}; choose pad, zero or token:ID")

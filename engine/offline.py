@@ -1,0 +1,76 @@
+"""The offline guarantee: no byte of a case leaves the machine.
+
+Two layers. The Hugging Face switches make transformers and huggingface_hub never try the
+network; they must be set before either is imported, which is why ``engine/__init__`` calls
+:func:`set_offline_switches` first. The in-process guard then refuses any socket connection to a
+non-loopback address, so a library we did not think of cannot phone home either.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+_SWITCHES = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
+    "DO_NOT_TRACK": "1",
+}
+
+
+class NetworkBlockedError(ConnectionRefusedError):
+    """Raised when code in this process tries to reach a non-loopback address."""
+
+
+def set_offline_switches() -> None:
+    """Force the Hugging Face libraries offline (overrides whatever the environment said)."""
+    os.environ.update(_SWITCHES)
+
+
+def _is_loopback(address: Any) -> bool:
+    if isinstance(address, tuple) and address:
+        host = address[0]
+    elif isinstance(address, (str, bytes)):
+        # AF_UNIX paths never leave the machine.
+        return True
+    else:
+        return False
+    if isinstance(host, bytes):
+        host = host.decode(errors="replace")
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost would need DNS: refuse
+
+
+def _guarded(original: Callable[..., Any]) -> Callable[..., Any]:
+    def connect(self: socket.socket, address: Any, *args: Any) -> Any:
+        if self.family != getattr(socket, "AF_UNIX", None) and not _is_loopback(address):
+            raise NetworkBlockedError(
+                f"TokenTrace is offline: refused a connection to {address!r}. "
+                "Only loopback (127.0.0.1, ::1) is allowed."
+            )
+        return original(self, address, *args)
+
+    connect.__wrapped__ = original  # type: ignore[attr-defined]
+    return connect
+
+
+def install_network_guard() -> None:
+    """Refuse every non-loopback ``connect`` in this process. Idempotent."""
+    for name in ("connect", "connect_ex"):
+        current = getattr(socket.socket, name)
+        if not hasattr(current, "__wrapped__"):
+            setattr(socket.socket, name, _guarded(current))
+
+
+def network_guard_installed() -> bool:
+    return hasattr(socket.socket.connect, "__wrapped__")

@@ -1,0 +1,94 @@
+"""Turning a case into prompt ids, and knowing which of them came from the case.
+
+Only tokens whose characters lie in the case text are attributable; chat-template tokens (role
+markers, the system prompt) stay fixed during attribution and get a score of 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from engine.errors import InvalidInputError
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a clinical decision-support assistant for breast cancer care. Read the case and "
+    "answer briefly with the most appropriate next step and the key reasons from the case. "
+    "You support, not replace, the clinician's judgement."
+)
+
+MAX_CASE_CHARS = 200_000
+
+
+@dataclass(frozen=True)
+class PromptParts:
+    """A tokenized prompt. Lengths are all ``n`` (number of prompt tokens)."""
+
+    text: str
+    case_text: str
+    token_ids: tuple[int, ...]
+    offsets: tuple[tuple[int, int], ...]
+    attributable: tuple[bool, ...]
+    format: str  # "chat" or "raw"
+    system_prompt: str | None
+
+    @property
+    def tokens(self) -> tuple[str, ...]:
+        return tuple(self.text[s:e] for s, e in self.offsets)
+
+
+def validate_case_text(case_text: str) -> str:
+    """Return the case text stripped of surrounding blank space, or raise a clear error."""
+    if "\x00" in case_text:
+        raise InvalidInputError("the case looks binary (it contains NUL bytes); give plain text")
+    text = case_text.strip()
+    if not text:
+        raise InvalidInputError("the case is empty; type or load the clinical case text")
+    if len(text) > MAX_CASE_CHARS:
+        raise InvalidInputError(f"the case is {len(text):,} characters; TokenTrace accepts up "
+                                f"to {MAX_CASE_CHARS:,} (a long note is about 20,000)")
+    return text
+
+
+def build_prompt(tokenizer: Any, case_text: str, *, system_prompt: str | None,
+                 raw: bool = False) -> PromptParts:
+    """Render the case through the chat template (or as is with ``raw``) and tokenize it.
+
+    ``system_prompt=None`` or ``""`` leaves the template's own default system turn, if any.
+    A tokenizer without a chat template falls back to the raw prompt.
+    """
+    case = validate_case_text(case_text)
+    use_chat = not raw and bool(getattr(tokenizer, "chat_template", None))
+    if use_chat:
+        messages = [{"role": "user", "content": case}]
+        if system_prompt:
+            messages.insert(0, {"role": "system", "content": system_prompt})
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        start = text.rindex(case)
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    else:
+        text, start = case, 0
+        encoded = tokenizer(text, return_offsets_mapping=True)
+    end = start + len(case)
+    ids = tuple(int(i) for i in encoded["input_ids"])
+    offsets = tuple((int(s), int(e)) for s, e in encoded["offset_mapping"])
+    special = set(getattr(tokenizer, "all_special_ids", ()))
+    attributable = tuple(
+        e > s and s < end and e > start and tid not in special
+        for tid, (s, e) in zip(ids, offsets, strict=True)
+    )
+    if not any(attributable):
+        raise InvalidInputError("no token of the case could be located in the prompt")
+    return PromptParts(text, case, ids, offsets, attributable, "chat" if use_chat else "raw",
+                       system_prompt if use_chat else None)
+
+
+def answer_pieces(tokenizer: Any, ids: list[int]) -> tuple[str, tuple[str, ...]]:
+    """Decode ``ids`` and split the text into one piece per token (pieces join to the text)."""
+    pieces: list[str] = []
+    previous = ""
+    for k in range(1, len(ids) + 1):
+        current = tokenizer.decode(ids[:k], skip_special_tokens=False)
+        pieces.append(current[len(previous):] if current.startswith(previous) else current)
+        previous = current
+    return previous, tuple(pieces)

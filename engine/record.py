@@ -1,0 +1,212 @@
+"""The explanation record: frozen dataclasses and their JSON form (``schema_version`` 1).
+
+Plain Python values only (no torch), so the CLI, the GUI and the report can read a record without
+paying for torch. Sequences are tuples so a record is immutable; ``to_dict``/``from_dict`` round
+trip exactly (floats are written with ``repr`` precision by :mod:`json`).
+
+Shapes: ``n`` prompt tokens, ``T`` answer tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from engine.errors import InvalidInputError
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Versions:
+    tokentrace: str
+    torch: str
+    transformers: str
+    captum: str
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    source: str  # "embedded", a folder path, or a .gguf path
+    sha256: str  # of the weights file(s), in sorted file-name order
+    dtype: str
+    device: str
+    parameters: int
+    context_length: int = 0
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    text: str  # exactly what was tokenized
+    case_text: str
+    token_ids: tuple[int, ...]
+    tokens: tuple[str, ...]  # display text of each token
+    attributable: tuple[bool, ...]  # False for chat-template tokens
+    offsets: tuple[tuple[int, int], ...] = ()  # character span of each token in ``text``
+    format: str = "chat"  # "chat" (tokenizer's template) or "raw"
+    system_prompt: str | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.token_ids)
+        if not len(self.tokens) == len(self.attributable) == n:
+            raise ValueError(f"prompt has {n} ids, {len(self.tokens)} tokens, "
+                             f"{len(self.attributable)} attributable flags")
+        if self.offsets and len(self.offsets) != n:
+            raise ValueError(f"prompt has {n} ids but {len(self.offsets)} offsets")
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    token_ids: tuple[int, ...]
+    tokens: tuple[str, ...]
+    forced: bool
+    log_probs: tuple[float, ...] = ()  # log p(y_t | x, y_<t) under the model, one per token
+
+
+@dataclass(frozen=True)
+class Attribution:
+    sequence: tuple[float, ...]  # [n]; 0 where not attributable
+    per_token: tuple[tuple[float, ...], ...] | None  # [T][n], or None with --no-matrix
+    completeness_error: float | None  # |sum(sequence) - (F(x) - F(baseline))| / |F(x) - F(b)|
+
+
+@dataclass(frozen=True)
+class Timings:
+    load_s: float
+    generate_s: float
+    attribute_s: float
+
+
+@dataclass(frozen=True)
+class Hardware:
+    device_name: str
+    peak_rss_mb: float
+    peak_accelerator_mb: float | None
+
+
+@dataclass(frozen=True)
+class Explanation:
+    versions: Versions
+    model: ModelInfo
+    method: MethodInfo
+    prompt: Prompt
+    answer: Answer
+    attribution: Attribution
+    timings: Timings
+    hardware: Hardware
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        n, t = len(self.prompt.token_ids), len(self.answer.token_ids)
+        if len(self.attribution.sequence) != n:
+            raise ValueError(f"sequence attribution has {len(self.attribution.sequence)} "
+                             f"scores for {n} prompt tokens")
+        matrix = self.attribution.per_token
+        if matrix is not None and (len(matrix) != t or any(len(row) != n for row in matrix)):
+            raise ValueError(f"per-token attribution must be {t} x {n}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(self)
+
+    def to_json(self, indent: int | None = 1) -> str:
+        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False, allow_nan=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Explanation:
+        version = data.get("schema_version") if isinstance(data, dict) else None
+        if version != SCHEMA_VERSION:
+            raise InvalidInputError(
+                f"unsupported explanation schema_version {version!r}: this TokenTrace reads "
+                f"version {SCHEMA_VERSION}"
+            )
+        return _from_plain(cls, data)
+
+    @classmethod
+    def from_json(cls, text: str) -> Explanation:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InvalidInputError(f"not an explanation file (invalid JSON: {exc})") from None
+        return cls.from_dict(data)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the JSON atomically: a crash mid-write never corrupts an existing file."""
+        write_text_atomic(Path(path), self.to_json())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Explanation:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidInputError(f"cannot read explanation {path}: {exc}") from None
+        return cls.from_json(text)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _to_plain(value: Any) -> Any:
+    if is_dataclass(value):
+        return {f.name: _to_plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, (tuple, list)):
+        return [_to_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    return value
+
+
+def _from_plain(tp: Any, value: Any) -> Any:
+    """Rebuild ``value`` (parsed JSON) as type ``tp``, turning lists back into tuples."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _from_plain(inner, value)
+    if is_dataclass(tp):
+        hints = typing.get_type_hints(tp)
+        try:
+            kwargs = {f.name: _from_plain(hints[f.name], value[f.name])
+                      for f in fields(tp) if f.name in value}
+            return tp(**kwargs)
+        except (TypeError, KeyError, ValueError) as exc:
+            raise InvalidInputError(
+                f"not a valid explanation file ({tp.__name__}: {exc})"
+            ) from None
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_from_plain(args[0], v) for v in value)
+        return tuple(_from_plain(a, v) for a, v in zip(args, value, strict=True))
+    if origin is dict:
+        return dict(value)
+    if tp is float and isinstance(value, int):
+        return float(value)
+    return value

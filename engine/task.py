@@ -1,0 +1,39 @@
+"""The small progress-and-cancel channel between a running task and whoever started it.
+
+Engine entry points take a :class:`TaskState`. The caller keeps a reference, may call
+:meth:`TaskState.cancel` from any thread, and subclasses it to receive progress and streamed
+tokens (the CLI drives a progress bar, the GUI emits Qt signals). Cancellation is cooperative: the
+engine calls :meth:`TaskState.check` between units of work and inside every decoder layer, so it
+takes effect within one layer's compute.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from engine.errors import Cancelled
+
+
+class TaskState:
+    """Default state: no output, cancellable from any thread."""
+
+    def __init__(self) -> None:
+        self._cancel = threading.Event()
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def check(self) -> None:
+        """Raise :class:`Cancelled` if cancellation was requested."""
+        if self._cancel.is_set():
+            raise Cancelled("cancelled by the user")
+
+    def progressed(self, stage: str, done: int, total: int) -> None:
+        """``done`` of ``total`` units of ``stage`` ("load", "generate", "attribute") finished."""
+
+    def token_generated(self, token_id: int, text: str) -> None:
+        """The model produced one answer token; ``text`` is its decoded piece."""
