@@ -14,7 +14,7 @@ lobular carcinoma DCIS year old woman man postmenopausal premenopausal BRCA1 BRC
 mammogram ultrasound MRI metastatic recurrence bone liver lung chemotherapy endocrine therapy
 surgery mastectomy lumpectomy radiotherapy trastuzumab tamoxifen letrozole recommend next step
 answer case patient presents history family mother sister 1 2 3 4 5 10 20 30 40 45 50 55 60 65
-70 75 80 % , . : ; ( ) - / + system user assistant you are clinical assistant read""".split()
+52 70 75 80 % , . : ; ( ) - / + system user assistant you are clinical assistant read""".split()
 SPECIALS = ["<pad>", "<unk>", "<eos>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }} {{ m['content'] }}<|im_end|> "
@@ -66,7 +66,7 @@ def make_tiny_model(kind: str, vocab_size: int, dtype: torch.dtype, seed: int = 
     # Random init is tiny in scale; widen it so attributions are far from zero.
     with torch.no_grad():
         for p in model.parameters():
-            p.mul_(4.0) if p.ndim > 1 else None
+            p.mul_(2.0) if p.ndim > 1 else None
     return model.to(dtype).eval().requires_grad_(False)
 
 
@@ -86,3 +86,18 @@ def tiny_loaded(tiny_tokenizer):
                      device="cpu", parameters=sum(p.numel() for p in model.parameters()),
                      context_length=256)
     return LoadedModel(model, tiny_tokenizer, info, load_s=0.0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_folder(tmp_path_factory):
+    """A real Hugging Face model folder (config, safetensors, tokenizer) of a tiny Llama."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model = make_tiny_model("llama", len(make_tiny_tokenizer()), torch.float32)
+    model.save_pretrained(folder, safe_serialization=True)
+    make_tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def relative_difference(ours: torch.Tensor, reference: torch.Tensor) -> float:
+    """max |ours - reference| / max |reference|."""
+    return float((ours - reference).abs().max() / reference.abs().max())

@@ -148,13 +148,18 @@ def bytes_per_point(model: nn.Module, seq_len: int, n_logits: int) -> int:
     return int(1.5 * size * (layers * per_layer + logits) + 4 * n_logits * vocab)
 
 
+CPU_TOKENS_PER_PASS = 4096
+
+
 def auto_batch_size(model: nn.Module, seq_len: int, n_logits: int, points: int) -> int:
     """Interpolation points per forward that fit in about half the free device memory."""
     device = next(model.parameters()).device
     budget = 0.5 * available_memory_bytes(device)
-    if device.type == "cpu":
-        budget = min(budget, 8 * 2**30)  # beyond this, CPU throughput no longer improves
     fits = int(budget // max(1, bytes_per_point(model, seq_len, n_logits)))
+    if device.type == "cpu":
+        # Past a few thousand tokens per pass CPU throughput stops improving, and smaller
+        # passes keep cancellation prompt.
+        fits = min(fits, CPU_TOKENS_PER_PASS // seq_len)
     return max(1, min(points, fits))
 
 
