@@ -37,18 +37,22 @@ class RichTaskState(TaskState):
 
     def __init__(self, quiet: bool = False) -> None:
         super().__init__()
+        console = Console(stderr=True)
+        # Off when stderr is not a terminal: a log gets the error line and nothing else.
         self._progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
-            console=Console(stderr=True), transient=True, disable=quiet)
+            console=console, transient=True, disable=quiet or not console.is_terminal)
         self._tasks: dict[str, Any] = {}
 
     def __enter__(self) -> RichTaskState:
-        self._progress.start()
+        if not self._progress.disable:
+            self._progress.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._progress.stop()
+        if not self._progress.disable:
+            self._progress.stop()
 
     def progressed(self, stage: str, done: int, total: int) -> None:
         if stage not in self._tasks:

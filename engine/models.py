@@ -144,6 +144,10 @@ def load_model(request: ModelRequest, state: TaskState | None = None) -> LoadedM
     """Load the requested model onto its device, offline. Raises :class:`ModelLoadError`."""
     import engine  # noqa: F401  (offline switches are set on import)
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # progress is ours to report, through ``state``
+    hf_logging.set_verbosity_error()
     state = state or TaskState()
     device = resolve_device(request.device)
     dtype = resolve_dtype(request.dtype, device)

@@ -1,0 +1,127 @@
+"""The command line: every bad input ends with one clear line and its exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from desktop.cli import main
+
+TARGET = ["--target", "endocrine therapy", "--steps", "2", "--quiet"]
+
+
+@pytest.fixture
+def files(tmp_path):
+    binary = tmp_path / "scan.pdf"
+    binary.write_bytes(b"%PDF-1.7\x00\x01\x02")
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("Patientin, 52 Jahre, Läsion".encode("latin-1"))
+    huge = tmp_path / "huge.txt"
+    huge.write_text("ER positive. " * 100_000)
+    gguf = tmp_path / "broken.gguf"
+    gguf.write_bytes(b"GGUF" + b"\x00" * 16)
+    empty_dir = tmp_path / "empty-model"
+    empty_dir.mkdir()
+    return {"binary": binary, "latin1": latin1, "huge": huge, "gguf": gguf,
+            "empty_dir": empty_dir, "missing": tmp_path / "missing.txt"}
+
+
+CASES = [
+    # (arguments, exit code, text the message must contain)
+    (["explain", ""], 2, "the case is empty"),
+    (["explain", "   \n"], 2, "the case is empty"),
+    (["explain"], 2, "no case given"),
+    (["explain", "x", "--case-file", "{binary}"], 2, "not both"),
+    (["explain", "--case-file", "{binary}"], 2, "looks binary"),
+    (["explain", "--case-file", "{latin1}"], 2, "is not UTF-8 text"),
+    (["explain", "--case-file", "{missing}"], 2, "case file not found"),
+    (["explain", "--case-file", "{huge}"], 2, "1.3 MB; a case file may be at most 1 MB"),
+    (["explain", "ER positive", "--steps", "0"], 2, "--steps: must be at least 1, got 0"),
+    (["explain", "ER positive", "--max-new-tokens", "-3"], 2, "must be at least 1, got -3"),
+    (["explain", "ER positive", "--steps", "many"], 2, "expected a whole number, got 'many'"),
+    (["explain", "ER positive", "--method", "shap"], 2, "unknown method 'shap'; choose one of"),
+    (["explain", "ER positive", "--baseline", "mask"], 2, "unknown baseline 'mask'"),
+    (["explain", "ER positive", "--target", " "], 2, "forced answer (--target) is empty"),
+    (["explain", "ER positive", "--model", "{missing}"], 3, "model not found"),
+    (["explain", "ER positive", "--model", "{empty_dir}"], 3, "has no config.json"),
+    (["explain", "ER positive", "--model", "{gguf}"], 3, "cannot read GGUF file"),
+    (["explain", "ER positive", "--model", "{binary}"], 3, "is not a GGUF file"),
+    (["explain", "ER positive", "--model", "{folder}", "--baseline", "token:100000"], 2,
+     "the id must be an integer from 0 to"),
+    (["explain", "ER positive " * 200, "--model", "{folder}"], 4,
+     "more than this model's context of 256 tokens"),
+    (["frobnicate"], 2, "invalid choice: 'frobnicate'"),
+]
+
+
+@pytest.mark.parametrize(("argv", "code", "message"), CASES,
+                         ids=[" ".join(c[0])[:40] for c in CASES])
+def test_bad_input_gets_one_line(argv, code, message, files, tiny_model_folder, capsys):
+    values = {**files, "folder": tiny_model_folder}
+    argv = [a.format(**values) for a in argv]
+    try:
+        returned = main(argv)
+    except SystemExit as exit_:  # argparse's usage errors
+        returned = exit_.code
+    err = capsys.readouterr().err
+    assert returned == code, err
+    assert message in err
+    assert err.count("\n") == 1 and err.startswith("tokentrace")
+    assert "Traceback" not in err
+
+
+def test_explain_prints_answer_words_and_figures(tiny_model_folder, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    code = main(["explain", "52 year old woman , ER positive , HER2 negative .", "--model",
+                 str(tiny_model_folder), *TARGET, "--json", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "endocrine therapy" in text and "most influential words" in text
+    assert "Completeness error" in text and "peak RSS" in text
+    record = json.loads(out.read_text())
+    assert record["method"]["params"]["steps"] == 2
+    assert record["prompt"]["case_text"] == "52 year old woman , ER positive , HER2 negative ."
+
+
+def test_methods_json_lists_ig_with_cost(capsys):
+    assert main(["methods", "--json"]) == 0
+    entries = json.loads(capsys.readouterr().out)
+    ig = next(e for e in entries if e["name"] == "ig")
+    assert {p["name"] for p in ig["parameters"]} >= {"steps", "baseline", "matrix"}
+    assert ig["cost"]["example"]["forwards"] == 33
+    assert ig["cost"]["example"]["backwards"] == 32 * 64
+
+
+OOM_SCRIPT = textwrap.dedent("""
+    import resource, sys
+    import engine, torch, transformers
+    from transformers import LlamaForCausalLM  # import everything before the limit
+    from desktop.cli import main
+    import engine.explain, desktop.terminal
+    rss = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+    resource.setrlimit(resource.RLIMIT_AS, (rss + 200 * 2**20, resource.RLIM_INFINITY))
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+@pytest.mark.parametrize("fixed_batch", [True, False])
+def test_out_of_memory_is_reported_or_avoided(tiny_model_folder, fixed_batch):
+    """A real allocation failure, under an address-space limit."""
+    case = "ER positive , HER2 negative , grade 2 . " * 12
+    argv = ["explain", case, "--model", str(tiny_model_folder), "--target",
+            "endocrine therapy " * 8, "--steps", "256", "--quiet", "--no-matrix"]
+    if fixed_batch:
+        argv += ["--batch-size", "256"]
+    done = subprocess.run([sys.executable, "-c", OOM_SCRIPT, *argv], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if fixed_batch:
+        assert done.returncode == 5, done.stderr
+        assert "out of memory" in done.stderr and "--batch-size 1" in done.stderr
+        assert done.stderr.count("\n") == 1
+    else:  # the automatic batch size halves until it fits, and the run completes
+        assert done.returncode == 0, done.stderr

@@ -1,0 +1,78 @@
+"""Model loading from a Hugging Face folder and GGUF files, and its errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import pytest
+
+from engine.errors import InvalidSettingsError, ModelLoadError
+from engine.models import ModelRequest, load_model, resolve_device, resolve_dtype
+
+
+def test_loads_a_hugging_face_folder(tiny_model_folder):
+    loaded = load_model(ModelRequest(str(tiny_model_folder)))
+    weights = (tiny_model_folder / "model.safetensors").read_bytes()
+    assert loaded.info.sha256 == hashlib.sha256(weights).hexdigest()
+    assert loaded.info.device == "cpu" and loaded.info.dtype == "float32"
+    assert loaded.info.parameters == sum(p.numel() for p in loaded.model.parameters()) > 1000
+    assert loaded.context_length == 256
+    assert not any(p.requires_grad for p in loaded.model.parameters())
+    assert loaded.tokenizer.is_fast
+
+
+def _copy_without(folder, tmp_path, *patterns):
+    target = tmp_path / "model"
+    shutil.copytree(folder, target)
+    for pattern in patterns:
+        for path in target.glob(pattern):
+            path.unlink()
+    return target
+
+
+def test_folder_errors(tiny_model_folder, tmp_path):
+    with pytest.raises(ModelLoadError, match="model not found"):
+        load_model(ModelRequest(str(tmp_path / "nowhere")))
+    no_config = _copy_without(tiny_model_folder, tmp_path, "config.json")
+    with pytest.raises(ModelLoadError, match="has no config.json"):
+        load_model(ModelRequest(str(no_config)))
+    shutil.rmtree(no_config)
+    pickled = _copy_without(tiny_model_folder, tmp_path, "*.safetensors")
+    (pickled / "pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(ModelLoadError, match="no \\*.safetensors weights"):
+        load_model(ModelRequest(str(pickled)))
+    shutil.rmtree(pickled)
+    broken = _copy_without(tiny_model_folder, tmp_path)
+    (broken / "config.json").write_text("{ not json")
+    with pytest.raises(ModelLoadError, match="cannot read .*config.json"):
+        load_model(ModelRequest(str(broken)))
+    config = json.loads((tiny_model_folder / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModel": "x.Y"}}))
+    with pytest.raises(ModelLoadError, match="needs custom code"):
+        load_model(ModelRequest(str(broken)))
+    (broken / "config.json").write_text(json.dumps(config))
+    (broken / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
+    with pytest.raises(ModelLoadError, match="cannot load the model"):
+        load_model(ModelRequest(str(broken)))
+
+
+def test_gguf_errors(tmp_path):
+    not_gguf = tmp_path / "model.gguf"
+    not_gguf.write_bytes(b"PK\x03\x04 a zip file")
+    with pytest.raises(ModelLoadError, match="is not a GGUF file"):
+        load_model(ModelRequest(str(not_gguf)))
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\xff" * 64)
+    with pytest.raises(ModelLoadError, match="cannot read GGUF file"):
+        load_model(ModelRequest(str(truncated)))
+
+
+def test_device_and_dtype_choices():
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(InvalidSettingsError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
+    with pytest.raises(InvalidSettingsError, match="unknown dtype 'int8'"):
+        resolve_dtype("int8", resolve_device("cpu"))
+    assert str(resolve_dtype("auto", resolve_device("cpu"))) == "torch.float32"

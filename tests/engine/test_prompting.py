@@ -1,0 +1,53 @@
+"""Prompts: which tokens are the case, and clear errors for unusable case text."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import CASE
+
+from engine.errors import InvalidInputError
+from engine.prompting import MAX_CASE_CHARS, answer_pieces, build_prompt
+
+
+def test_only_case_tokens_are_attributable(tiny_tokenizer):
+    prompt = build_prompt(tiny_tokenizer, f"  {CASE}\n", system_prompt="you are clinical")
+    assert prompt.format == "chat"
+    assert prompt.text.startswith("<|im_start|>system you are clinical")
+    case_start = prompt.text.rindex(CASE)
+    case_tokens = [t for t, a in zip(prompt.tokens, prompt.attributable, strict=True) if a]
+    assert " ".join(case_tokens) == CASE  # the whole case, in order, nothing else
+    for (s, e), a in zip(prompt.offsets, prompt.attributable, strict=True):
+        assert a == (case_start <= s and e <= case_start + len(CASE))
+
+
+def test_raw_prompt_makes_every_case_token_attributable(tiny_tokenizer):
+    prompt = build_prompt(tiny_tokenizer, CASE, system_prompt="ignored", raw=True)
+    assert prompt.format == "raw" and prompt.text == CASE
+    assert all(prompt.attributable)
+    assert prompt.system_prompt is None
+
+
+def test_no_chat_template_falls_back_to_raw(tiny_tokenizer):
+    import copy
+
+    plain = copy.deepcopy(tiny_tokenizer)
+    plain.chat_template = None
+    assert build_prompt(plain, CASE, system_prompt="x").format == "raw"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("", "the case is empty"),
+    (" \n\t ", "the case is empty"),
+    ("ER\x00positive", "looks binary"),
+    ("a " * (MAX_CASE_CHARS // 2 + 10), "characters; TokenTrace accepts up to"),
+])
+def test_unusable_case_text(tiny_tokenizer, text, message):
+    with pytest.raises(InvalidInputError, match=message):
+        build_prompt(tiny_tokenizer, text, system_prompt=None)
+
+
+def test_answer_pieces_join_to_the_text(tiny_tokenizer):
+    ids = tiny_tokenizer.encode("recommend surgery and endocrine therapy", add_special_tokens=False)
+    text, pieces = answer_pieces(tiny_tokenizer, ids)
+    assert "".join(pieces) == text
+    assert len(pieces) == len(ids) == 5

@@ -1,0 +1,90 @@
+"""The explanation record: exact JSON round trip, validation, atomic save."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engine.errors import InvalidInputError
+from engine.record import (
+    SCHEMA_VERSION,
+    Answer,
+    Attribution,
+    Explanation,
+    Hardware,
+    MethodInfo,
+    ModelInfo,
+    Prompt,
+    Timings,
+    Versions,
+)
+
+
+def make_record(matrix: bool = True) -> Explanation:
+    return Explanation(
+        versions=Versions("0.1.0", "2.13.0", "5.23.0", "0.9.0"),
+        model=ModelInfo("tiny", "embedded", "ab" * 32, "float32", "cpu", 1234, 256),
+        method=MethodInfo("ig", {"steps": 8, "baseline": "pad", "batch_size": None}),
+        prompt=Prompt(text="<s> ER positive", case_text="ER positive", token_ids=(1, 5, 6),
+                      tokens=("<s>", " ER", " positive"), attributable=(False, True, True),
+                      offsets=((0, 3), (3, 6), (6, 15))),
+        answer=Answer(text="Endocrine therapy", token_ids=(9, 10), tokens=("Endocrine", " therapy"),
+                      forced=False, log_probs=(-0.1, -2.5)),
+        attribution=Attribution(sequence=(0.0, 0.1 + 0.2, -1e-300),
+                                per_token=((0.0, 0.1, 1 / 3), (0.0, 0.2, -1e-300)) if matrix
+                                else None,
+                                completeness_error=0.0123456789012345),
+        timings=Timings(1.5, 0.25, 3.0),
+        hardware=Hardware("CPU", 812.5, None),
+    )
+
+
+@pytest.mark.parametrize("matrix", [True, False])
+def test_json_round_trip_is_exact(matrix, tmp_path):
+    record = make_record(matrix)
+    assert Explanation.from_json(record.to_json()) == record
+    record.save(tmp_path / "r.json")
+    assert Explanation.load(tmp_path / "r.json") == record
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["schema_version"] == SCHEMA_VERSION
+    assert set(data) >= {"created_at", "versions", "model", "method", "prompt", "answer",
+                         "attribution", "timings", "hardware"}
+    assert data["attribution"]["sequence"][1] == 0.1 + 0.2
+
+
+def test_shapes_are_checked():
+    record = make_record()
+    with pytest.raises(ValueError, match="3 prompt tokens"):
+        Explanation(**{**record.__dict__, "attribution": Attribution((0.0,), None, None)})
+    with pytest.raises(ValueError, match="2 x 3"):
+        Explanation(**{**record.__dict__,
+                       "attribution": Attribution((0.0, 0.0, 0.0), ((0.0, 0.0, 0.0),), None)})
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("{not json", "invalid JSON"),
+    ('{"schema_version": 2}', "schema_version 2"),
+    ('{"schema_version": 1, "model": {}}', "not a valid explanation file"),
+    ("[1, 2]", "schema_version None"),
+])
+def test_bad_files_get_one_clear_message(text, message):
+    with pytest.raises(InvalidInputError, match=message):
+        Explanation.from_json(text)
+
+
+def test_crash_mid_save_leaves_the_old_file_intact(tmp_path, monkeypatch):
+    import engine.record
+
+    path = tmp_path / "r.json"
+    make_record().save(path)
+    before = path.read_text()
+
+    def crash(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(engine.record.os, "fsync", crash)  # after the bytes are written
+    with pytest.raises(OSError, match="disk full"):
+        make_record(matrix=False).save(path)
+    assert path.read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
