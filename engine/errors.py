@@ -43,7 +43,7 @@ class OutOfMemoryError(TokenTraceError):
     exit_code = 5
 
 
-class Cancelled(TokenTraceError):  # noqa: N818 - a state, not a failure
+class Cancelled(TokenTraceError):
     """The user cancelled the request. Not an error to report."""
 
     exit_code = 130

@@ -13,6 +13,7 @@ GGUF's sha256, so later starts read plain safetensors.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -133,18 +134,16 @@ def file_sha256(paths: list[Path]) -> str:
             while chunk := handle.read(1 << 22):
                 digest.update(chunk)
     memo[key] = digest.hexdigest()
-    try:
+    with contextlib.suppress(OSError):  # a read-only cache only costs the next start a re-hash
         write_text_atomic(memo_path, json.dumps(memo, indent=0))
-    except OSError:
-        pass  # a read-only cache only costs the next start a re-hash
     return memo[key]
 
 
 def load_model(request: ModelRequest, state: TaskState | None = None) -> LoadedModel:
     """Load the requested model onto its device, offline. Raises :class:`ModelLoadError`."""
-    import engine  # noqa: F401  (offline switches are set on import)
-
     from transformers.utils import logging as hf_logging
+
+    import engine  # noqa: F401  (offline switches are set on import)
 
     hf_logging.disable_progress_bar()  # progress is ours to report, through ``state``
     hf_logging.set_verbosity_error()
@@ -216,7 +215,7 @@ def _load_folder(path: Path, dtype: torch.dtype, state: TaskState) -> tuple[Any,
                              "safetensors (pickled .bin weights can run code and are refused)")
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-    except Exception as exc:  # noqa: BLE001 - any parse failure is the folder's fault
+    except Exception as exc:
         raise ModelLoadError(f"cannot read {path / 'config.json'}: {_short(exc)}") from None
     if getattr(config, "auto_map", None):
         raise ModelLoadError(f"{path} needs custom code (auto_map in config.json); TokenTrace "
@@ -226,14 +225,14 @@ def _load_folder(path: Path, dtype: torch.dtype, state: TaskState) -> tuple[Any,
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True,
                                                   trust_remote_code=False)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise ModelLoadError(f"cannot load the tokenizer in {path}: {_short(exc)}") from None
     state.check()
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path, local_files_only=True, trust_remote_code=False, use_safetensors=True,
             dtype=dtype, config=config)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise ModelLoadError(f"cannot load the model in {path}: {_short(exc)}") from None
     _require_fast(tokenizer, path)
     state.progressed("load", 2, 3)
@@ -261,7 +260,7 @@ def _load_gguf(path: Path, dtype: torch.dtype, state: TaskState) -> tuple[Any, A
                 cached, local_files_only=True, use_safetensors=True, dtype=dtype)
             state.progressed("load", 2, 3)
             return model, tokenizer, sha, True
-        except Exception:  # noqa: BLE001 - a damaged cache is rebuilt from the GGUF
+        except Exception:
             shutil.rmtree(cached, ignore_errors=True)
     state.check()
     try:
@@ -269,7 +268,7 @@ def _load_gguf(path: Path, dtype: torch.dtype, state: TaskState) -> tuple[Any, A
                                                   local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
                                                      local_files_only=True, dtype=torch.float32)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise ModelLoadError(f"cannot read GGUF file {path}: {_short(exc)}") from None
     _require_fast(tokenizer, path)
     _write_cache(model, tokenizer, cached)

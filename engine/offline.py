@@ -34,13 +34,11 @@ def set_offline_switches() -> None:
 
 
 def _is_loopback(address: Any) -> bool:
-    if isinstance(address, tuple) and address:
-        host = address[0]
-    elif isinstance(address, (str, bytes)):
-        # AF_UNIX paths never leave the machine.
-        return True
-    else:
+    if isinstance(address, (str, bytes)):
+        return True  # an AF_UNIX path never leaves the machine
+    if not (isinstance(address, tuple) and address):
         return False
+    host = address[0]
     if isinstance(host, bytes):
         host = host.decode(errors="replace")
     if host in ("localhost", ""):

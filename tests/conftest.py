@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import os
 
-import engine  # noqa: F401  (offline switches before transformers)
 import pytest
 import torch
 
-WORDS = """a an the of and or with in on at to for is was are no not left right breast mass cm
-tumour tumor grade ER PR HER2 positive negative Ki-67 nodes node axillary biopsy invasive ductal
-lobular carcinoma DCIS year old woman man postmenopausal premenopausal BRCA1 BRCA2 carrier
-mammogram ultrasound MRI metastatic recurrence bone liver lung chemotherapy endocrine therapy
-surgery mastectomy lumpectomy radiotherapy trastuzumab tamoxifen letrozole recommend next step
-answer case patient presents history family mother sister 1 2 3 4 5 10 20 30 40 45 50 55 60 65
-52 70 75 80 % , . : ; ( ) - / + system user assistant you are clinical assistant read""".split()
+import engine  # noqa: F401  (offline switches before transformers)
+
+WORDS = [
+    'a', 'an', 'the', 'of', 'and', 'or', 'with', 'in', 'on', 'at', 'to', 'for', 'is', 'was',
+    'are', 'no', 'not', 'left', 'right', 'breast', 'mass', 'cm', 'tumour', 'tumor', 'grade',
+    'ER', 'PR', 'HER2', 'positive', 'negative', 'Ki-67', 'nodes', 'node', 'axillary',
+    'biopsy', 'invasive', 'ductal', 'lobular', 'carcinoma', 'DCIS', 'year', 'old', 'woman',
+    'man', 'postmenopausal', 'premenopausal', 'BRCA1', 'BRCA2', 'carrier', 'mammogram',
+    'ultrasound', 'MRI', 'metastatic', 'recurrence', 'bone', 'liver', 'lung', 'chemotherapy',
+    'endocrine', 'therapy', 'surgery', 'mastectomy', 'lumpectomy', 'radiotherapy',
+    'trastuzumab', 'tamoxifen', 'letrozole', 'recommend', 'next', 'step', 'answer', 'case',
+    'patient', 'presents', 'history', 'family', 'mother', 'sister', '1', '2', '3', '4', '5',
+    '10', '20', '30', '40', '45', '50', '55', '60', '65', '52', '70', '75', '80', '%', ',',
+    '.', ':', ';', '(', ')', '-', '/', '+', 'system', 'user', 'assistant', 'you', 'are',
+    'clinical', 'assistant', 'read',
+]
 SPECIALS = ["<pad>", "<unk>", "<eos>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }} {{ m['content'] }}<|im_end|> "

@@ -148,7 +148,7 @@ def bytes_per_point(model: nn.Module, seq_len: int, n_logits: int) -> int:
     return int(1.5 * size * (layers * per_layer + logits) + 4 * n_logits * vocab)
 
 
-CPU_TOKENS_PER_PASS = 4096
+CPU_TOKENS_PER_PASS = 1024
 
 
 def auto_batch_size(model: nn.Module, seq_len: int, n_logits: int, points: int) -> int:

@@ -7,9 +7,9 @@ import time
 
 import pytest
 import torch
-from benchmarks.peers import captum_ig
 from conftest import CASE, make_tiny_model, relative_difference
 
+from benchmarks.peers import captum_ig
 from engine.errors import Cancelled, InvalidSettingsError
 from engine.generation import generate_answer
 from engine.methods import AttributionInput, integrated_gradients

@@ -36,17 +36,17 @@ def test_folder_errors(tiny_model_folder, tmp_path):
     with pytest.raises(ModelLoadError, match="model not found"):
         load_model(ModelRequest(str(tmp_path / "nowhere")))
     no_config = _copy_without(tiny_model_folder, tmp_path, "config.json")
-    with pytest.raises(ModelLoadError, match="has no config.json"):
+    with pytest.raises(ModelLoadError, match=r"has no config\.json"):
         load_model(ModelRequest(str(no_config)))
     shutil.rmtree(no_config)
     pickled = _copy_without(tiny_model_folder, tmp_path, "*.safetensors")
     (pickled / "pytorch_model.bin").write_bytes(b"pickle")
-    with pytest.raises(ModelLoadError, match="no \\*.safetensors weights"):
+    with pytest.raises(ModelLoadError, match=r"no \*\.safetensors weights"):
         load_model(ModelRequest(str(pickled)))
     shutil.rmtree(pickled)
     broken = _copy_without(tiny_model_folder, tmp_path)
     (broken / "config.json").write_text("{ not json")
-    with pytest.raises(ModelLoadError, match="cannot read .*config.json"):
+    with pytest.raises(ModelLoadError, match=r"cannot read .*config\.json"):
         load_model(ModelRequest(str(broken)))
     config = json.loads((tiny_model_folder / "config.json").read_text())
     (broken / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModel": "x.Y"}}))

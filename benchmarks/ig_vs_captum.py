@@ -1,0 +1,179 @@
+"""TokenTrace's fused Integrated Gradients against Captum's LLMGradientAttribution.
+
+Same run, same machine, same work: the embedded SmolLM2-135M on the CPU, the demo breast-cancer
+case through the chat template, a forced answer of about 20 tokens, 16 Gauss-Legendre steps, the
+pad baseline. Reports seconds, peak RSS, agreement, and model load time cold and cached; on a
+machine with a CUDA GPU also a Qwen2.5-1.5B-shaped model with random weights (bf16, 256 prompt
+tokens, 64 answer tokens, 32 steps).
+
+    python -m benchmarks.ig_vs_captum --out docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import platform
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+import engine  # noqa: F401  (offline before transformers)
+from benchmarks.peers import captum_ig
+from engine.hardware import PeakMemory, device_name
+from engine.methods import AttributionInput, integrated_gradients
+from engine.methods.base import parse_baseline
+from engine.models import ModelRequest, load_model
+from engine.prompting import DEFAULT_SYSTEM_PROMPT, build_prompt
+
+ROOT = Path(__file__).resolve().parent.parent
+CASE = (ROOT / "resources/cases/demo_case.txt").read_text()
+TARGET = ("Neoadjuvant chemotherapy with carboplatin and pembrolizumab, then surgery, and "
+          "genetic testing for BRCA.")
+STEPS = 16
+
+
+def timed(fn, device: torch.device):
+    with PeakMemory(device) as peak:
+        start = time.perf_counter()
+        result = fn()
+        seconds = time.perf_counter() - start
+    return result, seconds, peak
+
+
+def relative(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((ours - ref).abs().max() / ref.abs().max())
+
+
+def _cpu_problem():
+    loaded = load_model(ModelRequest("embedded", device="cpu"))
+    tokenizer = loaded.tokenizer
+    prompt = build_prompt(tokenizer, CASE, system_prompt=DEFAULT_SYSTEM_PROMPT)
+    answer = tokenizer.encode(TARGET, add_special_tokens=False)
+    problem = AttributionInput(torch.tensor(prompt.token_ids), torch.tensor(prompt.attributable),
+                               torch.tensor(answer))
+    return loaded, problem
+
+
+def _measure(kind: str) -> dict:
+    """One measurement in a fresh process, so peak RSS is this work's and nothing earlier."""
+    loaded, problem = _cpu_problem()
+    model, tokenizer = loaded.model, loaded.tokenizer
+    if kind == "captum":
+        baseline_id = parse_baseline("pad", tokenizer, model.get_input_embeddings().num_embeddings)
+        (sequence, matrix), seconds, peak = timed(lambda: captum_ig(
+            model, tokenizer, problem.prompt_ids, problem.attributable, problem.answer_ids,
+            baseline_id, STEPS), loaded.device)
+        error = None
+    else:
+        out, seconds, peak = timed(lambda: integrated_gradients(
+            model, tokenizer, problem, steps=STEPS, matrix=kind == "matrix"), loaded.device)
+        sequence, matrix, error = out.sequence, out.per_token, out.completeness_error
+    return {"seconds": seconds, "peak_rss_mb": peak.peak_rss_mb, "sequence": sequence,
+            "matrix": matrix, "completeness_error": error,
+            "n": len(problem.prompt_ids), "case_tokens": int(problem.attributable.sum()),
+            "T": len(problem.answer_ids), "device": device_name(loaded.device)}
+
+
+def _in_fresh_process(kind: str) -> dict:
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(_measure, kind).result()
+
+
+def cpu_benchmark() -> list[str]:
+    rows: list[str] = []
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["TOKENTRACE_CACHE_DIR"] = cache
+        cold = load_model(ModelRequest("embedded", device="cpu"))
+        warm = load_model(ModelRequest("embedded", device="cpu"))
+        seq = _in_fresh_process("sequence")
+        full = _in_fresh_process("matrix")
+        captum = _in_fresh_process("captum")
+    captum_s = captum["seconds"]
+    rows.append(f"Work: {seq['n']} prompt tokens ({seq['case_tokens']} from the case), "
+                f"{seq['T']} forced answer tokens, {STEPS} steps, pad baseline, float32, on "
+                f"{seq['device']}. Each measurement runs in a fresh process (peak RSS is its "
+                "own, model included).\n")
+    rows.append("| what | TokenTrace | Captum | speed-up | max relative difference |")
+    rows.append("|---|---|---|---|---|")
+    rows.append(f"| sequence attribution | {seq['seconds']:.1f} s | {captum_s:.1f} s | "
+                f"{captum_s / seq['seconds']:.1f}x | "
+                f"{relative(seq['sequence'], captum['sequence']):.1e} |")
+    rows.append(f"| per-token matrix (and sequence) | {full['seconds']:.1f} s | {captum_s:.1f} s "
+                f"| {captum_s / full['seconds']:.1f}x | "
+                f"{relative(full['matrix'], captum['matrix']):.1e} |")
+    rows.append(f"| peak RSS, sequence / matrix | {seq['peak_rss_mb']:,.0f} / "
+                f"{full['peak_rss_mb']:,.0f} MiB | {captum['peak_rss_mb']:,.0f} MiB | | |")
+    rows.append(f"| completeness error ({STEPS} steps) | "
+                f"{100 * full['completeness_error']:.1f}% | (not reported) | | |")
+    rows.append("")
+    rows.append("Captum computes the sequence attribution only as the sum of the per-token "
+                "matrix, so its one run is the reference for both rows.\n")
+    rows.append("| model load (embedded GGUF, CPU) | seconds |")
+    rows.append("|---|---|")
+    rows.append(f"| cold: dequantize the GGUF and write the cache | {cold.load_s:.1f} |")
+    rows.append(f"| cached: read the dequantized safetensors | {warm.load_s:.1f} |")
+    return rows
+
+
+def gpu_benchmark() -> list[str]:
+    if not torch.cuda.is_available():
+        return ["No CUDA GPU in this run: the Qwen2.5-1.5B-shaped GPU benchmark did not run."]
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(vocab_size=151936, hidden_size=1536, intermediate_size=8960,
+                         num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+                         max_position_embeddings=32768, tie_word_embeddings=True)
+    device = torch.device("cuda")
+    model = Qwen2ForCausalLM(config).to(device, torch.bfloat16).eval().requires_grad_(False)
+
+    class _Tok:
+        pad_token_id = 151643
+        eos_token_id = 151645
+
+    generator = torch.Generator().manual_seed(0)
+    prompt = torch.randint(1000, 150000, (256,), generator=generator).to(device)
+    answer = torch.randint(1000, 150000, (64,), generator=generator).to(device)
+    mask = torch.ones(256, dtype=torch.bool, device=device)
+    mask[:20] = False
+    problem = AttributionInput(prompt, mask, answer)
+    rows = ["| Qwen2.5-1.5B-shaped, bf16, 256 + 64 tokens, 32 steps | seconds | peak GPU MiB | "
+            "fits 8 GB |", "|---|---|---|---|"]
+    for matrix in (False, True):
+        torch.cuda.synchronize()
+        _, seconds, peak = timed(lambda m=matrix: integrated_gradients(
+            model, _Tok(), problem, steps=32, matrix=m), device)
+        torch.cuda.synchronize()
+        fits = "yes" if peak.peak_accelerator_mb < 8 * 1024 else "no"
+        rows.append(f"| {'per-token matrix' if matrix else 'sequence only'} | {seconds:.1f} | "
+                    f"{peak.peak_accelerator_mb:,.0f} | {fits} |")
+    return [f"GPU: {device_name(device)}.\n", *rows]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, help="write the markdown report here")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    lines = ["# Benchmarks", "",
+             f"Run {datetime.now(UTC):%Y-%m-%d} with `make bench` (benchmarks/ig_vs_captum.py); "
+             f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} "
+             "threads. TokenTrace and Captum in the same process, one after the other, on the "
+             "same inputs. One run each, not a timed test.", "",
+             "## Integrated Gradients, embedded SmolLM2-135M on the CPU", "",
+             *cpu_benchmark(), "", "## GPU", "", *gpu_benchmark(), ""]
+    report = "\n".join(lines)
+    print(report)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""The embedded SmolLM2 model end to end: load (cold, then cached), explain, record round trip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from desktop.cli import main
+from engine.explain import ExplainRequest, explain
+from engine.models import ModelRequest, embedded_gguf_path, load_model
+from engine.record import Explanation
+from engine.task import TaskState
+
+pytestmark = pytest.mark.slow
+
+CASE = ("A 61-year-old postmenopausal woman has a 1.8 cm invasive ductal carcinoma of the right "
+        "breast, grade 2, ER positive, PR positive, HER2 negative, Ki-67 12%, sentinel node "
+        "negative. What adjuvant treatment is recommended?")
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    cold = load_model(ModelRequest("embedded"))
+    warm = load_model(ModelRequest("embedded"))
+    return cold, warm
+
+
+def test_gguf_is_cached_and_reloads_identically(embedded):
+    cold, warm = embedded
+    assert not cold.from_cache and warm.from_cache
+    assert cold.info.sha256 == warm.info.sha256 and len(cold.info.sha256) == 64
+    assert cold.info.parameters == warm.info.parameters > 100_000_000
+    assert cold.info.context_length == 8192
+    assert embedded_gguf_path().suffix == ".gguf"
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        torch.testing.assert_close(cold.model(ids).logits, warm.model(ids).logits)
+
+
+class _Streamed(TaskState):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pieces: list[str] = []
+
+    def token_generated(self, token_id: int, text: str) -> None:
+        self.pieces.append(text)
+
+
+def test_explain_generated_answer(embedded):
+    _, loaded = embedded
+    state = _Streamed()
+    record = explain(ExplainRequest(CASE, steps=4, max_new_tokens=8), loaded, state)
+    n, t = len(record.prompt.token_ids), len(record.answer.token_ids)
+    assert 1 <= t <= 8 and not record.answer.forced
+    assert "".join(state.pieces).strip() == record.answer.text.strip()
+    assert len(record.attribution.per_token) == t
+    assert all(len(row) == n for row in record.attribution.per_token)
+    seq = torch.tensor(record.attribution.sequence)
+    mask = torch.tensor(record.prompt.attributable)
+    assert torch.all(seq[~mask] == 0) and seq[mask].abs().sum() > 0
+    torch.testing.assert_close(torch.tensor(record.attribution.per_token).sum(0), seq)
+    assert "".join(t for t, a in zip(record.prompt.tokens, record.prompt.attributable,
+                                      strict=True) if a) == CASE
+    assert record.model.name.startswith("SmolLM2-135M-Instruct")
+    assert record.hardware.peak_rss_mb > 100 and record.timings.attribute_s > 0
+    assert all(lp <= 0 for lp in record.answer.log_probs)
+    assert Explanation.from_json(record.to_json()) == record
+
+
+def test_cli_forced_answer_round_trips(tmp_path, capsys):
+    out = tmp_path / "record.json"
+    target = "Endocrine therapy with an aromatase inhibitor."
+    code = main(["explain", CASE, "--target", target, "--steps", "8", "--json", str(out),
+                 "--quiet"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "Endocrine therapy" in printed and "Completeness error" in printed
+    record = Explanation.load(out)
+    assert record.answer.forced and record.answer.text == target
+    assert record.attribution.completeness_error is not None
+    assert json.loads(out.read_text()) == record.to_dict()

@@ -1,0 +1,27 @@
+"""Word grouping of token scores."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.grouping import top_spans, word_scores
+
+
+def test_clinical_words_stay_whole_and_scores_add_up():
+    text = "HER2 negative, Ki-67 60% (IHC 0)."
+    # Tokens: "HER", "2", " negative", ",", " Ki", "-", "67", " 60", "%", " (", "IHC", " 0", ")."
+    cuts = [0, 3, 4, 13, 14, 17, 18, 20, 23, 24, 26, 29, 31, 33]
+    offsets = list(zip(cuts[:-1], cuts[1:], strict=True))
+    scores = [1.0, 2.0, -0.5, 0.1, 0.25, 0.25, 0.5, 3.0, 1.0, 0.0, 0.7, 0.3, 0.2]
+    spans = word_scores(text, offsets, scores, [True] * len(offsets))
+    by_text = {s.text: s.score for s in spans}
+    assert by_text["HER2"] == pytest.approx(3.0)
+    assert by_text["Ki-67"] == pytest.approx(1.0)
+    assert by_text["60%"] == pytest.approx(4.0)
+    assert sum(s.score for s in spans) == pytest.approx(sum(scores))
+    assert [s.text for s in top_spans(spans, 2)] == ["60%", "HER2"]
+
+
+def test_unattributable_tokens_are_left_out():
+    spans = word_scores("ER positive", [(0, 2), (2, 11)], [5.0, 1.0], [False, True])
+    assert [(s.text, s.score) for s in spans] == [("positive", 1.0)]
