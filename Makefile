@@ -26,7 +26,7 @@ run: setup
 	$(MAKE) demo
 
 demo: setup
-	$(BIN)/tokentrace explain --case-file $(CASE) --max-new-tokens 24 --steps 16
+	$(BIN)/tokentrace explain --case-file $(CASE) --max-new-tokens 48 --steps 32 --no-matrix
 
 test: setup
 	$(BIN)/ruff check .

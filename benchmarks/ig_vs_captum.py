@@ -119,6 +119,9 @@ def cpu_benchmark() -> list[str]:
     rows.append("|---|---|")
     rows.append(f"| cold: dequantize the GGUF and write the cache | {cold.load_s:.1f} |")
     rows.append(f"| cached: read the dequantized safetensors | {warm.load_s:.1f} |")
+    rows.append("")
+    rows.append("Load times exclude importing torch and transformers (about 5 s here), paid once "
+                "per process.")
     return rows
 
 
@@ -164,8 +167,8 @@ def main() -> None:
     lines = ["# Benchmarks", "",
              f"Run {datetime.now(UTC):%Y-%m-%d} with `make bench` (benchmarks/ig_vs_captum.py); "
              f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} "
-             "threads. TokenTrace and Captum in the same process, one after the other, on the "
-             "same inputs. One run each, not a timed test.", "",
+             "threads. TokenTrace and Captum in the same run, one after the other, on the same "
+             "inputs, each in a fresh process. One run each, not a timed test.", "",
              "## Integrated Gradients, embedded SmolLM2-135M on the CPU", "",
              *cpu_benchmark(), "", "## GPU", "", *gpu_benchmark(), ""]
     report = "\n".join(lines)

@@ -121,6 +121,9 @@ def render_explanation(record: Explanation, top: int = 10, console: Console | No
                       f"{100 * abs(span.score) / total:.1f}%")
     console.print(table)
 
+    if record.attribution.per_token is not None:
+        console.print(per_answer_token_table(record))
+
     t, hw, attr = record.timings, record.hardware, record.attribution
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold")
@@ -142,6 +145,26 @@ def render_explanation(record: Explanation, top: int = 10, console: Console | No
     facts.add_row("Device", hw.device_name)
     facts.add_row("Model sha256", model.sha256)
     console.print(facts)
+
+
+def per_answer_token_table(record: Explanation, rows: int = 32, words: int = 3) -> Table:
+    """For each answer token, the case words its probability rests on most."""
+    prompt = record.prompt
+    table = Table(title="What each answer token rests on (top case words)", title_justify="left")
+    table.add_column("answer token")
+    table.add_column("log p", justify="right")
+    table.add_column("top case words (attribution)")
+    matrix = record.attribution.per_token or ()
+    log_probs = record.answer.log_probs or (float("nan"),) * len(matrix)
+    for token, log_p, row in list(zip(record.answer.tokens, log_probs, matrix,
+                                      strict=True))[:rows]:
+        spans = [s for s in word_scores(prompt.text, prompt.offsets, row, prompt.attributable)
+                 if any(c.isalnum() for c in s.text)]
+        top = ", ".join(f"{s.text} ({s.score:+.2f})" for s in top_spans(spans, words))
+        table.add_row(repr(token)[1:-1], f"{log_p:.2f}", top)
+    if len(matrix) > rows:
+        table.caption = f"first {rows} of {len(matrix)} answer tokens; all are in --json"
+    return table
 
 
 def render_methods(entries: list[dict[str, Any]], console: Console | None = None) -> None:

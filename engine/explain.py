@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
@@ -100,21 +102,16 @@ def explain(request: ExplainRequest, loaded: LoadedModel,
             f"{n + planned:,}, more than this model's context of {loaded.context_length:,} "
             "tokens. Shorten the case, lower --max-new-tokens, or use a longer-context model")
 
-    with PeakMemory(device) as peak:
+    with PeakMemory(device) as peak, _out_of_memory_as_error():
         start = time.perf_counter()
-        try:
-            if forced_ids is None:
-                answer_ids = generate_answer(model, tokenizer, list(prompt.token_ids),
-                                             request.max_new_tokens, state)
-                if not answer_ids:
-                    raise InvalidInputError(
-                        "the model gave an empty answer; try another system prompt or --target")
-            else:
-                answer_ids = forced_ids
-        except (RuntimeError, torch.OutOfMemoryError) as exc:
-            if is_out_of_memory(exc):
-                raise out_of_memory_error("generation", 1) from None
-            raise
+        if forced_ids is None:
+            answer_ids = generate_answer(model, tokenizer, list(prompt.token_ids),
+                                         request.max_new_tokens, state)
+            if not answer_ids:
+                raise InvalidInputError(
+                    "the model gave an empty answer; try another system prompt or --target")
+        else:
+            answer_ids = forced_ids
         generate_s = time.perf_counter() - start
 
         state.check()
@@ -151,6 +148,17 @@ def explain(request: ExplainRequest, loaded: LoadedModel,
         hardware=Hardware(device_name=device_name(device), peak_rss_mb=peak.peak_rss_mb,
                           peak_accelerator_mb=peak.peak_accelerator_mb),
     )
+
+
+@contextlib.contextmanager
+def _out_of_memory_as_error() -> Iterator[None]:
+    """Any allocation failure not already reported becomes one clear OutOfMemoryError."""
+    try:
+        yield
+    except (RuntimeError, torch.OutOfMemoryError) as exc:
+        if is_out_of_memory(exc):
+            raise out_of_memory_error("the explanation", 1) from None
+        raise
 
 
 def _prompt_tokens(tokenizer, ids: tuple[int, ...], pieces: tuple[str, ...]) -> tuple[str, ...]:

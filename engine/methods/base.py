@@ -131,7 +131,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
 def out_of_memory_error(what: str, batch: int) -> OutOfMemoryError:
     return OutOfMemoryError(
         f"out of memory during {what} (batch of {batch} interpolation points); try fewer "
-        "steps, --batch-size 1, --no-matrix, a shorter case or a smaller model")
+        "steps, a smaller --batch-size, --no-matrix, a shorter case or a smaller model")
 
 
 def bytes_per_point(model: nn.Module, seq_len: int, n_logits: int) -> int:

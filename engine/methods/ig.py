@@ -83,28 +83,30 @@ def integrated_gradients(
     points = torch.tensor(alphas(steps), dtype=torch.float64)
 
     rows = n_answer if matrix else 1
-    grad_sums = torch.zeros(rows, n, dtype=torch.float64)
-    passes_per_point = 1 + rows
-    total = steps * passes_per_point
-    done = 0
+    # Accumulate in float64 on the device (MPS has no float64).
+    acc_dtype = torch.float32 if real.device.type == "mps" else torch.float64
+    grad_sums = torch.zeros(rows, n, dtype=acc_dtype, device=real.device)
+    delta_acc = delta[:n].to(acc_dtype)
+    total = steps * (1 + rows)
     answer_ids = problem.answer_ids
 
     def work(start: int, stop: int) -> None:
-        nonlocal done
+        # All or nothing: a batch that runs out of memory is redone whole at a smaller size.
+        done = start * (1 + rows)
+        size = stop - start
         alpha = points[start:stop].to(real.device, real.dtype).view(-1, 1, 1)
         x = (base + alpha * delta).requires_grad_(True)
         f = answer_log_probs(model, x, answer_ids)  # [B, T]
-        done += stop - start
-        state.progressed("attribute", done, total)
-        w = weights[start:stop].view(-1, 1, 1)
+        state.progressed("attribute", done + size, total)
+        w = weights[start:stop].to(real.device, acc_dtype).view(-1, 1, 1)
         targets = [f[:, t].sum() for t in range(n_answer)] if matrix else [f.sum()]
+        batch_sums = torch.zeros_like(grad_sums)
         for row, target in enumerate(targets):
             (grad,) = torch.autograd.grad(target, x, retain_graph=row < len(targets) - 1)
             # Contract with (e - b) now: keeps memory at [T, n] instead of [T, n, d].
-            contrib = (grad[:, :n].to(torch.float64) * w).sum(0)
-            grad_sums[row] += (contrib * delta[:n].to(torch.float64)).sum(-1).cpu()
-            done += stop - start
-            state.progressed("attribute", done, total)
+            batch_sums[row] = ((grad[:, :n].to(acc_dtype) * w).sum(0) * delta_acc).sum(-1)
+            state.progressed("attribute", done + size * (row + 2), total)
+        grad_sums.add_(batch_sums)
 
     seq_len = ids.shape[0]
     with cancellable(model, state), torch.enable_grad():
@@ -115,6 +117,7 @@ def integrated_gradients(
             ends = answer_log_probs(model, torch.stack([real, base]), answer_ids).double().cpu()
     f_input, f_baseline = ends[0], ends[1]
 
+    grad_sums = grad_sums.to("cpu", torch.float64)
     per_token = grad_sums if matrix else None
     sequence = grad_sums.sum(0)
     expected = float((f_input - f_baseline).sum())

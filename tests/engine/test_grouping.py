@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from engine.grouping import top_spans, word_scores
@@ -11,7 +13,7 @@ def test_clinical_words_stay_whole_and_scores_add_up():
     text = "HER2 negative, Ki-67 60% (IHC 0)."
     # Tokens: "HER", "2", " negative", ",", " Ki", "-", "67", " 60", "%", " (", "IHC", " 0", ")."
     cuts = [0, 3, 4, 13, 14, 17, 18, 20, 23, 24, 26, 29, 31, 33]
-    offsets = list(zip(cuts[:-1], cuts[1:], strict=True))
+    offsets = list(itertools.pairwise(cuts))
     scores = [1.0, 2.0, -0.5, 0.1, 0.25, 0.25, 0.5, 3.0, 1.0, 0.0, 0.7, 0.3, 0.2]
     spans = word_scores(text, offsets, scores, [True] * len(offsets))
     by_text = {s.text: s.score for s in spans}
