@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CASE
+from tiny import CASE
 
 from engine.errors import Cancelled, InvalidSettingsError
 from engine.generation import generate_answer, stop_token_ids

@@ -7,7 +7,7 @@ import time
 
 import pytest
 import torch
-from conftest import CASE, make_tiny_model, relative_difference
+from tiny import CASE, make_tiny_model, relative_difference
 
 from benchmarks.peers import captum_ig
 from engine.errors import Cancelled, InvalidSettingsError

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import CASE
+from tiny import CASE
 
 from engine.errors import InvalidInputError
 from engine.prompting import MAX_CASE_CHARS, answer_pieces, build_prompt
