@@ -28,6 +28,9 @@ NEGATIVE = (33, 102, 172)
 POSITIVE = (178, 24, 43)
 NEUTRAL = (247, 247, 247)
 
+HIGH_COMPLETENESS_ERROR = 0.10
+UNCOLOURED_BELOW = 0.05  # fraction of the scale
+
 _STAGES = {"load": "Loading model", "generate": "Generating answer",
            "attribute": "Attributing"}
 
@@ -81,9 +84,12 @@ def coloured_case(record: Explanation) -> tuple[Text, float]:
     cursor = case_start
     for span in spans:
         text.append(prompt.text[cursor:span.start])
-        r, g, b = blend(span.score, scale)
-        fg = "white" if abs(span.score) > 0.55 * scale else "black"
-        text.append(span.text, Style(bgcolor=Color.from_rgb(r, g, b), color=fg))
+        if abs(span.score) < UNCOLOURED_BELOW * scale:
+            text.append(span.text)  # near zero: plain, so the words that matter stand out
+        else:
+            r, g, b = blend(span.score, scale)
+            fg = "white" if abs(span.score) > 0.55 * scale else "black"
+            text.append(span.text, Style(bgcolor=Color.from_rgb(r, g, b), color=fg))
         cursor = span.end
     text.append(prompt.text[cursor:case_start + len(prompt.case_text)])
     return text, scale
@@ -93,7 +99,7 @@ def render_explanation(record: Explanation, top: int = 10, console: Console | No
                        ) -> None:
     console = console or Console()
     model = record.model
-    console.print(Text.assemble(("TokenTrace", "bold"), f"  {model.name} · {model.device} · "
+    console.print(Text.assemble(("TokenTrace", "bold"), f" · {model.name} · {model.device} · "
                                 f"{model.dtype} · method {record.method.name} · offline"))
     console.print(Panel(record.answer.text or "(empty)", title="Answer" +
                         (" (forced)" if record.answer.forced else ""), title_align="left"))
@@ -104,7 +110,8 @@ def render_explanation(record: Explanation, top: int = 10, console: Console | No
         r, g, b = blend(w * scale, scale)
         legend.append(f" {w * scale:+.3g} ", Style(bgcolor=Color.from_rgb(r, g, b),
                                                   color="white" if abs(w) > 0.55 else "black"))
-    legend.append("   red: pushed toward the answer · blue: pushed against it")
+    legend.append("   red: pushed toward the answer · blue: pushed against it · "
+                  f"under {UNCOLOURED_BELOW:.0%} of the scale: uncoloured")
     console.print(legend)
 
     spans = [s for s in word_scores(record.prompt.text, record.prompt.offsets,
@@ -127,16 +134,23 @@ def render_explanation(record: Explanation, top: int = 10, console: Console | No
     t, hw, attr = record.timings, record.hardware, record.attribution
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold")
-    facts.add_column()
+    facts.add_column(overflow="fold")
     error = attr.completeness_error
-    facts.add_row("Completeness error",
-                  "n/a" if error is None else f"{100 * error:.2f}% of F(case) - F(baseline)")
+    if error is None:
+        facts.add_row("Completeness error", "n/a")
+    else:
+        steps = record.method.params.get("steps")
+        hint = (f" (high: the path integral has not converged; try --steps {2 * steps})"
+                if error > HIGH_COMPLETENESS_ERROR and steps else "")
+        facts.add_row("Completeness error",
+                      f"{100 * error:.2f}% of F(case) - F(baseline){hint}")
     params = ", ".join(f"{k}={v}" for k, v in record.method.params.items())
     facts.add_row("Method", f"{record.method.name} ({params})")
     facts.add_row("Tokens", f"{sum(record.prompt.attributable)} case tokens of "
                             f"{len(record.prompt.token_ids)} prompt tokens; "
                             f"{len(record.answer.token_ids)} answer tokens")
-    facts.add_row("Time", f"load {t.load_s:.1f} s · generate {t.generate_s:.1f} s · "
+    generate = "answer forced" if record.answer.forced else f"generate {t.generate_s:.1f} s"
+    facts.add_row("Time", f"load {t.load_s:.1f} s · {generate} · "
                           f"attribute {t.attribute_s:.1f} s")
     memory = f"peak RSS {hw.peak_rss_mb:,.0f} MiB"
     if hw.peak_accelerator_mb is not None:
