@@ -64,7 +64,10 @@ def build_prompt(tokenizer: Any, case_text: str, *, system_prompt: str | None,
         if system_prompt:
             messages.insert(0, {"role": "system", "content": system_prompt})
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        start = text.rindex(case)
+        start = text.rfind(case)
+        if start < 0:
+            raise InvalidInputError("this model's chat template rewrites the case text, so its "
+                                    "tokens cannot be located; use --raw-prompt")
         encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     else:
         text, start = case, 0

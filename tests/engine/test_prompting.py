@@ -51,3 +51,12 @@ def test_answer_pieces_join_to_the_text(tiny_tokenizer):
     text, pieces = answer_pieces(tiny_tokenizer, ids)
     assert "".join(pieces) == text
     assert len(pieces) == len(ids) == 5
+
+
+def test_template_that_rewrites_the_case_is_reported(tiny_tokenizer):
+    import copy
+
+    shouting = copy.deepcopy(tiny_tokenizer)
+    shouting.chat_template = "{% for m in messages %}{{ m['content'] | upper }} {% endfor %}"
+    with pytest.raises(InvalidInputError, match="use --raw-prompt"):
+        build_prompt(shouting, CASE, system_prompt=None)
