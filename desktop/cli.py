@@ -75,6 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--json", type=Path, metavar="OUT", help="write the explanation record")
     explain.add_argument("--quiet", action="store_true", help="print no progress bar")
 
+    app = commands.add_parser(
+        "app", help="open the desktop window",
+        description="Open TokenTrace's window. With --screenshot, explain the case headless, "
+                    "save the window as a PNG and exit.")
+    app.add_argument("--case-file", type=Path, help="a case to put in the editor")
+    app.add_argument("--model", default="embedded",
+                     help="'embedded' (default), a Hugging Face model folder, or a .gguf file")
+    app.add_argument("--method", default="ig", help="attribution method (default: ig)")
+    app.add_argument("--steps", type=_positive_int, help="interpolation points (default: 32)")
+    app.add_argument("--max-new-tokens", type=_positive_int,
+                     help="longest answer to generate (default: 64)")
+    app.add_argument("--screenshot", type=Path, metavar="PNG",
+                     help="run the whole flow on --case-file, save the window here, exit")
+
     methods = commands.add_parser("methods", help="list attribution methods and their cost")
     methods.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
@@ -143,6 +157,13 @@ def run_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_app_command(args: argparse.Namespace) -> int:
+    from desktop.app import run_app
+
+    return run_app(args.case_file, args.model, args.method, args.steps, args.max_new_tokens,
+                   args.screenshot)
+
+
 def run_methods(args: argparse.Namespace) -> int:
     from engine.methods import METHODS
 
@@ -171,7 +192,8 @@ def run_methods(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler = {"explain": run_explain, "methods": run_methods}[args.command]
+    handler = {"explain": run_explain, "app": run_app_command,
+               "methods": run_methods}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:

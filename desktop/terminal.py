@@ -19,17 +19,12 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
+from desktop.palette import UNCOLOURED_BELOW, blend, text_colour
 from engine.grouping import top_spans, word_scores
 from engine.record import Explanation
 from engine.task import TaskState
 
-# Diverging, colour-blind-safe (ColorBrewer RdBu ends): blue = against, red = for the answer.
-NEGATIVE = (33, 102, 172)
-POSITIVE = (178, 24, 43)
-NEUTRAL = (247, 247, 247)
-
 HIGH_COMPLETENESS_ERROR = 0.10
-UNCOLOURED_BELOW = 0.05  # fraction of the scale
 
 _STAGES = {"load": "Loading model", "generate": "Generating answer",
            "attribute": "Attributing"}
@@ -63,16 +58,6 @@ class RichTaskState(TaskState):
         self._progress.update(self._tasks[stage], completed=done, total=total)
 
 
-def blend(score: float, scale: float) -> tuple[int, int, int]:
-    """Background colour for ``score`` on a symmetric scale of +/- ``scale``."""
-    if scale <= 0:
-        return NEUTRAL
-    weight = max(-1.0, min(1.0, score / scale))
-    end = POSITIVE if weight > 0 else NEGATIVE
-    w = abs(weight)
-    return tuple(round(n + (e - n) * w) for n, e in zip(NEUTRAL, end, strict=True))  # type: ignore[return-value]
-
-
 def coloured_case(record: Explanation) -> tuple[Text, float]:
     """The case text with each word's background coloured by its summed attribution."""
     prompt = record.prompt
@@ -88,8 +73,8 @@ def coloured_case(record: Explanation) -> tuple[Text, float]:
             text.append(span.text)  # near zero: plain, so the words that matter stand out
         else:
             r, g, b = blend(span.score, scale)
-            fg = "white" if abs(span.score) > 0.55 * scale else "black"
-            text.append(span.text, Style(bgcolor=Color.from_rgb(r, g, b), color=fg))
+            text.append(span.text, Style(bgcolor=Color.from_rgb(r, g, b),
+                                         color=text_colour(span.score, scale)))
         cursor = span.end
     text.append(prompt.text[cursor:case_start + len(prompt.case_text)])
     return text, scale
@@ -109,7 +94,7 @@ def render_explanation(record: Explanation, top: int = 10, console: Console | No
     for w in (-1.0, -0.5, 0.0, 0.5, 1.0):
         r, g, b = blend(w * scale, scale)
         legend.append(f" {w * scale:+.3g} ", Style(bgcolor=Color.from_rgb(r, g, b),
-                                                  color="white" if abs(w) > 0.55 else "black"))
+                                                  color=text_colour(w * scale, scale)))
     legend.append("   red: pushed toward the answer · blue: pushed against it · "
                   f"under {UNCOLOURED_BELOW:.0%} of the scale: uncoloured")
     console.print(legend)

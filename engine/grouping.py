@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,3 +52,39 @@ def word_scores(text: str, offsets: Sequence[tuple[int, int]], scores: Sequence[
 def top_spans(spans: Sequence[Span], k: int = 10) -> list[Span]:
     """The ``k`` spans with the largest absolute score, largest first."""
     return sorted(spans, key=lambda span: abs(span.score), reverse=True)[:k]
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?;])\s+|\n+")
+
+
+def token_scores(text: str, offsets: Sequence[tuple[int, int]], scores: Sequence[float],
+                 attributable: Sequence[bool]) -> list[Span]:
+    """One span per attributable token, in text order."""
+    return [Span(s, e, text[s:e], float(score))
+            for (s, e), score, keep in zip(offsets, scores, attributable, strict=True)
+            if keep and e > s]
+
+
+def sentence_scores(text: str, offsets: Sequence[tuple[int, int]], scores: Sequence[float],
+                    attributable: Sequence[bool]) -> list[Span]:
+    """Token scores summed per sentence (split after . ! ? ; and at line breaks)."""
+    tokens = token_scores(text, offsets, scores, attributable)
+    if not tokens:
+        return []
+    lo, hi = tokens[0].start, tokens[-1].end
+    bounds = [lo] + [m.end() for m in _SENTENCE_END.finditer(text, lo, hi)] + [hi]
+    spans = []
+    k = 0
+    for start, end in itertools.pairwise(bounds):
+        total, touched = 0.0, False
+        while k < len(tokens) and tokens[k].end - 1 < end:  # by its last character
+            total += tokens[k].score
+            touched = True
+            k += 1
+        if touched:
+            stripped = text[start:end].rstrip()
+            spans.append(Span(start, start + len(stripped), stripped, total))
+    return spans
+
+
+GROUPINGS = {"token": token_scores, "word": word_scores, "sentence": sentence_scores}

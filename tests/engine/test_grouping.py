@@ -27,3 +27,14 @@ def test_clinical_words_stay_whole_and_scores_add_up():
 def test_unattributable_tokens_are_left_out():
     spans = word_scores("ER positive", [(0, 2), (2, 11)], [5.0, 1.0], [False, True])
     assert [(s.text, s.score) for s in spans] == [("positive", 1.0)]
+
+
+def test_sentences_sum_their_tokens():
+    from engine.grouping import sentence_scores
+
+    text = "ER positive. HER2 negative.\nNodes 0"
+    offsets = [(0, 2), (2, 11), (11, 12), (12, 17), (17, 26), (26, 27), (28, 33), (33, 35)]
+    scores = [1.0, 2.0, 0.5, -1.0, -2.0, 0.25, 4.0, 1.0]
+    spans = sentence_scores(text, offsets, scores, [True] * len(offsets))
+    assert [s.text for s in spans] == ["ER positive.", "HER2 negative.", "Nodes 0"]
+    assert [s.score for s in spans] == [3.5, -2.75, 5.0]

@@ -1,0 +1,109 @@
+"""The hardware panel: live CPU, memory and GPU figures, and the last run's costs.
+
+Sampling runs on its own thread once a second and only while the panel is visible.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
+from PySide6.QtWidgets import QFormLayout, QLabel, QWidget
+
+from engine.hardware_sampler import HardwareProbe, HardwareSample
+from engine.record import Explanation
+
+
+class HardwareSampler(QObject):
+    sampled = Signal(object)  # HardwareSample
+
+    def __init__(self, interval_ms: int = 1000) -> None:
+        super().__init__()
+        self._interval = interval_ms
+        self._timer: QTimer | None = None
+        self._probe: HardwareProbe | None = None
+
+    @Slot()
+    def start(self) -> None:
+        if self._timer is None:  # created on the sampler's own thread
+            self._probe = HardwareProbe()
+            self._timer = QTimer()
+            self._timer.setInterval(self._interval)
+            self._timer.timeout.connect(self._on_timeout)
+        self._timer.start()
+        self._on_timeout()
+
+    @Slot()
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+
+    def _on_timeout(self) -> None:
+        assert self._probe is not None
+        self.sampled.emit(self._probe.sample())
+
+
+class HardwarePanel(QWidget):
+    _start_requested = Signal()
+    _stop_requested = Signal()
+
+    def __init__(self, interval_ms: int = 1000) -> None:
+        super().__init__()
+        self.thread = QThread()
+        self.thread.setObjectName("tokentrace-hardware")
+        self.sampler = HardwareSampler(interval_ms)
+        self.sampler.moveToThread(self.thread)
+        self._start_requested.connect(self.sampler.start)
+        self._stop_requested.connect(self.sampler.stop)
+        self.sampler.sampled.connect(self._on_sampled)
+        self.thread.start()
+        self.samples = 0
+
+        form = QFormLayout(self)
+        self.labels: dict[str, QLabel] = {}
+        for key, title in [("device", "Device"), ("cpu", "Process CPU"), ("rss", "Process RSS"),
+                           ("ram", "System RAM"), ("gpu", "GPU"), ("phases", "Last run"),
+                           ("peak", "Peak memory")]:
+            label = QLabel("–")
+            label.setWordWrap(True)
+            self.labels[key] = label
+            form.addRow(title, label)
+
+    def showEvent(self, event) -> None:
+        self._start_requested.emit()
+        super().showEvent(event)
+
+    def hideEvent(self, event) -> None:
+        self._stop_requested.emit()
+        super().hideEvent(event)
+
+    def shutdown(self) -> None:
+        self._stop_requested.emit()
+        self.thread.quit()
+        self.thread.wait(5000)
+
+    def _on_sampled(self, sample: HardwareSample) -> None:
+        self.samples += 1
+        self.labels["cpu"].setText(f"{sample.process_cpu_pct:.0f}%")
+        self.labels["rss"].setText(f"{sample.process_rss_mb:,.0f} MiB")
+        self.labels["ram"].setText(f"{sample.system_ram_used_mb / 1024:.1f} / "
+                                   f"{sample.system_ram_total_mb / 1024:.1f} GiB")
+        if sample.gpus:
+            self.labels["gpu"].setText("\n".join(
+                f"{g.name}: {g.utilisation_pct:.0f}%, {g.memory_used_mb:,.0f} / "
+                f"{g.memory_total_mb:,.0f} MiB"
+                + (f", {g.temperature_c:.0f} °C" if g.temperature_c is not None else "")
+                + (f", {g.power_w:.0f} W" if g.power_w is not None else "")
+                for g in sample.gpus))
+        else:
+            self.labels["gpu"].setText("none found")
+
+    def show_run(self, record: Explanation) -> None:
+        t, hw = record.timings, record.hardware
+        self.labels["device"].setText(f"{hw.device_name} ({record.model.device}, "
+                                      f"{record.model.dtype})")
+        generate = "forced" if record.answer.forced else f"{t.generate_s:.1f} s"
+        self.labels["phases"].setText(f"load {t.load_s:.1f} s · generate {generate} · "
+                                      f"attribute {t.attribute_s:.1f} s")
+        peak = f"RSS {hw.peak_rss_mb:,.0f} MiB"
+        if hw.peak_accelerator_mb is not None:
+            peak += f" · accelerator {hw.peak_accelerator_mb:,.0f} MiB"
+        self.labels["peak"].setText(peak)

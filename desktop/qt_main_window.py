@@ -1,0 +1,484 @@
+"""TokenTrace's main window: case editor, answer, coloured overlay, chart, hardware, settings."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from PySide6.QtCore import QSettings, Qt, QUrl, Signal
+from PySide6.QtGui import QAction, QFont, QKeySequence
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDockWidget,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QMainWindow,
+    QMessageBox,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QSplitter,
+    QTextBrowser,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop.qt_chart import AttributionChart
+from desktop.qt_hardware import HardwarePanel
+from desktop.qt_overlay import Legend, TokenOverlay, scale_of, units_for
+from desktop.qt_worker import EngineThread
+from engine.explain import ExplainRequest
+from engine.models import ModelRequest
+from engine.prompting import DEFAULT_SYSTEM_PROMPT
+from engine.record import Explanation
+
+CASES_DIR = Path(__file__).resolve().parent.parent / "resources" / "cases"
+_STAGE_NAMES = {"load": "Loading model", "generate": "Generating", "attribute": "Attributing"}
+
+
+class SettingsPanel(QWidget):
+    """Method and its settings; builds the ExplainRequest."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from engine.methods import METHODS
+
+        form = QFormLayout(self)
+        self.method = QComboBox()
+        for name, spec in METHODS.items():
+            self.method.addItem(name, name)
+            self.method.setItemData(self.method.count() - 1, spec.description,
+                                    Qt.ItemDataRole.ToolTipRole)
+        self.steps = QSpinBox()
+        self.steps.setRange(1, 1024)
+        self.steps.setValue(32)
+        self.max_new_tokens = QSpinBox()
+        self.max_new_tokens.setRange(1, 4096)
+        self.max_new_tokens.setValue(64)
+        self.baseline = QComboBox()
+        self.baseline.setEditable(True)
+        self.baseline.addItems(["pad", "zero", "token:0"])
+        self.matrix = QCheckBox("Per-answer-token matrix")
+        self.matrix.setChecked(True)
+        self.target = QLineEdit()
+        self.target.setPlaceholderText("empty: generate the answer")
+        self.system = QPlainTextEdit(DEFAULT_SYSTEM_PROMPT)
+        self.system.setMaximumHeight(90)
+        self.device = QComboBox()
+        self.device.addItems(["auto", "cpu", "cuda", "mps"])
+        form.addRow("Method", self.method)
+        form.addRow("Steps", self.steps)
+        form.addRow("Max new tokens", self.max_new_tokens)
+        form.addRow("Baseline", self.baseline)
+        form.addRow("", self.matrix)
+        form.addRow("Forced answer", self.target)
+        form.addRow("System prompt", self.system)
+        form.addRow("Device", self.device)
+
+    def request(self, case_text: str) -> ExplainRequest:
+        target = self.target.text().strip() or None
+        return ExplainRequest(
+            case_text=case_text, method=self.method.currentData(), steps=self.steps.value(),
+            max_new_tokens=self.max_new_tokens.value(), target=target,
+            baseline=self.baseline.currentText().strip(),
+            system_prompt=self.system.toPlainText().strip() or None,
+            matrix=self.matrix.isChecked())
+
+
+class MainWindow(QMainWindow):
+    """The window. ``record`` holds the explanation on screen (None before the first)."""
+
+    explanation_shown = Signal()
+    model_ready = Signal(object)  # ModelInfo, after a load finished
+    failed = Signal(str)  # an error message, after it was shown
+
+    def __init__(self, model: ModelRequest | None = None, settings: QSettings | None = None
+                 ) -> None:
+        super().__init__()
+        self.setWindowTitle("TokenTrace")
+        self.setObjectName("mainWindow")
+        self.resize(1400, 900)
+        self.record: Explanation | None = None
+        self.selected_row: int | None = None
+        self.last_error: str | None = None
+        self.error_box: QMessageBox | None = None
+        self._settings = settings or QSettings("TokenTrace", "TokenTrace")
+        self._model_request = model or ModelRequest()
+        self._answer_pieces: list[str] = []
+
+        self.engine = EngineThread(self)
+        worker = self.engine.worker
+        worker.started.connect(self._on_started)
+        worker.progressed.connect(self._on_progressed)
+        worker.token_generated.connect(self._on_token_generated)
+        worker.model_loaded.connect(self._on_model_loaded)
+        worker.finished.connect(self._on_finished)
+        worker.errored.connect(self._on_errored)
+        worker.cancelled.connect(self._on_cancelled)
+
+        self._build_central()
+        self._build_docks()
+        self._build_actions()
+        self._build_status_bar()
+        self._restore_state()
+        self._set_busy(False)
+        self.load_model(self._model_request)
+
+    # ---- construction -------------------------------------------------------------------
+
+    def _build_central(self) -> None:
+        self.case_edit = QPlainTextEdit()
+        self.case_edit.setObjectName("caseEditor")
+        self.case_edit.setPlaceholderText("Paste or type the clinical case here, or pick one "
+                                          "from Cases. Ctrl+Enter explains it.")
+        self.answer_view = QTextBrowser()
+        self.answer_view.setObjectName("answerView")
+        self.answer_view.setOpenLinks(False)
+        self.answer_view.anchorClicked.connect(self._on_answer_clicked)
+        self.whole_answer = QPushButton("Whole answer")
+        self.whole_answer.setToolTip("Show the sequence attribution (all answer tokens)")
+        self.whole_answer.clicked.connect(lambda: self.select_answer_token(None))
+        self.explain_button = QPushButton("Explain")
+        self.explain_button.setObjectName("explainButton")
+        self.explain_button.clicked.connect(self.explain)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setObjectName("cancelButton")
+        self.cancel_button.clicked.connect(self.cancel)
+
+        case_box = QWidget()
+        case_layout = QVBoxLayout(case_box)
+        case_layout.addWidget(QLabel("<b>Case</b>"))
+        case_layout.addWidget(self.case_edit)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.explain_button)
+        buttons.addWidget(self.cancel_button)
+        buttons.addStretch(1)
+        case_layout.addLayout(buttons)
+
+        answer_box = QWidget()
+        answer_layout = QVBoxLayout(answer_box)
+        header = QHBoxLayout()
+        header.addWidget(QLabel("<b>Answer</b> (click a token to see what it rests on)"))
+        header.addStretch(1)
+        header.addWidget(self.whole_answer)
+        answer_layout.addLayout(header)
+        answer_layout.addWidget(self.answer_view)
+
+        self.overlay = TokenOverlay()
+        self.legend = Legend()
+        self.granularity = QComboBox()
+        self.granularity.addItems(["word", "token", "sentence"])
+        self.granularity.currentTextChanged.connect(lambda _: self._show_selection())
+        self.overlay_title = QLabel("<b>Case, coloured by attribution</b>")
+        self.completeness = QLabel()
+        overlay_box = QWidget()
+        overlay_layout = QVBoxLayout(overlay_box)
+        top = QHBoxLayout()
+        top.addWidget(self.overlay_title)
+        top.addStretch(1)
+        top.addWidget(QLabel("Granularity"))
+        top.addWidget(self.granularity)
+        overlay_layout.addLayout(top)
+        overlay_layout.addWidget(self.overlay)
+        overlay_layout.addWidget(self.legend)
+        overlay_layout.addWidget(self.completeness)
+
+        left = QSplitter(Qt.Orientation.Vertical)
+        left.addWidget(case_box)
+        left.addWidget(answer_box)
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.setObjectName("mainSplitter")
+        self.splitter.addWidget(left)
+        self.splitter.addWidget(overlay_box)
+        self.splitter.setSizes([560, 840])
+        self.setCentralWidget(self.splitter)
+
+    def _dock(self, title: str, widget: QWidget, area: Qt.DockWidgetArea) -> QDockWidget:
+        dock = QDockWidget(title, self)
+        dock.setObjectName(title.lower().replace(" ", "_") + "_dock")
+        dock.setWidget(widget)
+        self.addDockWidget(area, dock)
+        return dock
+
+    def _build_docks(self) -> None:
+        self.chart = AttributionChart()
+        self.hardware = HardwarePanel()
+        self.settings_panel = SettingsPanel()
+        self.chart_dock = self._dock("Chart", self.chart, Qt.DockWidgetArea.BottomDockWidgetArea)
+        self.hardware_dock = self._dock("Hardware", self.hardware,
+                                        Qt.DockWidgetArea.RightDockWidgetArea)
+        self.settings_dock = self._dock("Settings", self.settings_panel,
+                                        Qt.DockWidgetArea.RightDockWidgetArea)
+        self.chart.hovered.connect(self.overlay.highlight)
+        self.overlay.hovered.connect(self.chart.highlight)
+
+    def _build_actions(self) -> None:
+        menu = self.menuBar()
+        file_menu = menu.addMenu("&File")
+        self._action(file_menu, "Open case…", QKeySequence.StandardKey.Open, self._open_case)
+        self._action(file_menu, "Open model folder…", None, self._open_model_folder)
+        self._action(file_menu, "Open GGUF file…", None, self._open_gguf)
+        self._action(file_menu, "Use embedded model", None,
+                     lambda: self.load_model(ModelRequest()))
+        self._action(file_menu, "Save explanation…", QKeySequence.StandardKey.Save,
+                     self._save_record)
+        file_menu.addSeparator()
+        self._action(file_menu, "Quit", QKeySequence.StandardKey.Quit, self.close)
+        run_menu = menu.addMenu("&Run")
+        self.explain_action = self._action(run_menu, "Explain", QKeySequence("Ctrl+Return"),
+                                           self.explain)
+        self.cancel_action = self._action(run_menu, "Cancel", QKeySequence("Esc"), self.cancel)
+        cases_menu = menu.addMenu("&Cases")
+        for path in sorted(CASES_DIR.glob("*.txt")):
+            self._action(cases_menu, path.stem.replace("_", " "), None,
+                         lambda checked=False, p=path: self.case_edit.setPlainText(
+                             p.read_text(encoding="utf-8").strip()))
+        view_menu = menu.addMenu("&View")
+        for dock in (self.chart_dock, self.hardware_dock, self.settings_dock):
+            view_menu.addAction(dock.toggleViewAction())
+        self.presentation_action = self._action(view_menu, "Presentation mode",
+                                                QKeySequence("F11"), self.toggle_presentation)
+        self.presentation_action.setCheckable(True)
+        help_menu = menu.addMenu("&Help")
+        self._action(help_menu, "About TokenTrace", None, self._about)
+
+    def _action(self, menu, text, shortcut, slot) -> QAction:
+        action = QAction(text, self)
+        if shortcut is not None:
+            action.setShortcut(shortcut)
+        action.triggered.connect(slot)
+        menu.addAction(action)
+        return action
+
+    def _build_status_bar(self) -> None:
+        bar = self.statusBar()
+        self.model_label = QLabel("No model")
+        self.offline_label = QLabel("● Offline")
+        self.offline_label.setToolTip("No network connection is made: the network is blocked "
+                                      "inside TokenTrace and models load from local files only.")
+        self.offline_label.setStyleSheet("color: #1b7837; font-weight: bold;")
+        self.stage_label = QLabel()
+        self.progress = QProgressBar()
+        self.progress.setMaximumWidth(260)
+        bar.addWidget(self.model_label, 1)
+        bar.addPermanentWidget(self.stage_label)
+        bar.addPermanentWidget(self.progress)
+        bar.addPermanentWidget(self.offline_label)
+
+    # ---- user actions -------------------------------------------------------------------
+
+    def load_model(self, request: ModelRequest) -> None:
+        self._model_request = request
+        self.model_label.setText(f"Loading {request.source}…")
+        self._set_busy(True)
+        self.engine.load_model(request)
+
+    def explain(self) -> None:
+        text = self.case_edit.toPlainText()
+        if not text.strip():
+            self._show_error("The case is empty: type or paste the clinical case first.")
+            return
+        request = self.settings_panel.request(text)
+        try:
+            request.validate()
+        except Exception as exc:
+            self._show_error(str(exc))
+            return
+        self._answer_pieces = []
+        self.answer_view.setPlainText("")
+        self._set_busy(True)
+        self.engine.explain(request)
+
+    def cancel(self) -> None:
+        self.engine.cancel()
+
+    def select_answer_token(self, row: int | None) -> None:
+        self.selected_row = row
+        self._show_selection()
+
+    def toggle_presentation(self, on: bool) -> None:
+        font = QFont(self.font())
+        font.setPointSizeF(font.pointSizeF() * (1.5 if on else 1 / 1.5))
+        self.setFont(font)
+        self.overlay.setFont(font)
+        self.answer_view.setFont(font)
+        if on:
+            self.showFullScreen()
+        else:
+            self.showNormal()
+
+    # ---- engine signals -----------------------------------------------------------------
+
+    def _on_started(self, request_id: int, what: str) -> None:
+        if self.engine.is_current(request_id):
+            self.stage_label.setText("Loading model" if what == "load" else "Starting")
+
+    def _on_progressed(self, request_id: int, stage: str, done: int, total: int,
+                       remaining: float) -> None:
+        if not self.engine.is_current(request_id):
+            return
+        self.progress.setRange(0, max(total, 1))
+        self.progress.setValue(done)
+        left = f", about {remaining:.0f} s left" if remaining >= 0 else ""
+        self.stage_label.setText(f"{_STAGE_NAMES.get(stage, stage)}{left}")
+
+    def _on_token_generated(self, request_id: int, piece: str) -> None:
+        if self.engine.is_current(request_id):
+            self._answer_pieces.append(piece)
+            self.answer_view.setPlainText("".join(self._answer_pieces))
+
+    def _on_model_loaded(self, request_id: int, info) -> None:
+        if not self.engine.is_current(request_id):
+            return
+        self._set_busy(False)
+        self.model_label.setText(f"{info.name} · {info.parameters / 1e6:,.0f}M parameters · "
+                                 f"{info.dtype} · {info.device} · sha256 {info.sha256[:12]}…")
+        self.model_label.setToolTip(f"{info.source}\nsha256 {info.sha256}")
+        self.stage_label.setText("Ready")
+        self.model_ready.emit(info)
+
+    def _on_finished(self, request_id: int, record: Explanation) -> None:
+        if not self.engine.is_current(request_id):
+            return
+        self._set_busy(False)
+        self.stage_label.setText(f"Done in {record.timings.attribute_s:.1f} s")
+        self.show_record(record)
+
+    def _on_errored(self, request_id: int, message: str) -> None:
+        if not self.engine.is_current(request_id):
+            return
+        self._set_busy(False)
+        self.stage_label.setText("Error")
+        if self.model_label.text().startswith("Loading"):
+            self.model_label.setText("No model loaded")
+        self._show_error(message)
+        self.failed.emit(message)
+
+    def _on_cancelled(self, request_id: int) -> None:
+        if self.engine.is_current(request_id):
+            self._set_busy(False)
+            self.stage_label.setText("Cancelled")
+
+    # ---- showing a result ---------------------------------------------------------------
+
+    def show_record(self, record: Explanation) -> None:
+        self.record = record
+        self.selected_row = None
+        self.case_edit.setPlainText(record.prompt.case_text)
+        self._render_answer()
+        self._show_selection()
+        self.hardware.show_run(record)
+        error = record.attribution.completeness_error
+        if error is not None:
+            self.completeness.setText(
+                f"Method {record.method.name}, {record.method.params.get('steps')} steps · "
+                f"completeness error {100 * error:.1f}%")
+        self.explanation_shown.emit()
+
+    def _render_answer(self) -> None:
+        record = self.record
+        if record is None:
+            return
+        parts = []
+        for row, piece in enumerate(record.answer.tokens):
+            style = "text-decoration:none; color:black;"
+            if row == self.selected_row:
+                style += " background-color:#ffe08a; font-weight:bold;"
+            parts.append(f'<a href="answer:{row}" style="{style}">{html.escape(piece)}</a>')
+        self.answer_view.setHtml('<div style="white-space:pre-wrap; line-height:150%;">'
+                                 + "".join(parts) + "</div>")
+
+    def _show_selection(self) -> None:
+        record = self.record
+        if record is None:
+            return
+        row = self.selected_row if record.attribution.per_token is not None else None
+        units = units_for(record, row, self.granularity.currentText())
+        self.overlay.show_units(record, units)
+        self.chart.set_units(units)
+        self.legend.set_scale(scale_of(units))
+        what = ("the whole answer" if row is None
+                else f"answer token {row + 1}: {record.answer.tokens[row]!r}")
+        self.overlay_title.setText(f"<b>Case, coloured by attribution to {html.escape(what)}"
+                                   "</b>")
+        self._render_answer()
+
+    def _on_answer_clicked(self, url: QUrl) -> None:
+        text = url.toString()
+        if text.startswith("answer:"):
+            self.select_answer_token(int(text.removeprefix("answer:")))
+
+    # ---- helpers ------------------------------------------------------------------------
+
+    def _set_busy(self, busy: bool) -> None:
+        self.explain_button.setEnabled(not busy)
+        self.explain_action.setEnabled(not busy)
+        self.cancel_button.setEnabled(busy)
+        self.progress.setTextVisible(busy)
+        if not busy:
+            self.progress.setRange(0, 1)
+            self.progress.setValue(0)
+
+    def _show_error(self, message: str) -> None:
+        self.last_error = message
+        box = QMessageBox(QMessageBox.Icon.Warning, "TokenTrace", message,
+                          QMessageBox.StandardButton.Ok, self)
+        box.setWindowModality(Qt.WindowModality.WindowModal)
+        box.open()  # not exec(): the window keeps running, tests can inspect it
+        self.error_box = box
+
+    def _open_case(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open case", str(CASES_DIR),
+                                              "Text (*.txt);;All files (*)")
+        if path:
+            from desktop.cli import read_case
+
+            try:
+                self.case_edit.setPlainText(read_case(None, Path(path)))
+            except Exception as exc:
+                self._show_error(str(exc))
+
+    def _open_model_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Open Hugging Face model folder")
+        if folder:
+            self.load_model(ModelRequest(folder, device=self.settings_panel.device.currentText()))
+
+    def _open_gguf(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open GGUF model", "", "GGUF (*.gguf)")
+        if path:
+            self.load_model(ModelRequest(path, device=self.settings_panel.device.currentText()))
+
+    def _save_record(self) -> None:
+        if self.record is None:
+            self._show_error("Nothing to save yet: explain a case first.")
+            return
+        path, _ = QFileDialog.getSaveFileName(self, "Save explanation", "explanation.json",
+                                              "TokenTrace explanation (*.json)")
+        if path:
+            self.record.save(path)
+
+    def _about(self) -> None:
+        QMessageBox.about(self, "About TokenTrace",
+                          "TokenTrace shows which words of a case drove each word of a local "
+                          "model's answer. Offline: nothing leaves this machine. Decision "
+                          "support, not a diagnosis.")
+
+    def _restore_state(self) -> None:
+        geometry = self._settings.value("geometry")
+        state = self._settings.value("windowState")
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        if state is not None:
+            self.restoreState(state)
+
+    def closeEvent(self, event) -> None:
+        self._settings.setValue("geometry", self.saveGeometry())
+        self._settings.setValue("windowState", self.saveState())
+        self.engine.shutdown()
+        self.hardware.shutdown()
+        super().closeEvent(event)

@@ -1,0 +1,115 @@
+"""The case text coloured by attribution, at token, word or sentence granularity."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+
+from PySide6.QtCore import QUrl, Signal
+from PySide6.QtGui import QCursor
+from PySide6.QtWidgets import QLabel, QTextBrowser, QToolTip
+
+from desktop.palette import UNCOLOURED_BELOW, blend, text_colour
+from engine.grouping import GROUPINGS, Span
+from engine.record import Explanation
+
+
+def units_for(record: Explanation, row: int | None, granularity: str) -> list[Span]:
+    """Scored units of the case: the sequence attribution (``row`` None) or one answer row."""
+    prompt = record.prompt
+    if row is None or record.attribution.per_token is None:
+        scores: Sequence[float] = record.attribution.sequence
+    else:
+        scores = record.attribution.per_token[row]
+    return GROUPINGS[granularity](prompt.text, prompt.offsets, scores, prompt.attributable)
+
+
+def scale_of(units: Sequence[Span]) -> float:
+    return max((abs(u.score) for u in units), default=0.0)
+
+
+class TokenOverlay(QTextBrowser):
+    """Read-only case view; each unit is a link so hovering shows its value and rank."""
+
+    hovered = Signal(int)  # unit index, or -1 when the pointer leaves a unit
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setOpenLinks(False)
+        self.setObjectName("overlay")
+        self._record: Explanation | None = None
+        self._units: list[Span] = []
+        self._ranks: dict[int, int] = {}
+        self._highlighted = -1
+        self.highlighted.connect(self._on_link_hovered)
+
+    @property
+    def units(self) -> list[Span]:
+        return self._units
+
+    def show_units(self, record: Explanation, units: list[Span]) -> None:
+        self._record, self._units = record, units
+        order = sorted(range(len(units)), key=lambda i: abs(units[i].score), reverse=True)
+        self._ranks = {index: rank for rank, index in enumerate(order, 1)}
+        self._render()
+
+    def highlight(self, index: int) -> None:
+        if index != self._highlighted:
+            self._highlighted = index
+            self._render()
+
+    def _render(self) -> None:
+        record = self._record
+        if record is None:
+            self.clear()
+            return
+        prompt = record.prompt
+        scale = scale_of(self._units)
+        case_start = prompt.text.rfind(prompt.case_text)
+        case_start = max(case_start, 0)
+        case_end = case_start + len(prompt.case_text)
+        parts = ['<div style="line-height:150%; white-space:pre-wrap;">']
+        cursor = case_start
+        for index, unit in enumerate(self._units):
+            parts.append(html.escape(prompt.text[cursor:unit.start]))
+            style = "text-decoration:none; color:black;"
+            if abs(unit.score) >= UNCOLOURED_BELOW * scale:
+                r, g, b = blend(unit.score, scale)
+                style = (f"text-decoration:none; background-color:rgb({r},{g},{b}); "
+                         f"color:{text_colour(unit.score, scale)};")
+            if index == self._highlighted:
+                style += " border:2px solid black; font-weight:bold; text-decoration:underline;"
+            parts.append(f'<a href="unit:{index}" style="{style}">'
+                         f"{html.escape(unit.text)}</a>")
+            cursor = unit.end
+        parts.append(html.escape(prompt.text[cursor:case_end]))
+        parts.append("</div>")
+        scroll = self.verticalScrollBar().value()
+        self.setHtml("".join(parts))
+        self.verticalScrollBar().setValue(scroll)
+
+    def _on_link_hovered(self, url: QUrl) -> None:
+        text = url.toString()
+        if not text.startswith("unit:"):
+            QToolTip.hideText()
+            self.hovered.emit(-1)
+            return
+        index = int(text.removeprefix("unit:"))
+        unit = self._units[index]
+        QToolTip.showText(QCursor.pos(), f"{unit.text!r}: {unit.score:+.4f}  "
+                          f"(rank {self._ranks[index]} of {len(self._units)})", self)
+        self.hovered.emit(index)
+
+
+class Legend(QLabel):
+    """The colour scale with its numbers."""
+
+    def set_scale(self, scale: float) -> None:
+        cells = []
+        for w in (-1.0, -0.5, 0.0, 0.5, 1.0):
+            r, g, b = blend(w * scale, scale)
+            cells.append(f'<td style="background-color:rgb({r},{g},{b}); '
+                         f'color:{text_colour(w * scale, scale)}; padding:2px 8px;">'
+                         f"{w * scale:+.3g}</td>")
+        self.setText('<table cellspacing="0"><tr>' + "".join(cells) + "</tr></table>"
+                     "&nbsp;red: pushed toward the answer · blue: pushed against it")

@@ -1,0 +1,168 @@
+"""The engine thread: one QObject worker, moved to one QThread, owns the model and all torch work.
+
+The GUI talks to it only through queued signals (requests in, results out). Every request carries
+an id; a new request cancels the one running; the GUI drops results whose id is stale.
+Cancellation is cooperative (``TaskState``) and takes effect within one decoder block.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from PySide6.QtCore import QObject, QThread, Signal, Slot
+
+from engine.errors import Cancelled, TokenTraceError
+from engine.task import TaskState
+
+
+class _QtTaskState(TaskState):
+    """Forwards engine progress and streamed tokens to the worker's signals."""
+
+    def __init__(self, worker: EngineWorker, request_id: int) -> None:
+        super().__init__()
+        self._worker, self._id = worker, request_id
+        self._stage_started: dict[str, float] = {}
+
+    def progressed(self, stage: str, done: int, total: int) -> None:
+        now = time.perf_counter()
+        started = self._stage_started.setdefault(stage, now)
+        remaining = -1.0
+        if 0 < done < total:
+            remaining = (now - started) / done * (total - done)
+        self._worker.progressed.emit(self._id, stage, done, total, remaining)
+
+    def token_generated(self, token_id: int, text: str) -> None:
+        self._worker.token_generated.emit(self._id, text)
+
+
+class EngineWorker(QObject):
+    """Runs model loading and explanations on its thread. Signals are past tense."""
+
+    started = Signal(int, str)  # request id, what ("load" or "explain")
+    progressed = Signal(int, str, int, int, float)  # id, stage, done, total, seconds left (-1)
+    token_generated = Signal(int, str)  # id, decoded piece
+    model_loaded = Signal(int, object)  # id, ModelInfo
+    finished = Signal(int, object)  # id, Explanation
+    errored = Signal(int, str)  # id, one readable message
+    cancelled = Signal(int)  # id
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._loaded: Any = None  # engine.models.LoadedModel, touched only on this thread
+        self._lock = threading.Lock()
+        self._state: TaskState | None = None
+        self._latest = 0  # the newest request id the GUI has issued
+
+    def supersede(self, request_id: int) -> None:
+        """Mark ``request_id`` as the newest and cancel the running one. Any thread."""
+        with self._lock:
+            self._latest = request_id
+            if self._state is not None:
+                self._state.cancel()
+
+    def cancel(self) -> None:
+        """Ask the running request to stop. Safe to call from any thread."""
+        with self._lock:
+            if self._state is not None:
+                self._state.cancel()
+
+    def _begin(self, request_id: int) -> _QtTaskState | None:
+        """The state for a request, or None (and ``cancelled``) if a newer one was issued."""
+        state = _QtTaskState(self, request_id)
+        with self._lock:
+            stale = request_id < self._latest
+            self._state = None if stale else state
+        if stale:
+            self.cancelled.emit(request_id)
+            return None
+        return state
+
+    @Slot(int, object)
+    def load_model(self, request_id: int, request: Any) -> None:
+        from engine.models import load_model
+
+        state = self._begin(request_id)
+        if state is None:
+            return
+        self.started.emit(request_id, "load")
+        try:
+            self._loaded = load_model(request, state)
+        except Exception as exc:
+            self._fail(request_id, exc)
+            return
+        self.model_loaded.emit(request_id, self._loaded.info)
+
+    @Slot(int, object)
+    def explain(self, request_id: int, request: Any) -> None:
+        from engine.explain import explain
+
+        state = self._begin(request_id)
+        if state is None:
+            return
+        self.started.emit(request_id, "explain")
+        if self._loaded is None:
+            self.errored.emit(request_id, "No model is loaded yet; open a model first.")
+            return
+        try:
+            record = explain(request, self._loaded, state)
+        except Exception as exc:
+            self._fail(request_id, exc)
+            return
+        self.finished.emit(request_id, record)
+
+    def _fail(self, request_id: int, exc: Exception) -> None:
+        if isinstance(exc, Cancelled):
+            self.cancelled.emit(request_id)
+        elif isinstance(exc, TokenTraceError):
+            self.errored.emit(request_id, str(exc))
+        else:
+            self.errored.emit(request_id, f"Unexpected error: {type(exc).__name__}: {exc}")
+
+
+class EngineThread(QObject):
+    """Owns the QThread and the worker; issues request ids and queues requests to the worker."""
+
+    _load_requested = Signal(int, object)
+    _explain_requested = Signal(int, object)
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.thread = QThread()
+        self.thread.setObjectName("tokentrace-engine")
+        self.worker = EngineWorker()
+        self.worker.moveToThread(self.thread)
+        self._load_requested.connect(self.worker.load_model)
+        self._explain_requested.connect(self.worker.explain)
+        self.thread.start()
+        self._next_id = 0
+        self.current_id = 0
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        self.current_id = self._next_id
+        self.worker.supersede(self.current_id)  # a new request cancels the running one
+        return self.current_id
+
+    def load_model(self, request: Any) -> int:
+        request_id = self._new_id()
+        self._load_requested.emit(request_id, request)
+        return request_id
+
+    def explain(self, request: Any) -> int:
+        request_id = self._new_id()
+        self._explain_requested.emit(request_id, request)
+        return request_id
+
+    def cancel(self) -> None:
+        self.worker.cancel()
+
+    def is_current(self, request_id: int) -> bool:
+        return request_id == self.current_id
+
+    def shutdown(self, timeout_ms: int = 10_000) -> bool:
+        """Cancel what runs, stop the thread and wait for it. True if it stopped in time."""
+        self.worker.cancel()
+        self.thread.quit()
+        return self.thread.wait(timeout_ms)
