@@ -5,7 +5,7 @@ Sampling runs on its own thread once a second and only while the panel is visibl
 
 from __future__ import annotations
 
-from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
+from PySide6.QtCore import QMetaObject, QObject, Qt, QThread, QTimer, Signal, Slot
 from PySide6.QtWidgets import QFormLayout, QLabel, QWidget
 
 from engine.hardware_sampler import HardwareProbe, HardwareSample
@@ -35,6 +35,13 @@ class HardwareSampler(QObject):
     def stop(self) -> None:
         if self._timer is not None:
             self._timer.stop()
+
+    @Slot()
+    def dispose(self) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer.deleteLater()
+            self._timer = None
 
     def _on_timeout(self) -> None:
         assert self._probe is not None
@@ -76,7 +83,10 @@ class HardwarePanel(QWidget):
         super().hideEvent(event)
 
     def shutdown(self) -> None:
-        self._stop_requested.emit()
+        """Stop the timer on its own thread (Qt timers die where they live), then the thread."""
+        if self.thread.isRunning():
+            QMetaObject.invokeMethod(self.sampler, "dispose",
+                                     Qt.ConnectionType.BlockingQueuedConnection)
         self.thread.quit()
         self.thread.wait(5000)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before any QApplication exists
 import pytest
 import torch
 from tiny import make_tiny_model, make_tiny_tokenizer

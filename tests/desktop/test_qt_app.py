@@ -1,0 +1,175 @@
+"""The desktop window with a tiny real model: explain, inspect, cancel, errors, quitting."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from PySide6.QtCore import QSettings, QUrl
+
+from desktop.palette import blend
+from desktop.qt_main_window import MainWindow
+from engine.models import ModelRequest
+
+CASE = "52 year old woman , left breast mass 2 cm , ER positive , HER2 negative ."
+
+
+@pytest.fixture
+def make_window(qtbot, tmp_path):
+    windows: list[MainWindow] = []
+
+    def make(source: str) -> MainWindow:
+        settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+        window = MainWindow(ModelRequest(source), settings=settings)
+        qtbot.addWidget(window)
+        window.show()
+        windows.append(window)
+        return window
+
+    yield make
+    for window in windows:  # no thread may outlive its window
+        window.close()
+        assert not window.engine.thread.isRunning()
+        assert not window.hardware.thread.isRunning()
+
+
+@pytest.fixture
+def ready_window(make_window, qtbot, tiny_model_folder):
+    window = make_window(str(tiny_model_folder))
+    with qtbot.waitSignal(window.model_ready, timeout=60_000):
+        pass
+    return window
+
+
+def _explain(window, qtbot, steps=4, max_new_tokens=4, timeout=60_000):
+    window.case_edit.setPlainText(CASE)
+    window.settings_panel.steps.setValue(steps)
+    window.settings_panel.max_new_tokens.setValue(max_new_tokens)
+    with qtbot.waitSignal(window.explanation_shown, timeout=timeout):
+        window.explain_button.click()
+
+
+def test_explain_colours_tokens_and_answer_click_changes_chart(ready_window, qtbot):
+    window = ready_window
+    assert "tiny-llama" in window.model_label.text()
+    _explain(window, qtbot)
+    record = window.record
+    assert record is not None and record.prompt.case_text == CASE
+    units = window.overlay.units
+    top = max(units, key=lambda u: abs(u.score))
+    r, g, b = blend(top.score, max(abs(u.score) for u in units))
+    assert f"background-color:#{r:02x}{g:02x}{b:02x}" in window.overlay.toHtml()
+    assert top.text in window.overlay.toPlainText()
+    whole = list(window.chart.heights)
+    assert len(whole) == len(window.overlay.units) > 5
+    assert window.answer_view.toPlainText() == record.answer.text
+
+    window._on_answer_clicked(QUrl("answer:0"))  # what a click on the first token does
+    assert window.selected_row == 0
+    first = list(window.chart.heights)
+    assert first != whole
+    assert sum(first) == pytest.approx(sum(record.attribution.per_token[0]))
+    assert "answer token 1" in window.overlay_title.text()
+    window.whole_answer.click()
+    assert list(window.chart.heights) == whole
+
+    window.granularity.setCurrentText("sentence")
+    assert len(window.chart.heights) < len(whole)
+    window.chart.sorted_box.setChecked(True)
+    heights = window.chart.heights
+    assert [abs(h) for h in heights] == sorted((abs(h) for h in heights), reverse=True)
+
+
+def test_hover_links_chart_and_overlay(ready_window, qtbot):
+    window = ready_window
+    _explain(window, qtbot)
+    window.chart.hovered.emit(2)
+    assert window.overlay._highlighted == 2
+    window.overlay.hovered.emit(3)
+    assert window.chart._mark is not None
+
+
+def test_hardware_panel_samples_while_visible(ready_window, qtbot):
+    qtbot.waitUntil(lambda: ready_window.hardware.samples >= 1, timeout=5000)
+    assert "MiB" in ready_window.hardware.labels["rss"].text()
+
+
+def test_cancel_mid_run_within_a_second(ready_window, qtbot):
+    window = ready_window
+    window.case_edit.setPlainText(CASE)
+    window.settings_panel.steps.setValue(1024)
+    window.settings_panel.max_new_tokens.setValue(16)
+    # The worker's signals come from its thread; wait on what the GUI thread shows.
+    window.explain_button.click()
+    qtbot.waitUntil(lambda: window.stage_label.text().startswith("Attributing"), timeout=30_000)
+    assert window.cancel_button.isEnabled()
+    pressed = time.perf_counter()
+    window.cancel_button.click()
+    qtbot.waitUntil(lambda: window.stage_label.text() == "Cancelled", timeout=5000)
+    assert time.perf_counter() - pressed < 1.0
+    assert window.explain_button.isEnabled() and window.record is None
+    assert window.last_error is None  # cancelling is not an error
+
+
+def test_broken_model_path_shows_a_dialog(make_window, qtbot, tmp_path):
+    window = make_window(str(tmp_path / "no-such-model"))
+    with qtbot.waitSignal(window.failed, timeout=30_000):
+        pass
+    assert "model not found" in window.last_error
+    assert window.error_box is not None and window.error_box.isVisible()
+    assert window.model_label.text() == "No model loaded"
+
+
+def test_empty_case_is_refused_without_running(ready_window):
+    ready_window.case_edit.setPlainText("   ")
+    ready_window.explain_button.click()
+    assert "empty" in ready_window.last_error
+    assert ready_window.explain_button.isEnabled()
+
+
+def test_closing_while_running_quits_cleanly(ready_window, qtbot):
+    window = ready_window
+    window.case_edit.setPlainText(CASE)
+    window.settings_panel.steps.setValue(1024)
+    window.explain_button.click()
+    qtbot.waitUntil(lambda: window.stage_label.text().startswith("Attributing"), timeout=30_000)
+    started = time.perf_counter()
+    window.close()
+    assert not window.engine.thread.isRunning()
+    assert time.perf_counter() - started < 2.0
+
+
+def test_window_state_is_restored(make_window, qtbot, tiny_model_folder):
+    first = make_window(str(tiny_model_folder))
+    first.chart_dock.hide()
+    first.close()
+    second = make_window(str(tiny_model_folder))
+    assert not second.chart_dock.isVisible()
+
+
+def test_screenshot_command(tiny_model_folder, tmp_path):
+    case = tmp_path / "case.txt"
+    case.write_text(CASE)
+    shot = tmp_path / "window.png"
+    done = subprocess.run(
+        [sys.executable, "-m", "desktop.cli", "app", "--case-file", str(case), "--model",
+         str(tiny_model_folder), "--steps", "2", "--max-new-tokens", "3", "--screenshot",
+         str(shot)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    from PySide6.QtGui import QImage
+
+    image = QImage(str(shot))
+    assert image.width() >= 800 and image.height() >= 600
+
+
+def test_app_without_display_says_how_to_run_headless(tmp_path):
+    import os
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    done = subprocess.run([sys.executable, "-m", "desktop.cli", "app"], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert done.returncode == 2
+    assert "QT_QPA_PLATFORM=offscreen" in done.stderr and "Traceback" not in done.stderr
