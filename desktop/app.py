@@ -43,18 +43,26 @@ def run_app(case_file: Path | None, model: str, method: str, steps: int | None,
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("TokenTrace")
     app.setOrganizationName("TokenTrace")
-    window = MainWindow(ModelRequest(model))
-    settings = window.settings_panel
-    index = settings.method.findData(method)
+    settings = None
+    if screenshot is not None:  # the default layout, not the user's saved one
+        import tempfile
+
+        from PySide6.QtCore import QSettings
+
+        scratch = tempfile.mkdtemp(prefix="tokentrace-")
+        settings = QSettings(str(Path(scratch) / "settings.ini"), QSettings.Format.IniFormat)
+    window = MainWindow(ModelRequest(model), settings=settings)
+    panel = window.settings_panel
+    index = panel.method.findData(method)
     if index < 0:
         from engine.errors import InvalidSettingsError
 
         raise InvalidSettingsError(f"unknown method {method!r}")
-    settings.method.setCurrentIndex(index)
+    panel.method.setCurrentIndex(index)
     if steps is not None:
-        settings.steps.setValue(steps)
+        panel.steps.setValue(steps)
     if max_new_tokens is not None:
-        settings.max_new_tokens.setValue(max_new_tokens)
+        panel.max_new_tokens.setValue(max_new_tokens)
     if case is not None:
         window.case_edit.setPlainText(case)
     window.show()

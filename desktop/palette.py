@@ -10,6 +10,7 @@ NEGATIVE = (33, 102, 172)
 POSITIVE = (178, 24, 43)
 NEUTRAL = (247, 247, 247)
 UNCOLOURED_BELOW = 0.05  # fraction of the scale under which a unit is left uncoloured
+HIGH_COMPLETENESS_ERROR = 0.10  # above this, views suggest more integration steps
 
 
 def blend(score: float, scale: float) -> tuple[int, int, int]:

@@ -67,10 +67,11 @@ class HardwarePanel(QWidget):
         form = QFormLayout(self)
         self.labels: dict[str, QLabel] = {}
         for key, title in [("device", "Device"), ("cpu", "Process CPU"), ("rss", "Process RSS"),
-                           ("ram", "System RAM"), ("gpu", "GPU"), ("phases", "Last run"),
+                           ("ram", "System RAM"), ("gpu", "GPU"), ("load", "Load"),
+                           ("generate", "Generate"), ("attribute", "Attribute"),
                            ("peak", "Peak memory")]:
             label = QLabel("–")
-            label.setWordWrap(True)
+            label.setWordWrap(key == "gpu")
             self.labels[key] = label
             form.addRow(title, label)
 
@@ -108,12 +109,13 @@ class HardwarePanel(QWidget):
 
     def show_run(self, record: Explanation) -> None:
         t, hw = record.timings, record.hardware
-        self.labels["device"].setText(f"{hw.device_name} ({record.model.device}, "
-                                      f"{record.model.dtype})")
-        generate = "forced" if record.answer.forced else f"{t.generate_s:.1f} s"
-        self.labels["phases"].setText(f"load {t.load_s:.1f} s · generate {generate} · "
-                                      f"attribute {t.attribute_s:.1f} s")
+        self.labels["device"].setText(hw.device_name)
+        self.labels["device"].setToolTip(f"{record.model.device}, {record.model.dtype}")
+        self.labels["load"].setText(f"{t.load_s:.1f} s")
+        self.labels["generate"].setText("answer forced" if record.answer.forced
+                                        else f"{t.generate_s:.1f} s")
+        self.labels["attribute"].setText(f"{t.attribute_s:.1f} s")
         peak = f"RSS {hw.peak_rss_mb:,.0f} MiB"
         if hw.peak_accelerator_mb is not None:
-            peak += f" · accelerator {hw.peak_accelerator_mb:,.0f} MiB"
+            peak += f" · GPU {hw.peak_accelerator_mb:,.0f} MiB"
         self.labels["peak"].setText(peak)

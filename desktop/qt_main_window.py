@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from desktop.palette import HIGH_COMPLETENESS_ERROR
 from desktop.qt_chart import AttributionChart
 from desktop.qt_hardware import HardwarePanel
 from desktop.qt_overlay import Legend, TokenOverlay, scale_of, units_for
@@ -175,7 +176,9 @@ class MainWindow(QMainWindow):
         self.granularity.addItems(["word", "token", "sentence"])
         self.granularity.currentTextChanged.connect(lambda _: self._show_selection())
         self.overlay_title = QLabel("<b>Case, coloured by attribution</b>")
+        self.overlay_title.setWordWrap(True)
         self.completeness = QLabel()
+        self.completeness.setWordWrap(True)
         overlay_box = QWidget()
         overlay_layout = QVBoxLayout(overlay_box)
         top = QHBoxLayout()
@@ -375,9 +378,12 @@ class MainWindow(QMainWindow):
         self.hardware.show_run(record)
         error = record.attribution.completeness_error
         if error is not None:
+            steps = record.method.params.get("steps")
+            hint = (f" (high: the path integral has not converged; try {2 * steps} steps)"
+                    if error > HIGH_COMPLETENESS_ERROR and steps else "")
             self.completeness.setText(
-                f"Method {record.method.name}, {record.method.params.get('steps')} steps · "
-                f"completeness error {100 * error:.1f}%")
+                f"Method {record.method.name}, {steps} steps · "
+                f"completeness error {100 * error:.1f}%{hint}")
         self.explanation_shown.emit()
 
     def _render_answer(self) -> None:

@@ -19,12 +19,10 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-from desktop.palette import UNCOLOURED_BELOW, blend, text_colour
+from desktop.palette import HIGH_COMPLETENESS_ERROR, UNCOLOURED_BELOW, blend, text_colour
 from engine.grouping import top_spans, word_scores
 from engine.record import Explanation
 from engine.task import TaskState
-
-HIGH_COMPLETENESS_ERROR = 0.10
 
 _STAGES = {"load": "Loading model", "generate": "Generating answer",
            "attribute": "Attributing"}
