@@ -6,8 +6,8 @@ import html
 from collections.abc import Sequence
 
 from PySide6.QtCore import QUrl, Signal
-from PySide6.QtGui import QCursor
-from PySide6.QtWidgets import QLabel, QTextBrowser, QToolTip
+from PySide6.QtGui import QColor, QCursor, QFont, QTextCursor
+from PySide6.QtWidgets import QLabel, QTextBrowser, QTextEdit, QToolTip
 
 from desktop.palette import UNCOLOURED_BELOW, blend, text_colour
 from engine.grouping import GROUPINGS, Span
@@ -41,6 +41,7 @@ class TokenOverlay(QTextBrowser):
         self._units: list[Span] = []
         self._ranks: dict[int, int] = {}
         self._highlighted = -1
+        self._case_start = 0
         self.highlighted.connect(self._on_link_hovered)
 
     @property
@@ -48,15 +49,32 @@ class TokenOverlay(QTextBrowser):
         return self._units
 
     def show_units(self, record: Explanation, units: list[Span]) -> None:
+        """Render ``units`` (spans of ``record.prompt.text`` inside the case), coloured."""
         self._record, self._units = record, units
         order = sorted(range(len(units)), key=lambda i: abs(units[i].score), reverse=True)
         self._ranks = {index: rank for rank, index in enumerate(order, 1)}
         self._render()
 
     def highlight(self, index: int) -> None:
-        if index != self._highlighted:
-            self._highlighted = index
-            self._render()
+        """Outline one unit without rebuilding the document (cheap on long cases)."""
+        if index == self._highlighted:
+            return
+        self._highlighted = index
+        selections = []
+        if 0 <= index < len(self._units):
+            unit = self._units[index]
+            cursor = QTextCursor(self.document())
+            cursor.setPosition(unit.start - self._case_start)
+            cursor.setPosition(unit.end - self._case_start, QTextCursor.MoveMode.KeepAnchor)
+            selection = QTextEdit.ExtraSelection()
+            selection.cursor = cursor
+            selection.format.setFontUnderline(True)
+            selection.format.setFontWeight(QFont.Weight.Bold)
+            selection.format.setUnderlineColor(QColor("black"))
+            selections.append(selection)
+            self.setTextCursor(QTextCursor(cursor.block()))
+            self.ensureCursorVisible()
+        self.setExtraSelections(selections)
 
     def _render(self) -> None:
         record = self._record
@@ -65,8 +83,7 @@ class TokenOverlay(QTextBrowser):
             return
         prompt = record.prompt
         scale = scale_of(self._units)
-        case_start = prompt.text.rfind(prompt.case_text)
-        case_start = max(case_start, 0)
+        case_start = self._case_start = max(prompt.text.rfind(prompt.case_text), 0)
         case_end = case_start + len(prompt.case_text)
         parts = ['<div style="line-height:150%; white-space:pre-wrap;">']
         cursor = case_start
@@ -77,8 +94,6 @@ class TokenOverlay(QTextBrowser):
                 r, g, b = blend(unit.score, scale)
                 style = (f"text-decoration:none; background-color:rgb({r},{g},{b}); "
                          f"color:{text_colour(unit.score, scale)};")
-            if index == self._highlighted:
-                style += " border:2px solid black; font-weight:bold; text-decoration:underline;"
             parts.append(f'<a href="unit:{index}" style="{style}">'
                          f"{html.escape(unit.text)}</a>")
             cursor = unit.end
@@ -87,6 +102,8 @@ class TokenOverlay(QTextBrowser):
         scroll = self.verticalScrollBar().value()
         self.setHtml("".join(parts))
         self.verticalScrollBar().setValue(scroll)
+        self._highlighted = -1
+        self.setExtraSelections([])
 
     def _on_link_hovered(self, url: QUrl) -> None:
         text = url.toString()
