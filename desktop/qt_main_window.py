@@ -39,6 +39,7 @@ from engine.prompting import DEFAULT_SYSTEM_PROMPT
 from engine.record import Explanation
 
 CASES_DIR = Path(__file__).resolve().parent.parent / "resources" / "cases"
+LONG_RUN_SECONDS = 120
 _STAGE_NAMES = {"load": "Loading model", "generate": "Generating", "attribute": "Attributing"}
 
 
@@ -80,6 +81,15 @@ class SettingsPanel(QWidget):
         form.addRow("Forced answer", self.target)
         form.addRow("System prompt", self.system)
         form.addRow("Device", self.device)
+        self.estimate = QLabel()
+        self.estimate.setObjectName("estimate")
+        self.estimate.setWordWrap(True)
+        form.addRow("Estimate", self.estimate)
+
+    def changed_signals(self) -> list:
+        """Signals after which the time estimate must be recomputed."""
+        return [self.method.currentIndexChanged, self.steps.valueChanged,
+                self.max_new_tokens.valueChanged, self.matrix.toggled, self.target.textChanged]
 
     def request(self, case_text: str) -> ExplainRequest:
         target = self.target.text().strip() or None
@@ -111,6 +121,7 @@ class MainWindow(QMainWindow):
         self._settings = settings or QSettings("TokenTrace", "TokenTrace")
         self._model_request = model or ModelRequest()
         self._answer_pieces: list[str] = []
+        self.model_info = None  # engine.record.ModelInfo of the loaded model
 
         self.engine = EngineThread(self)
         worker = self.engine.worker
@@ -127,6 +138,9 @@ class MainWindow(QMainWindow):
         self._build_actions()
         self._build_status_bar()
         self._restore_state()
+        self.case_edit.textChanged.connect(self._update_estimate)
+        for signal in self.settings_panel.changed_signals():
+            signal.connect(self._update_estimate)
         self._set_busy(False)
         self.load_model(self._model_request)
 
@@ -343,6 +357,8 @@ class MainWindow(QMainWindow):
                                  f"{info.dtype} · {info.device} · sha256 {info.sha256[:12]}…")
         self.model_label.setToolTip(f"{info.source}\nsha256 {info.sha256}")
         self.stage_label.setText("Ready")
+        self.model_info = info
+        self._update_estimate()
         self.model_ready.emit(info)
 
     def _on_finished(self, request_id: int, record: Explanation) -> None:
@@ -350,6 +366,7 @@ class MainWindow(QMainWindow):
             return
         self._set_busy(False)
         self.stage_label.setText(f"Done in {record.timings.attribute_s:.1f} s")
+        self._remember_throughput(record)
         self.show_record(record)
 
     def _on_errored(self, request_id: int, message: str) -> None:
@@ -418,6 +435,57 @@ class MainWindow(QMainWindow):
         text = url.toString()
         if text.startswith("answer:"):
             self.select_answer_token(int(text.removeprefix("answer:")))
+
+    # ---- time estimate ------------------------------------------------------------------
+
+    def _throughput_key(self) -> str:
+        info = self.model_info
+        return f"throughput/{info.sha256[:16]}/{info.device}/{info.dtype}" if info else ""
+
+    def _remember_throughput(self, record: Explanation) -> None:
+        from engine.methods import get_method
+        from engine.methods.base import measured_throughput
+
+        spec = get_method(record.method.name)
+        cost = spec.cost(len(record.prompt.token_ids), len(record.answer.token_ids),
+                         record.method.params)
+        if record.timings.attribute_s > 0 and self.model_info is not None:
+            self._settings.setValue(self._throughput_key(),
+                                    measured_throughput(cost, record.timings.attribute_s))
+
+    def estimate_seconds(self) -> float | None:
+        """Attribution time for the current case and settings, or None without a model."""
+        from engine.methods import get_method
+        from engine.methods.base import estimate_seconds
+
+        info = self.model_info
+        if info is None:
+            return None
+        panel = self.settings_panel
+        # The GUI never tokenizes (the tokenizer belongs to the engine thread): about four
+        # characters a token, plus the chat template.
+        n = len(self.case_edit.toPlainText()) // 4 + 60
+        target = panel.target.text().strip()
+        answer = max(1, len(target) // 4) if target else panel.max_new_tokens.value()
+        spec = get_method(panel.method.currentData())
+        cost = spec.cost(n, answer, {"steps": panel.steps.value(),
+                                     "matrix": panel.matrix.isChecked()})
+        measured = self._settings.value(self._throughput_key())
+        rate = float(measured) if measured is not None else None
+        return estimate_seconds(cost, info.parameters, info.device.split(":")[0], rate)
+
+    def _update_estimate(self) -> None:
+        seconds = self.estimate_seconds()
+        label = self.settings_panel.estimate
+        if seconds is None:
+            label.setText("load a model first")
+            return
+        text = (f"about {seconds:.0f} s" if seconds < 90 else f"about {seconds / 60:.0f} min")
+        long_run = seconds > LONG_RUN_SECONDS
+        if long_run:
+            text += " — a long run: fewer steps or no per-token matrix is much faster"
+        label.setText(text)
+        label.setStyleSheet("color: #b35806; font-weight: bold;" if long_run else "")
 
     # ---- helpers ------------------------------------------------------------------------
 

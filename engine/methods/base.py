@@ -223,3 +223,26 @@ def parse_baseline(spec: str, tokenizer: Any, vocab_size: int) -> int | None:
                                        f"{vocab_size - 1}")
         return token_id
     raise InvalidSettingsError(f"unknown baseline {spec!r}; choose pad, zero or token:ID")
+
+
+# Sustained throughput guesses, used until a run on this machine measures the real one.
+DEFAULT_FLOPS = {"cpu": 5e10, "mps": 2e12, "cuda": 2e13}
+
+
+def estimate_seconds(cost: Cost, parameters: int, device_type: str,
+                     token_passes_per_second: float | None = None) -> float:
+    """Seconds for ``cost``: (forwards + backwards) x tokens / throughput.
+
+    A backward with respect to the inputs only costs about one forward (no weight gradients).
+    ``token_passes_per_second`` is a measured throughput; without it, 2 x parameters FLOPs per
+    token are assumed at a typical rate for the device.
+    """
+    if token_passes_per_second is None:
+        flops = DEFAULT_FLOPS.get(device_type, DEFAULT_FLOPS["cpu"])
+        token_passes_per_second = flops / max(1, 2 * parameters)
+    return (cost.forwards + cost.backwards) * cost.tokens / token_passes_per_second
+
+
+def measured_throughput(cost: Cost, seconds: float) -> float:
+    """Token-passes per second that a finished run achieved (for later estimates)."""
+    return (cost.forwards + cost.backwards) * cost.tokens / max(seconds, 1e-6)

@@ -173,3 +173,23 @@ def test_app_without_display_says_how_to_run_headless(tmp_path):
                           text=True, env=env, timeout=120)
     assert done.returncode == 2
     assert "QT_QPA_PLATFORM=offscreen" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_estimate_updates_and_learns_from_a_run(ready_window, qtbot):
+    window = ready_window
+    window.case_edit.setPlainText(CASE)
+    panel = window.settings_panel
+    panel.steps.setValue(8)
+    before = window.estimate_seconds()
+    panel.steps.setValue(64)
+    assert window.estimate_seconds() == pytest.approx(before * 8, rel=0.05)
+    panel.matrix.setChecked(False)
+    assert window.estimate_seconds() < before * 8
+    assert panel.estimate.text().startswith("about")
+    panel.steps.setValue(4)
+    panel.matrix.setChecked(True)
+    guess = window.estimate_seconds()
+    _explain(window, qtbot, steps=4)
+    assert float(window._settings.value(window._throughput_key())) > 0
+    # Same case and settings: the estimate now comes from the measured rate, not the guess.
+    assert window.estimate_seconds() != pytest.approx(guess, rel=0.01)

@@ -139,3 +139,18 @@ def test_cancel_takes_effect_within_a_second(tiny_tokenizer):
     assert not worker.is_alive()
     assert outcome["result"] == "cancelled"
     assert time.perf_counter() - pressed < 1.0
+
+
+def test_estimate_scales_with_the_work_and_uses_measured_throughput():
+    from engine.methods import get_method
+    from engine.methods.base import estimate_seconds, measured_throughput
+
+    spec = get_method("ig")
+    small = spec.cost(100, 10, {"steps": 16, "matrix": False})
+    large = spec.cost(100, 10, {"steps": 16, "matrix": True})
+    assert (small.forwards, small.backwards, small.tokens) == (17, 16, 109)
+    assert large.backwards == 160
+    guess = estimate_seconds(small, 135_000_000, "cpu")
+    assert estimate_seconds(large, 135_000_000, "cpu") > 5 * guess
+    rate = measured_throughput(small, seconds=2.0)
+    assert estimate_seconds(small, 135_000_000, "cpu", rate) == pytest.approx(2.0)
