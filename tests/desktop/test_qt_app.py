@@ -193,3 +193,14 @@ def test_estimate_updates_and_learns_from_a_run(ready_window, qtbot):
     assert float(window._settings.value(window._throughput_key())) > 0
     # Same case and settings: the estimate now comes from the measured rate, not the guess.
     assert window.estimate_seconds() != pytest.approx(guess, rel=0.01)
+
+
+def test_presentation_mode_enlarges_type_and_goes_back(ready_window):
+    window = ready_window
+    size = window.overlay.font().pointSizeF()
+    window.presentation_action.trigger()
+    assert window.presentation_action.isChecked()
+    assert window.overlay.font().pointSizeF() == pytest.approx(size * 1.5)
+    window.presentation_action.trigger()
+    assert window.overlay.font().pointSizeF() == pytest.approx(size)
+    assert not window.isFullScreen()
