@@ -12,6 +12,21 @@ NO_DISPLAY = (
 )
 
 
+RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+
+
+def apply_style(app) -> None:
+    """The window icon and stylesheet, plain files under resources/."""
+    from PySide6.QtGui import QIcon
+
+    icon = RESOURCES / "icons" / "tokentrace.svg"
+    style = RESOURCES / "styles" / "tokentrace.qss"
+    if icon.is_file():
+        app.setWindowIcon(QIcon(str(icon)))
+    if style.is_file():
+        app.setStyleSheet(style.read_text(encoding="utf-8"))
+
+
 def _has_display() -> bool:
     if sys.platform != "linux" or os.environ.get("QT_QPA_PLATFORM"):
         return True
@@ -43,6 +58,7 @@ def run_app(case_file: Path | None, model: str, method: str, steps: int | None,
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("TokenTrace")
     app.setOrganizationName("TokenTrace")
+    apply_style(app)
     settings = None
     if screenshot is not None:  # the default layout, not the user's saved one
         import tempfile

@@ -83,34 +83,36 @@ class EngineWorker(QObject):
     def load_model(self, request_id: int, request: Any) -> None:
         from engine.models import load_model
 
-        state = self._begin(request_id)
-        if state is None:
-            return
-        self.started.emit(request_id, "load")
-        try:
-            self._loaded = load_model(request, state)
-        except Exception as exc:
-            self._fail(request_id, exc)
-            return
-        self.model_loaded.emit(request_id, self._loaded.info)
+        loaded = self._run(request_id, "load", lambda state: load_model(request, state))
+        if loaded is not None:
+            self._loaded = loaded
+            self.model_loaded.emit(request_id, loaded.info)
 
     @Slot(int, object)
     def explain(self, request_id: int, request: Any) -> None:
+        from engine.errors import ModelLoadError
         from engine.explain import explain
 
+        def work(state: TaskState) -> Any:
+            if self._loaded is None:
+                raise ModelLoadError("no model is loaded yet; open a model first")
+            return explain(request, self._loaded, state)
+
+        record = self._run(request_id, "explain", work)
+        if record is not None:
+            self.finished.emit(request_id, record)
+
+    def _run(self, request_id: int, what: str, work: Any) -> Any:
+        """Run ``work(state)`` for a request; failures and cancellation become signals."""
         state = self._begin(request_id)
         if state is None:
-            return
-        self.started.emit(request_id, "explain")
-        if self._loaded is None:
-            self.errored.emit(request_id, "No model is loaded yet; open a model first.")
-            return
+            return None
+        self.started.emit(request_id, what)
         try:
-            record = explain(request, self._loaded, state)
+            return work(state)
         except Exception as exc:
             self._fail(request_id, exc)
-            return
-        self.finished.emit(request_id, record)
+            return None
 
     def _fail(self, request_id: int, exc: Exception) -> None:
         if isinstance(exc, Cancelled):
