@@ -7,7 +7,7 @@ import sys
 import time
 
 import pytest
-from PySide6.QtCore import QSettings, QUrl
+from PySide6.QtCore import QSettings
 
 from desktop.palette import blend
 from desktop.qt_main_window import MainWindow
@@ -44,11 +44,25 @@ def ready_window(make_window, qtbot, tiny_model_folder):
 
 
 def _explain(window, qtbot, steps=4, max_new_tokens=4, timeout=60_000):
-    window.case_edit.setPlainText(CASE)
+    window.case_edit.clear()
+    qtbot.keyClicks(window.case_edit, CASE)  # typed, as a clinician would
     window.settings_panel.steps.setValue(steps)
     window.settings_panel.max_new_tokens.setValue(max_new_tokens)
     with qtbot.waitSignal(window.explanation_shown, timeout=timeout):
         window.explain_button.click()
+
+
+def _click_answer_token(window, qtbot, row: int) -> None:
+    """A real mouse click on answer token ``row`` in the answer view."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtGui import QTextCursor
+
+    record = window.record
+    position = len("".join(record.answer.tokens[:row])) + len(record.answer.tokens[row]) // 2
+    cursor = QTextCursor(window.answer_view.document())
+    cursor.setPosition(max(position, 0))
+    point = window.answer_view.cursorRect(cursor).center()
+    qtbot.mouseClick(window.answer_view.viewport(), Qt.MouseButton.LeftButton, pos=point)
 
 
 def test_explain_colours_tokens_and_answer_click_changes_chart(ready_window, qtbot):
@@ -66,7 +80,7 @@ def test_explain_colours_tokens_and_answer_click_changes_chart(ready_window, qtb
     assert len(whole) == len(window.overlay.units) > 5
     assert window.answer_view.toPlainText() == record.answer.text
 
-    window._on_answer_clicked(QUrl("answer:0"))  # what a click on the first token does
+    _click_answer_token(window, qtbot, 0)
     assert window.selected_row == 0
     first = list(window.chart.heights)
     assert first != whole
@@ -204,3 +218,15 @@ def test_presentation_mode_enlarges_type_and_goes_back(ready_window):
     window.presentation_action.trigger()
     assert window.overlay.font().pointSizeF() == pytest.approx(size)
     assert not window.isFullScreen()
+
+
+def test_hardware_sampling_pauses_while_hidden(ready_window, qtbot):
+    panel = ready_window.hardware
+    qtbot.waitUntil(lambda: panel.samples >= 1, timeout=5000)
+    ready_window.hardware_dock.hide()
+    qtbot.wait(300)  # let a sample already on its way arrive
+    paused_at = panel.samples
+    qtbot.wait(2500)
+    assert panel.samples == paused_at
+    ready_window.hardware_dock.show()
+    qtbot.waitUntil(lambda: panel.samples > paused_at, timeout=5000)
