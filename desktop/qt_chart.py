@@ -74,6 +74,8 @@ class AttributionChart(QWidget):
         else:
             self.plot.getAxis("bottom").setTicks(None)
         self.plot.setXRange(-1, len(heights), padding=0)
+        self.plot.setLabel("bottom", "largest first" if self.sorted_box.isChecked()
+                           else "position in the case")
 
     def highlight(self, unit_index: int) -> None:
         if self._mark is not None:
