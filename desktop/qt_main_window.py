@@ -43,6 +43,17 @@ LONG_RUN_SECONDS = 120
 _STAGE_NAMES = {"load": "Loading model", "generate": "Generating", "attribute": "Attributing"}
 
 
+def demo_cases() -> list[tuple[str, str]]:
+    """(menu title, case text) for the bundled synthetic cases."""
+    from engine.cases import load_cases
+
+    entries = [(p.stem.replace("_", " ").capitalize(), p.read_text(encoding="utf-8").strip())
+               for p in sorted(CASES_DIR.glob("*.txt"))]
+    for path in sorted(CASES_DIR.glob("*.jsonl")):
+        entries += [(case.title or case.id, case.text) for case in load_cases(path)]
+    return entries
+
+
 class SettingsPanel(QWidget):
     """Method and its settings; builds the ExplainRequest."""
 
@@ -249,11 +260,10 @@ class MainWindow(QMainWindow):
         self.explain_action = self._action(run_menu, "Explain", QKeySequence("Ctrl+Return"),
                                            self.explain)
         self.cancel_action = self._action(run_menu, "Cancel", QKeySequence("Esc"), self.cancel)
-        cases_menu = menu.addMenu("&Cases")
-        for path in sorted(CASES_DIR.glob("*.txt")):
-            self._action(cases_menu, path.stem.replace("_", " "), None,
-                         lambda checked=False, p=path: self.case_edit.setPlainText(
-                             p.read_text(encoding="utf-8").strip()))
+        self.cases_menu = menu.addMenu("&Cases")
+        for title, text in demo_cases():
+            self._action(self.cases_menu, title, None,
+                         lambda checked=False, t=text: self.case_edit.setPlainText(t))
         view_menu = menu.addMenu("&View")
         for dock in (self.chart_dock, self.hardware_dock, self.settings_dock):
             view_menu.addAction(dock.toggleViewAction())

@@ -230,3 +230,11 @@ def test_hardware_sampling_pauses_while_hidden(ready_window, qtbot):
     assert panel.samples == paused_at
     ready_window.hardware_dock.show()
     qtbot.waitUntil(lambda: panel.samples > paused_at, timeout=5000)
+
+
+def test_cases_menu_loads_a_demo_case(ready_window):
+    actions = ready_window.cases_menu.actions()
+    assert len(actions) == 21  # demo_case.txt and the 20 cases of breast_cancer_cases.jsonl
+    male = next(a for a in actions if a.text() == "Male breast cancer")
+    male.trigger()
+    assert "68-year-old man" in ready_window.case_edit.toPlainText()

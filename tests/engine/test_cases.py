@@ -1,0 +1,53 @@
+"""Case files and the bundled demo cases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.cases import load_cases
+from engine.errors import InvalidInputError
+
+DEMO = Path(__file__).resolve().parents[2] / "resources" / "cases" / "breast_cancer_cases.jsonl"
+FIELDS = {"age", "sex", "menopausal_status", "tumour_size_cm", "grade", "er", "pr", "her2",
+          "ki67_pct", "nodes"}
+
+
+def test_demo_cases_cover_the_situations():
+    cases = load_cases(DEMO)
+    assert len(cases) == 20
+    assert len({c.id for c in cases}) == 20
+    for case in cases:
+        assert set(case.fields) == FIELDS, case.id
+        assert case.text.endswith("?") and case.title
+        assert str(case.fields["age"]) in case.text
+    text = " ".join(c.title.lower() for c in cases)
+    for situation in ("hr-positive", "her2-positive", "triple-negative", "dcis", "lobular",
+                      "male", "older", "brca", "metastatic"):
+        assert situation in text, situation
+
+
+def test_csv_cases_with_fields(tmp_path):
+    path = tmp_path / "cases.csv"
+    path.write_text("id,text,age,her2\na,ER positive case.,61,negative\nb,HER2 case.,45,3+\n")
+    cases = load_cases(path)
+    assert [c.id for c in cases] == ["a", "b"]
+    assert cases[1].fields == {"age": "45", "her2": "3+"}
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("c.jsonl", '{"id": "a", "text": "x"}\n{broken\n', "line 2: not valid JSON"),
+    ("c.jsonl", '{"id": "a", "text": "x"}\n{"id": "a", "text": "y"}\n', "duplicate case id"),
+    ("c.jsonl", '{"id": "a"}\n', "needs an id and text"),
+    ("c.jsonl", "\n\n", "holds no cases"),
+    ("c.txt", "x", "case files are .jsonl or .csv"),
+    ("c.csv", "id,text\n,missing id\n", "row 2: each case needs an id and text"),
+])
+def test_bad_case_files(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(InvalidInputError, match=message):
+        load_cases(path)
+    with pytest.raises(InvalidInputError, match="case file not found"):
+        load_cases(tmp_path / "missing.jsonl")
