@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--top", type=_positive_int, default=10,
                          help="how many influential words to list (default: 10)")
     explain.add_argument("--json", type=Path, metavar="OUT", help="write the explanation record")
+    explain.add_argument("--pdf", type=Path, metavar="OUT", help="write the PDF report")
     explain.add_argument("--quiet", action="store_true", help="print no progress bar")
 
     app = commands.add_parser(
@@ -151,9 +152,14 @@ def run_explain(args: argparse.Namespace) -> int:
         record = explain(request, loaded, state)
     if args.json:
         record.save(args.json)
+    if args.pdf:
+        from desktop.report import write_pdf  # the only part of explain that needs Qt
+
+        write_pdf(record, args.pdf)
     render_explanation(record, top=args.top)
-    if args.json:
-        print(f"Record written to {args.json}")
+    for label, path in (("Record", args.json), ("Report", args.pdf)):
+        if path:
+            print(f"{label} written to {path}")
     return 0
 
 

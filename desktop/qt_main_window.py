@@ -254,6 +254,7 @@ class MainWindow(QMainWindow):
                      lambda: self.load_model(ModelRequest()))
         self._action(file_menu, "Save explanation…", QKeySequence.StandardKey.Save,
                      self._save_record)
+        self._action(file_menu, "Export PDF report…", QKeySequence("Ctrl+P"), self._export_pdf)
         file_menu.addSeparator()
         self._action(file_menu, "Quit", QKeySequence.StandardKey.Quit, self.close)
         run_menu = menu.addMenu("&Run")
@@ -544,6 +545,25 @@ class MainWindow(QMainWindow):
                                               "TokenTrace explanation (*.json)")
         if path:
             self.record.save(path)
+
+    def _export_pdf(self) -> None:
+        if self.record is None:
+            self._show_error("Nothing to export yet: explain a case first.")
+            return
+        path, _ = QFileDialog.getSaveFileName(self, "Export PDF report", "tokentrace-report.pdf",
+                                              "PDF (*.pdf)")
+        if path:
+            self.export_pdf(Path(path))
+
+    def export_pdf(self, path: Path) -> None:
+        from desktop.report import write_pdf
+
+        try:
+            write_pdf(self.record, path)
+        except OSError as exc:
+            self._show_error(f"Cannot write {path}: {exc.strerror or exc}")
+            return
+        self.statusBar().showMessage(f"Report written to {path}", 5000)
 
     def _about(self) -> None:
         QMessageBox.about(self, "About TokenTrace",

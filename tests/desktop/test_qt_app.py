@@ -238,3 +238,14 @@ def test_cases_menu_loads_a_demo_case(ready_window):
     male = next(a for a in actions if a.text() == "Male breast cancer")
     male.trigger()
     assert "68-year-old man" in ready_window.case_edit.toPlainText()
+
+
+def test_export_pdf_from_the_window(ready_window, qtbot, tmp_path):
+    from pypdf import PdfReader
+
+    _explain(ready_window, qtbot)
+    ready_window.export_pdf(tmp_path / "report.pdf")
+    text = " ".join(" ".join(p.extract_text() for p in PdfReader(tmp_path / "report.pdf").pages)
+                    .split())
+    assert " ".join(ready_window.record.answer.text.split()) in text
+    assert "Report written" in ready_window.statusBar().currentMessage()

@@ -1,0 +1,64 @@
+"""The PDF report: real PDF, text that matters, highlight colours, pagination, metadata."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+from pypdf import PdfReader
+from test_qt_overlay import long_record
+
+from desktop.cli import main
+from desktop.palette import NEGATIVE, POSITIVE
+from desktop.report import write_pdf
+
+
+def _fill_colours(data: bytes) -> set[tuple[int, int, int]]:
+    """RGB fill colours set in a PDF content stream (Qt writes them as "r g b scn")."""
+    found = re.findall(rb"([\d.]+) ([\d.]+) ([\d.]+) (?:scn|rg)\b", data)
+    return {tuple(round(float(v) * 255) for v in triple) for triple in found}
+
+
+def test_report_holds_case_answer_method_and_provenance(tmp_path):
+    base = long_record(120)
+    record = dataclasses.replace(base, model=dataclasses.replace(base.model, sha256="3fa9" * 16))
+    path = write_pdf(record, tmp_path / "report.pdf")
+    reader = PdfReader(path)
+    text = " ".join(page.extract_text() for page in reader.pages)
+    squashed = " ".join(text.split())
+    assert "Decision support, not a diagnosis" in squashed
+    assert " ".join(record.prompt.case_text.split()[:6]) in squashed
+    assert "ig" in squashed and "Completeness error" in squashed
+    assert record.model.sha256 in squashed.replace(" ", "")  # may wrap inside its table cell
+    assert reader.metadata.title.startswith("TokenTrace report")
+    assert "TokenTrace" in reader.metadata.creator
+
+
+def test_long_case_paginates_and_draws_the_highlight_colours(tmp_path):
+    record = long_record(3000)
+    reader = PdfReader(write_pdf(record, tmp_path / "long.pdf"))
+    assert len(reader.pages) >= 3
+    drawing = b"".join(page.get_contents().get_data() for page in reader.pages)
+    colours = _fill_colours(drawing)
+    # The strongest words and the legend ends are painted in the scale's end colours, and
+    # many intermediate shades are used for the other words.
+    assert POSITIVE in colours and NEGATIVE in colours
+    assert len(colours) > 50
+
+
+def test_explain_pdf_from_the_command_line(tiny_model_folder, tmp_path, capsys):
+    out = tmp_path / "r.pdf"
+    code = main(["explain", "52 year old woman , ER positive , HER2 negative .", "--model",
+                 str(tiny_model_folder), "--target", "endocrine therapy", "--steps", "2",
+                 "--quiet", "--pdf", str(out)])
+    assert code == 0, capsys.readouterr().err
+    text = " ".join(" ".join(p.extract_text() for p in PdfReader(out).pages).split())
+    assert "endocrine therapy" in text and "tiny-llama" in text
+
+
+def test_unwritable_pdf_path_is_one_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OSError):
+        write_pdf(long_record(30), blocker / "sub" / "r.pdf")
