@@ -90,6 +90,19 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--screenshot", type=Path, metavar="PNG",
                      help="run the whole flow on --case-file, save the window here, exit")
 
+    batch = commands.add_parser(
+        "batch", help="explain every case of a JSONL or CSV file (resumable)",
+        description="Explain every case of a case file with one model load. Writes a record "
+                    "per case, a summary CSV and a summary PDF; a rerun resumes.")
+    batch.add_argument("--cases", type=Path, required=True, help="cases (.jsonl or .csv)")
+    batch.add_argument("--out", type=Path, required=True, help="output folder")
+    batch.add_argument("--pdf", action="store_true", help="also write a PDF report per case")
+    for option in ("--model", "--method", "--steps", "--max-new-tokens", "--target",
+                   "--baseline", "--raw-prompt", "--system", "--no-matrix", "--batch-size",
+                   "--device", "--dtype", "--quiet"):
+        action = next(a for a in explain._actions if option in a.option_strings)
+        batch._add_action(action)
+
     methods = commands.add_parser("methods", help="list attribution methods and their cost")
     methods.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
@@ -170,6 +183,16 @@ def run_app_command(args: argparse.Namespace) -> int:
                    args.screenshot)
 
 
+def run_batch_command(args: argparse.Namespace) -> int:
+    from desktop.batch import main_batch
+    from desktop.terminal import RichTaskState
+    from engine.prompting import DEFAULT_SYSTEM_PROMPT
+
+    args.system_prompt = DEFAULT_SYSTEM_PROMPT if args.system is None else args.system
+    with RichTaskState(quiet=args.quiet) as state:
+        return main_batch(args, state)
+
+
 def run_methods(args: argparse.Namespace) -> int:
     from engine.methods import METHODS
 
@@ -198,7 +221,7 @@ def run_methods(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler = {"explain": run_explain, "app": run_app_command,
+    handler = {"explain": run_explain, "app": run_app_command, "batch": run_batch_command,
                "methods": run_methods}[args.command]
     try:
         return handler(args)

@@ -25,7 +25,7 @@ from engine.record import Explanation
 from engine.task import TaskState
 
 _STAGES = {"load": "Loading model", "generate": "Generating answer",
-           "attribute": "Attributing"}
+           "attribute": "Attributing", "cases": "Cases"}
 
 
 class RichTaskState(TaskState):

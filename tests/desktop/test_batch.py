@@ -1,0 +1,81 @@
+"""`tokentrace batch`: every file written, a bad case skipped, an interrupted run resumes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+
+from pypdf import PdfReader
+
+from desktop.cli import main
+
+GOOD = ["52 year old woman , ER positive , HER2 negative .",
+        "45 year old woman , HER2 positive , grade 3 .",
+        "70 year old man , left breast mass 2 cm , ER positive ."]
+
+
+def _write_cases(path, texts):
+    with path.open("w") as handle:
+        for k, text in enumerate(texts):
+            handle.write(json.dumps({"id": f"case {k}", "text": text}) + "\n")
+
+
+def test_batch_writes_every_file_and_skips_a_bad_case(tiny_model_folder, tmp_path, capsys):
+    cases = tmp_path / "cases.jsonl"
+    _write_cases(cases, [*GOOD, "ER positive , " * 200])  # the last is too long for the model
+    out = tmp_path / "out"
+    code = main(["batch", "--cases", str(cases), "--out", str(out), "--model",
+                 str(tiny_model_folder), "--max-new-tokens", "3", "--steps", "2", "--pdf",
+                 "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "3 cases explained, 0 already done, 1 skipped" in captured.out
+    assert sorted(p.name for p in (out / "records").iterdir()) == [
+        "case_0.json", "case_1.json", "case_2.json"]
+    assert len(list((out / "reports").glob("*.pdf"))) == 3
+    failures = json.loads((out / "failures.json").read_text())
+    assert list(failures) == ["case 3"] and "context" in failures["case 3"]
+    with (out / "summary.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["case"] for r in rows] == ["case 0", "case 1", "case 2"]
+    assert all(float(r["attribute_s"]) > 0 and r["top_words"] for r in rows)
+    summary = " ".join(" ".join(p.extract_text() for p in PdfReader(out / "summary.pdf").pages)
+                       .split())
+    assert "3 cases" in summary and "case 1" in summary
+
+
+def test_interrupted_batch_resumes(tiny_model_folder, tmp_path, capsys):
+    cases = tmp_path / "cases.csv"
+    with cases.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "text"])
+        for k in range(4):
+            writer.writerow([f"c{k}", GOOD[k % 3]])
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "desktop.cli", "batch", "--cases", str(cases), "--out",
+               str(out), "--model", str(tiny_model_folder), "--max-new-tokens", "8",
+               "--steps", "600", "--quiet"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.time() + 120
+    while not list(out.glob("records/*.json")):
+        assert time.time() < deadline and process.poll() is None
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "Run the same command again to resume" in err
+    done = sorted(p.name for p in (out / "records").glob("*.json"))
+    assert 1 <= len(done) < 4
+    first = (out / "records" / done[0]).read_text()
+
+    code = main(["batch", "--cases", str(cases), "--out", str(out), "--model",
+                 str(tiny_model_folder), "--max-new-tokens", "8", "--steps", "2", "--quiet"])
+    assert code == 0
+    assert f"{len(done)} already done" in capsys.readouterr().out
+    assert len(list((out / "records").glob("*.json"))) == 4
+    assert (out / "records" / done[0]).read_text() == first  # not recomputed
