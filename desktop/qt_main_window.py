@@ -33,6 +33,8 @@ from desktop.qt_chart import AttributionChart
 from desktop.qt_hardware import HardwarePanel
 from desktop.qt_overlay import Legend, TokenOverlay, scale_of, units_for
 from desktop.qt_worker import EngineThread
+from desktop.session import ViewState, load_session, save_session
+from engine.errors import TokenTraceError
 from engine.explain import ExplainRequest
 from engine.models import ModelRequest
 from engine.prompting import DEFAULT_SYSTEM_PROMPT
@@ -252,8 +254,10 @@ class MainWindow(QMainWindow):
         self._action(file_menu, "Open GGUF file…", None, self._open_gguf)
         self._action(file_menu, "Use embedded model", None,
                      lambda: self.load_model(ModelRequest()))
+        self._action(file_menu, "Open explanation…", QKeySequence("Ctrl+Shift+O"),
+                     self._open_session)
         self._action(file_menu, "Save explanation…", QKeySequence.StandardKey.Save,
-                     self._save_record)
+                     self._save_session)
         self._action(file_menu, "Export PDF report…", QKeySequence("Ctrl+P"), self._export_pdf)
         file_menu.addSeparator()
         self._action(file_menu, "Quit", QKeySequence.StandardKey.Quit, self.close)
@@ -537,14 +541,47 @@ class MainWindow(QMainWindow):
         if path:
             self.load_model(ModelRequest(path, device=self.settings_panel.device.currentText()))
 
-    def _save_record(self) -> None:
+    def view_state(self) -> ViewState:
+        return ViewState(self.selected_row, self.granularity.currentText(),
+                         self.chart.sorted_box.isChecked(), self.chart.top_k.value())
+
+    def save_session(self, path: Path) -> None:
         if self.record is None:
             self._show_error("Nothing to save yet: explain a case first.")
             return
+        try:
+            save_session(path, self.record, self.view_state())
+        except OSError as exc:
+            self._show_error(f"Cannot write {path}: {exc.strerror or exc}")
+            return
+        self.statusBar().showMessage(f"Saved to {path}", 5000)
+
+    def open_session(self, path: Path) -> None:
+        try:
+            record, view = load_session(path)
+        except TokenTraceError as exc:
+            self._show_error(str(exc))
+            return
+        self.show_record(record)
+        self.granularity.setCurrentText(view.granularity)
+        self.chart.sorted_box.setChecked(view.sorted_chart)
+        self.chart.top_k.setValue(view.top_k)
+        rows = len(record.answer.token_ids)
+        row = view.selected_row if view.selected_row is not None and 0 <= view.selected_row < rows \
+            else None
+        self.select_answer_token(row)
+
+    def _save_session(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save explanation", "explanation.json",
                                               "TokenTrace explanation (*.json)")
         if path:
-            self.record.save(path)
+            self.save_session(Path(path))
+
+    def _open_session(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open explanation", "",
+                                              "TokenTrace explanation (*.json)")
+        if path:
+            self.open_session(Path(path))
 
     def _export_pdf(self) -> None:
         if self.record is None:

@@ -249,3 +249,33 @@ def test_export_pdf_from_the_window(ready_window, qtbot, tmp_path):
                     .split())
     assert " ".join(ready_window.record.answer.text.split()) in text
     assert "Report written" in ready_window.statusBar().currentMessage()
+
+
+def test_session_round_trip_reproduces_the_view(ready_window, make_window, qtbot, tmp_path,
+                                                tiny_model_folder):
+    window = ready_window
+    _explain(window, qtbot)
+    window.granularity.setCurrentText("token")
+    window.select_answer_token(1)
+    window.chart.sorted_box.setChecked(True)
+    window.chart.top_k.setValue(7)
+    heights = list(window.chart.heights)
+    window.save_session(tmp_path / "session.json")
+
+    other = make_window(str(tiny_model_folder))
+    other.open_session(tmp_path / "session.json")
+    assert other.record == window.record
+    assert other.view_state() == window.view_state()
+    assert list(other.chart.heights) == heights
+    assert other.overlay.toPlainText() == window.overlay.toPlainText()
+
+
+def test_session_from_another_version_gets_a_message(ready_window, tmp_path):
+    newer = tmp_path / "newer.json"
+    newer.write_text('{"tokentrace_session": 9, "record": {}}')
+    ready_window.open_session(newer)
+    assert "newer TokenTrace" in ready_window.last_error
+    older = tmp_path / "older.json"
+    older.write_text('{"tokentrace_session": 0}')
+    ready_window.open_session(older)
+    assert "cannot read" in ready_window.last_error
