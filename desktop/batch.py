@@ -19,13 +19,14 @@ from pathlib import Path
 from engine.cases import Case, load_cases
 from engine.errors import Cancelled, TokenTraceError
 from engine.explain import ExplainRequest, explain
+from engine.fields import field_shares, render_fields
 from engine.grouping import top_spans, word_scores
 from engine.models import LoadedModel
 from engine.record import Explanation, write_text_atomic
 from engine.task import TaskState
 
-SUMMARY_COLUMNS = ["case", "answer", "top_words", "completeness_error", "load_s", "generate_s",
-                   "attribute_s", "peak_rss_mb", "peak_accelerator_mb", "device"]
+SUMMARY_COLUMNS = ["case", "answer", "top_words", "top_fields", "completeness_error", "load_s",
+                   "generate_s", "attribute_s", "peak_rss_mb", "peak_accelerator_mb", "device"]
 
 
 def safe_name(case_id: str) -> str:
@@ -46,8 +47,17 @@ def existing_record(out: Path, case: Case) -> Explanation | None:
         return None  # unreadable: explain the case again
 
 
+def request_for(case: Case, template: ExplainRequest, from_fields: bool) -> ExplainRequest:
+    """The template with this case's text, or its clinical fields rendered as text."""
+    if from_fields:
+        text, spans = render_fields(case.fields)
+        return replace(template, case_text=text, fields=spans)
+    return replace(template, case_text=case.text)
+
+
 def run_batch(cases_file: Path, out: Path, template: ExplainRequest, loaded: LoadedModel,
-              state: TaskState, pdf: bool = False, log=print) -> tuple[int, int, int]:
+              state: TaskState, pdf: bool = False, log=print, from_fields: bool = False
+              ) -> tuple[int, int, int]:
     """Explain every case not yet done. Returns (explained now, resumed, failed)."""
     cases = load_cases(cases_file)
     out.mkdir(parents=True, exist_ok=True)
@@ -60,7 +70,7 @@ def run_batch(cases_file: Path, out: Path, template: ExplainRequest, loaded: Loa
                 resumed += 1
                 continue
             try:
-                record = explain(replace(template, case_text=case.text), loaded, state)
+                record = explain(request_for(case, template, from_fields), loaded, state)
             except Cancelled:
                 raise
             except TokenTraceError as exc:
@@ -95,6 +105,8 @@ def summary_rows(cases: list[Case], out: Path) -> list[dict[str, object]]:
         rows.append({
             "case": case.id, "answer": record.answer.text,
             "top_words": "; ".join(f"{w.text} ({w.score:+.3f})" for w in top_spans(words, 5)),
+            "top_fields": "; ".join(f"{label} {100 * share:.0f}%" for label, _, share
+                                    in field_shares(record.attribution.per_field)[:3]),
             "completeness_error": record.attribution.completeness_error,
             "load_s": round(t.load_s, 3), "generate_s": round(t.generate_s, 3),
             "attribute_s": round(t.attribute_s, 3), "peak_rss_mb": round(hw.peak_rss_mb, 1),
@@ -173,7 +185,7 @@ def main_batch(args, state: TaskState) -> int:
 
     try:
         done, resumed, failed = run_batch(args.cases, args.out, template, loaded, state,
-                                          pdf=args.pdf, log=log)
+                                          pdf=args.pdf, log=log, from_fields=args.from_fields)
     except (KeyboardInterrupt, Cancelled):
         print(f"tokentrace: batch stopped; what finished is in {args.out}. Run the same command "
               "again to resume.", file=sys.stderr)

@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "words of the case.")
     explain.add_argument("text", nargs="?", help="the case text (or use --case-file)")
     explain.add_argument("--case-file", type=Path, help="read the case from a UTF-8 text file")
+    explain.add_argument("--fields-file", type=Path, help="the case as clinical fields: a JSON "
+                         "object such as {\"age\": 52, \"her2\": \"negative\"}; attribution is "
+                         "also summed per field")
     explain.add_argument("--model", default="embedded",
                          help="'embedded' (default), a Hugging Face model folder, or a .gguf file")
     explain.add_argument("--method", default="ig", help="attribution method (default: ig); "
@@ -97,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--cases", type=Path, required=True, help="cases (.jsonl or .csv)")
     batch.add_argument("--out", type=Path, required=True, help="output folder")
     batch.add_argument("--pdf", action="store_true", help="also write a PDF report per case")
+    batch.add_argument("--from-fields", action="store_true",
+                       help="explain each case's clinical fields (rendered as text) instead of "
+                            "its text, and sum attribution per field")
     for option in ("--model", "--method", "--steps", "--max-new-tokens", "--target",
                    "--baseline", "--raw-prompt", "--system", "--no-matrix", "--batch-size",
                    "--device", "--dtype", "--quiet"):
@@ -142,14 +148,38 @@ def read_case(text: str | None, case_file: Path | None) -> str:
     return validate_case_text(text)
 
 
-def run_explain(args: argparse.Namespace) -> int:
-    case = read_case(args.text, args.case_file)
+def read_fields(path: Path) -> dict[str, Any]:
+    from engine.errors import InvalidInputError
 
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidInputError(f"fields file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInputError(f"{path} is not a JSON object of fields ({exc})") from None
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"{path} must hold a JSON object of fields")
+    return data
+
+
+def run_explain(args: argparse.Namespace) -> int:
     from engine.explain import ExplainRequest
     from engine.prompting import DEFAULT_SYSTEM_PROMPT
 
+    if args.fields_file is not None:
+        from engine.errors import InvalidInputError
+
+        if args.text is not None or args.case_file is not None:
+            raise InvalidInputError("give the case as TEXT, --case-file or --fields-file, "
+                                    "not several")
+        from engine.fields import render_fields
+
+        case, spans = render_fields(read_fields(args.fields_file))
+    else:
+        case, spans = read_case(args.text, args.case_file), ()
+
     request = ExplainRequest(
-        case_text=case, method=args.method, steps=args.steps,
+        case_text=case, fields=spans, method=args.method, steps=args.steps,
         max_new_tokens=args.max_new_tokens, target=args.target, baseline=args.baseline,
         raw_prompt=args.raw_prompt,
         system_prompt=DEFAULT_SYSTEM_PROMPT if args.system is None else args.system,

@@ -36,6 +36,7 @@ from desktop.qt_worker import EngineThread
 from desktop.session import ViewState, load_session, save_session
 from engine.errors import TokenTraceError
 from engine.explain import ExplainRequest
+from engine.fields import field_shares
 from engine.models import ModelRequest
 from engine.prompting import DEFAULT_SYSTEM_PROMPT
 from engine.record import Explanation
@@ -206,6 +207,10 @@ class MainWindow(QMainWindow):
         self.overlay_title.setWordWrap(True)
         self.completeness = QLabel()
         self.completeness.setWordWrap(True)
+        self.field_label = QLabel()
+        self.field_label.setObjectName("fieldShares")
+        self.field_label.setWordWrap(True)
+        self.field_label.hide()
         overlay_box = QWidget()
         overlay_layout = QVBoxLayout(overlay_box)
         top = QHBoxLayout()
@@ -215,6 +220,7 @@ class MainWindow(QMainWindow):
         overlay_layout.addLayout(top)
         overlay_layout.addWidget(self.overlay)
         overlay_layout.addWidget(self.legend)
+        overlay_layout.addWidget(self.field_label)
         overlay_layout.addWidget(self.completeness)
 
         left = QSplitter(Qt.Orientation.Vertical)
@@ -407,6 +413,10 @@ class MainWindow(QMainWindow):
         self._render_answer()
         self._show_selection()
         self.hardware.show_run(record)
+        self.field_label.setVisible(bool(record.attribution.per_field))
+        self.field_label.setText("Per clinical field: " + " · ".join(
+            f"{label} {100 * share:.0f}% ({score:+.3f})"
+            for label, score, share in field_shares(record.attribution.per_field)))
         error = record.attribution.completeness_error
         if error is not None:
             steps = record.method.params.get("steps")

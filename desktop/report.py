@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from desktop.palette import HIGH_COMPLETENESS_ERROR, NEGATIVE, POSITIVE, blend, text_colour
+from engine.fields import field_shares
 from engine.grouping import top_spans, word_scores
 from engine.record import Explanation
 
@@ -96,6 +97,16 @@ def report_html(record: Explanation, created: datetime | None = None) -> str:
         peak += f", {hw.peak_accelerator_mb:,.0f} MiB accelerator"
     generate = "answer forced" if record.answer.forced else f"{t.generate_s:.1f} s"
 
+    fields_html = ""
+    if record.attribution.per_field:
+        field_rows = "".join(
+            f"<tr><td>{esc(label)}</td><td align='right'>{score:+.4f}</td>"
+            f"<td align='right'>{100 * share:.0f}%</td></tr>"
+            for label, score, share in field_shares(record.attribution.per_field))
+        fields_html = ("<h2>Attribution per clinical field</h2><table border='1' "
+                       "cellspacing='0' cellpadding='3'><tr><th>field</th><th>attribution</th>"
+                       f"<th>share</th></tr>{field_rows}</table>")
+
     def table(items: list[tuple[str, str]]) -> str:
         return ("<table cellspacing='0' cellpadding='3'>" + "".join(
             f"<tr><td width='28%'><b>{esc(k)}</b></td><td>{esc(v)}</td></tr>"
@@ -115,6 +126,7 @@ def report_html(record: Explanation, created: datetime | None = None) -> str:
 <p><img src="chart" width="620"/></p>
 <table border="1" cellspacing="0" cellpadding="3">
 <tr><th>#</th><th>word</th><th>attribution</th><th>share</th></tr>{rows}</table>
+{fields_html}
 <h2>Method</h2>
 {table([("Method", method.name), ("Parameters", params), ("Completeness error", error_text),
         ("Prompt", f"{sum(prompt.attributable)} case tokens of {len(prompt.token_ids)} prompt "

@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from desktop.palette import HIGH_COMPLETENESS_ERROR, UNCOLOURED_BELOW, blend, text_colour
+from engine.fields import field_shares
 from engine.grouping import top_spans, word_scores
 from engine.record import Explanation
 from engine.task import TaskState
@@ -111,6 +112,14 @@ def render_explanation(record: Explanation, top: int = 10, console: Console | No
                       f"{100 * abs(span.score) / total:.1f}%")
     console.print(table)
 
+    if record.attribution.per_field:
+        fields = Table(title="Attribution per clinical field", title_justify="left")
+        fields.add_column("field")
+        fields.add_column("attribution", justify="right")
+        fields.add_column("share", justify="right")
+        for label, score, share in field_shares(record.attribution.per_field):
+            fields.add_row(label, f"{score:+.4f}", f"{100 * share:.0f}%")
+        console.print(fields)
     if record.attribution.per_token is not None:
         console.print(per_answer_token_table(record))
 

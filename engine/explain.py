@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 import torch
 
 from engine.errors import ContextTooLongError, InvalidInputError, InvalidSettingsError
+from engine.fields import field_scores, render_fields
 from engine.generation import generate_answer
 from engine.hardware import PeakMemory, device_name
 from engine.methods import AttributionInput, get_method
@@ -48,6 +50,13 @@ class ExplainRequest:
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
     matrix: bool = True
     batch_size: int | None = None
+    fields: tuple[tuple[str, int, int], ...] = ()  # spans in case_text, see from_fields
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, object], **settings: Any) -> ExplainRequest:
+        """A request whose case is ``fields`` rendered through the field template."""
+        text, spans = render_fields(fields)
+        return cls(case_text=text, fields=spans, **settings)
 
     def validate(self) -> None:
         """Reject impossible settings before any model work starts."""
@@ -127,6 +136,11 @@ def explain(request: ExplainRequest, loaded: LoadedModel,
         attribute_s = time.perf_counter() - start
 
     answer_text, answer_tokens = answer_pieces(tokenizer, answer_ids)
+    per_field = {}
+    if request.fields:
+        shift = prompt.text.rfind(prompt.case_text)
+        per_field = field_scores(prompt.offsets, output.sequence.tolist(), prompt.attributable,
+                                 request.fields, shift)
     mask = torch.tensor(prompt.attributable, dtype=torch.bool)
     sequence = torch.where(mask, output.sequence, torch.zeros_like(output.sequence))
     per_token = (None if output.per_token is None else
@@ -139,11 +153,12 @@ def explain(request: ExplainRequest, loaded: LoadedModel,
             text=prompt.text, case_text=prompt.case_text, token_ids=prompt.token_ids,
             tokens=_prompt_tokens(tokenizer, prompt.token_ids, prompt.tokens),
             attributable=prompt.attributable, offsets=prompt.offsets, format=prompt.format,
-            system_prompt=prompt.system_prompt),
+            system_prompt=prompt.system_prompt, fields=request.fields),
         answer=Answer(text=answer_text, token_ids=tuple(answer_ids), tokens=answer_tokens,
                       forced=forced_ids is not None, log_probs=tuple(output.f_input.tolist())),
         attribution=Attribution(sequence=tuple(sequence.tolist()), per_token=per_token,
-                                completeness_error=output.completeness_error),
+                                completeness_error=output.completeness_error,
+                                per_field=per_field),
         timings=Timings(load_s=loaded.load_s, generate_s=generate_s, attribute_s=attribute_s),
         hardware=Hardware(device_name=device_name(device), peak_rss_mb=peak.peak_rss_mb,
                           peak_accelerator_mb=peak.peak_accelerator_mb),

@@ -59,6 +59,8 @@ class Prompt:
     offsets: tuple[tuple[int, int], ...] = ()  # character span of each token in ``text``
     format: str = "chat"  # "chat" (tokenizer's template) or "raw"
     system_prompt: str | None = None
+    # Clinical fields the case was rendered from: (name, start, end) in ``case_text``.
+    fields: tuple[tuple[str, int, int], ...] = ()
 
     def __post_init__(self) -> None:
         n = len(self.token_ids)
@@ -83,6 +85,7 @@ class Attribution:
     sequence: tuple[float, ...]  # [n]; 0 where not attributable
     per_token: tuple[tuple[float, ...], ...] | None  # [T][n], or None with --no-matrix
     completeness_error: float | None  # |sum(sequence) - (F(x) - F(baseline))| / |F(x) - F(b)|
+    per_field: dict[str, float] = field(default_factory=dict)  # sequence summed per field
 
 
 @dataclass(frozen=True)

@@ -79,3 +79,29 @@ def test_interrupted_batch_resumes(tiny_model_folder, tmp_path, capsys):
     assert f"{len(done)} already done" in capsys.readouterr().out
     assert len(list((out / "records").glob("*.json"))) == 4
     assert (out / "records" / done[0]).read_text() == first  # not recomputed
+
+
+def test_batch_from_fields_reports_per_field(tiny_model_folder, tmp_path, capsys):
+    cases = tmp_path / "cases.jsonl"
+    with cases.open("w") as handle:
+        for k, her2 in enumerate(["negative", "positive"]):
+            handle.write(json.dumps({"id": f"f{k}", "text": "unused", "fields": {
+                "age": 50 + k, "er": "positive", "her2": her2}}) + "\n")
+    out = tmp_path / "out"
+    assert main(["batch", "--cases", str(cases), "--out", str(out), "--from-fields", "--model",
+                 str(tiny_model_folder), "--target", "endocrine therapy", "--steps", "2",
+                 "--quiet"]) == 0
+    record = json.loads((out / "records" / "f1.json").read_text())
+    assert set(record["attribution"]["per_field"]) == {"age", "er", "her2"}
+    assert "HER2: positive" in record["prompt"]["case_text"]
+    with (out / "summary.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert all("%" in r["top_fields"] for r in rows)
+
+
+def test_explain_fields_file(tiny_model_folder, tmp_path, capsys):
+    fields = tmp_path / "fields.json"
+    fields.write_text(json.dumps({"age": 61, "er": "positive", "her2": "negative"}))
+    assert main(["explain", "--fields-file", str(fields), "--model", str(tiny_model_folder),
+                 "--target", "endocrine therapy", "--steps", "2", "--quiet"]) == 0
+    assert "Attribution per clinical field" in capsys.readouterr().out

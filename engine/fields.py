@@ -1,0 +1,70 @@
+"""Clinical fields: a case given as structured fields, rendered as text through a template,
+so that attribution can also be summed per field ("HER2: 31% of the attribution").
+
+Each field becomes one line, ``Label: value``; a field's attribution is the sum over the tokens
+of its whole line (label and value), because the label is what gives the value its meaning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+LABELS = {
+    "age": "Age", "sex": "Sex", "menopausal_status": "Menopausal status",
+    "tumour_size_cm": "Tumour size (cm)", "grade": "Grade", "er": "ER", "pr": "PR",
+    "her2": "HER2", "ki67_pct": "Ki-67 (%)", "nodes": "Nodes",
+}
+DEFAULT_QUESTION = "What is the recommended next step in management?"
+
+
+def label_of(name: str) -> str:
+    return LABELS.get(name, name.replace("_", " ").capitalize())
+
+
+def render_fields(fields: Mapping[str, object], question: str = DEFAULT_QUESTION
+                  ) -> tuple[str, tuple[tuple[str, int, int], ...]]:
+    """The case text and, per field, its (name, start, end) character span in that text.
+
+    Fields whose value is None or empty are left out; the question ends the case.
+    """
+    lines: list[str] = []
+    spans: list[tuple[str, int, int]] = []
+    cursor = 0
+    for name, value in fields.items():
+        if value is None or str(value).strip() == "":
+            continue
+        line = f"{label_of(name)}: {value}"
+        spans.append((name, cursor, cursor + len(line)))
+        lines.append(line)
+        cursor += len(line) + 1
+    if not lines:
+        from engine.errors import InvalidInputError
+
+        raise InvalidInputError("the case has no fields with a value")
+    lines.append(question)
+    return "\n".join(lines), tuple(spans)
+
+
+def field_scores(offsets: Sequence[tuple[int, int]], scores: Sequence[float],
+                 attributable: Sequence[bool], spans: Sequence[tuple[str, int, int]],
+                 shift: int) -> dict[str, float]:
+    """Sum token scores per field. ``spans`` are in case coordinates; the case starts at
+    ``shift`` in the prompt text the ``offsets`` refer to. A token belongs to the field that
+    holds its last character."""
+    totals = {name: 0.0 for name, _, _ in spans}
+    for (s, e), score, keep in zip(offsets, scores, attributable, strict=True):
+        if not keep or e <= s:
+            continue
+        last = e - 1 - shift
+        for name, start, end in spans:
+            if start <= last < end:
+                totals[name] += float(score)
+                break
+    return totals
+
+
+def field_shares(per_field: Mapping[str, float]) -> list[tuple[str, float, float]]:
+    """(label, score, share of the summed absolute attribution), largest share first."""
+    total = sum(abs(v) for v in per_field.values()) or 1.0
+    rows = [(label_of(name), score, abs(score) / total) for name, score in per_field.items()]
+    return sorted(rows, key=lambda row: row[2], reverse=True)
