@@ -26,15 +26,19 @@ NOTICE = ("Decision support, not a diagnosis. The colours show what the language
 
 
 def ensure_gui_application():
-    """A QGuiApplication for fonts and painting; offscreen when there is no display."""
-    from PySide6.QtGui import QGuiApplication
+    """The Qt application fonts and painting need; offscreen when there is no display.
 
-    app = QGuiApplication.instance()
+    A QApplication (not only a QGuiApplication): the same process may later open windows, and
+    Qt allows one application object per process.
+    """
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication.instance()
     if app is None:
         if sys.platform == "linux" and not (os.environ.get("DISPLAY")
                                             or os.environ.get("WAYLAND_DISPLAY")):
             os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-        app = QGuiApplication(sys.argv[:1])
+        app = QApplication(sys.argv[:1])
     return app
 
 
