@@ -10,22 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from captum.attr import LayerIntegratedGradients, LLMGradientAttribution, TextTokenInput
+from captum.attr import LayerIntegratedGradients, LLMGradientAttribution
 
-
-class IdsTokenInput(TextTokenInput):
-    """A ``TextTokenInput`` over given ids: positions where ``attributable`` is False are fixed."""
-
-    def __init__(self, prompt_ids: torch.Tensor, attributable: torch.Tensor, tokenizer: Any,
-                 baseline_id: int) -> None:
-        self.inp_tensor = prompt_ids.detach().cpu().view(1, -1)
-        self.itp_mask = attributable.detach().cpu().view(1, -1).bool()
-        self.itp_tensor = self.inp_tensor[self.itp_mask].unsqueeze(0)
-        self.tokenizer = tokenizer
-        self.values = tokenizer.convert_ids_to_tokens(self.itp_tensor[0].tolist())
-        self.n_itp_features = len(self.values)
-        self.baselines = int(baseline_id)
-        self.skip_tokens = None
+from engine.methods.perturbation import IdsTokenInput
 
 
 def captum_ig(model: Any, tokenizer: Any, prompt_ids: torch.Tensor, attributable: torch.Tensor,

@@ -130,8 +130,10 @@ def explain(request: ExplainRequest, loaded: LoadedModel,
             attributable=torch.tensor(prompt.attributable, device=device),
             answer_ids=torch.tensor(answer_ids, device=device),
         )
-        params = {"steps": request.steps, "baseline": request.baseline,
-                  "matrix": request.matrix, "batch_size": request.batch_size}
+        offered = {"steps": request.steps, "baseline": request.baseline,
+                   "matrix": request.matrix, "batch_size": request.batch_size}
+        params = {**method.defaults(),
+                  **{k: v for k, v in offered.items() if k in method.defaults()}}
         output = method.run(model, tokenizer, problem, state=state, **params)
         attribute_s = time.perf_counter() - start
 
@@ -148,7 +150,8 @@ def explain(request: ExplainRequest, loaded: LoadedModel,
     return Explanation(
         versions=software_versions(),
         model=loaded.info,
-        method=MethodInfo(request.method, {**params, "integration": "gausslegendre"}),
+        method=MethodInfo(request.method, {**params, **(
+            {"integration": "gausslegendre"} if request.method == "ig" else {})}),
         prompt=Prompt(
             text=prompt.text, case_text=prompt.case_text, token_ids=prompt.token_ids,
             tokens=_prompt_tokens(tokenizer, prompt.token_ids, prompt.tokens),
