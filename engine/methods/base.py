@@ -81,6 +81,13 @@ class MethodSpec:
         return {p.name: p.default for p in self.params}
 
 
+def check_steps(steps: int, batch_size: int | None, name: str = "steps") -> None:
+    if steps < 1:
+        raise InvalidSettingsError(f"{name} must be at least 1 (got {steps})")
+    if batch_size is not None and batch_size < 1:
+        raise InvalidSettingsError(f"batch size must be at least 1 (got {batch_size})")
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The model's stack of decoder blocks (the ModuleList with ``num_hidden_layers`` entries)."""
     count = getattr(model.config, "num_hidden_layers", None)

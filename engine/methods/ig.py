@@ -22,20 +22,24 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from captum.attr._utils.approximation_methods import approximation_parameters
 
-from engine.errors import InvalidSettingsError
 from engine.methods.base import (
     AttributionInput,
     AttributionOutput,
     Cost,
     MethodSpec,
     Param,
-    answer_log_probs,
-    auto_batch_size,
-    cancellable,
-    parse_baseline,
-    run_in_batches,
+    check_steps,
+)
+from engine.methods.paths import (
+    accumulation_dtype,
+    embed_problem,
+    embedding_estimate,
+    embedding_forward,
+    endpoint_log_probs,
+    gauss_legendre,
+    integrate,
+    relative_completeness_error,
 )
 from engine.task import TaskState
 
@@ -58,71 +62,31 @@ def integrated_gradients(
     sum_t F_t per point) and the relative completeness error of ``sequence``.
     """
     state = state or TaskState()
-    if steps < 1:
-        raise InvalidSettingsError(f"steps must be at least 1 (got {steps})")
-    if batch_size is not None and batch_size < 1:
-        raise InvalidSettingsError(f"batch size must be at least 1 (got {batch_size})")
-    embedding = model.get_input_embeddings()
-    baseline_id = parse_baseline(baseline, tokenizer, embedding.num_embeddings)
+    check_steps(steps, batch_size)
+    emb = embed_problem(model, tokenizer, problem, baseline)
+    weights, alphas = gauss_legendre(steps)
+    n, device, dtype = emb.n, emb.real.device, emb.real.dtype
+    acc = accumulation_dtype(device)
+    delta = emb.delta
+    delta_n = delta[:n].to(acc)
 
-    n, n_answer = problem.prompt_ids.shape[0], problem.answer_ids.shape[0]
-    ids = torch.cat([problem.prompt_ids, problem.answer_ids[:-1]])
-    moving = torch.zeros_like(ids, dtype=torch.bool)
-    moving[:n] = problem.attributable
-    with torch.no_grad():
-        real = embedding(ids)  # [L, d], L = n + T - 1
-        base = real.clone()
-        if baseline_id is None:
-            base[moving] = 0
-        else:
-            base[moving] = embedding(torch.tensor([baseline_id], device=ids.device)).to(real.dtype)
-    delta = real - base  # zero outside the attributable prompt rows
+    def points(start: int, stop: int) -> torch.Tensor:
+        alpha = alphas[start:stop].to(device, dtype).view(-1, 1, 1)
+        return emb.base + alpha * delta
 
-    step_sizes, alphas = approximation_parameters("gausslegendre")
-    weights = torch.tensor(step_sizes(steps), dtype=torch.float64)
-    points = torch.tensor(alphas(steps), dtype=torch.float64)
+    def reduce(grad: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        # Contract with (e - b) now: keeps memory at [T, n] instead of [T, n, d].
+        w = weights[start:stop].to(device, acc).view(-1, 1, 1)
+        return ((grad[:, :n].to(acc) * w).sum(0) * delta_n).sum(-1)
 
-    rows = n_answer if matrix else 1
-    # Accumulate in float64 on the device (MPS has no float64).
-    acc_dtype = torch.float32 if real.device.type == "mps" else torch.float64
-    grad_sums = torch.zeros(rows, n, dtype=acc_dtype, device=real.device)
-    delta_acc = delta[:n].to(acc_dtype)
-    total = steps * (1 + rows)
-    answer_ids = problem.answer_ids
-
-    def work(start: int, stop: int) -> None:
-        # All or nothing: a batch that runs out of memory is redone whole at a smaller size.
-        done = start * (1 + rows)
-        size = stop - start
-        alpha = points[start:stop].to(real.device, real.dtype).view(-1, 1, 1)
-        x = (base + alpha * delta).requires_grad_(True)
-        f = answer_log_probs(model, x, answer_ids)  # [B, T]
-        state.progressed("attribute", done + size, total)
-        w = weights[start:stop].to(real.device, acc_dtype).view(-1, 1, 1)
-        targets = [f[:, t].sum() for t in range(n_answer)] if matrix else [f.sum()]
-        batch_sums = torch.zeros_like(grad_sums)
-        for row, target in enumerate(targets):
-            (grad,) = torch.autograd.grad(target, x, retain_graph=row < len(targets) - 1)
-            # Contract with (e - b) now: keeps memory at [T, n] instead of [T, n, d].
-            batch_sums[row] = ((grad[:, :n].to(acc_dtype) * w).sum(0) * delta_acc).sum(-1)
-            state.progressed("attribute", done + size * (row + 2), total)
-        grad_sums.add_(batch_sums)
-
-    seq_len = ids.shape[0]
-    with cancellable(model, state), torch.enable_grad():
-        run_in_batches(steps, batch_size,
-                       lambda: auto_batch_size(model, seq_len, n_answer, steps), work,
-                       "Integrated Gradients")
-        with torch.no_grad():
-            ends = answer_log_probs(model, torch.stack([real, base]), answer_ids).double().cpu()
-    f_input, f_baseline = ends[0], ends[1]
-
-    grad_sums = grad_sums.to("cpu", torch.float64)
-    per_token = grad_sums if matrix else None
-    sequence = grad_sums.sum(0)
-    expected = float((f_input - f_baseline).sum())
-    error = abs(float(sequence.sum()) - expected) / max(abs(expected), 1e-12)
-    return AttributionOutput(sequence, per_token, f_input, f_baseline, error)
+    sums = integrate(embedding_forward(model, emb.answer_ids), points, reduce, steps,
+                     n_answer=len(emb.answer_ids), width=n, matrix=matrix,
+                     batch_size=batch_size, estimate=embedding_estimate(model, emb, steps),
+                     state=state, model=model, what="Integrated Gradients")
+    f_input, f_baseline = endpoint_log_probs(model, emb)
+    sequence = sums.sum(0)
+    error = relative_completeness_error(float(sequence.sum()), float((f_input - f_baseline).sum()))
+    return AttributionOutput(sequence, sums if matrix else None, f_input, f_baseline, error)
 
 
 def _cost(n: int, n_answer: int, params: dict[str, Any]) -> Cost:
