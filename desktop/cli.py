@@ -28,6 +28,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _option(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip().replace("-", "_"), value.strip()
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line, like every other error of the command."""
 
@@ -56,8 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="'embedded' (default), a Hugging Face model folder, or a .gguf file")
     explain.add_argument("--method", default="ig", help="attribution method (default: ig); "
                          "see `tokentrace methods`")
-    explain.add_argument("--steps", type=_positive_int, default=32,
-                         help="interpolation points (default: 32)")
+    explain.add_argument("--steps", type=_positive_int, default=None,
+                         help="interpolation points or path anchors (default: the method's; "
+                              "32 for ig)")
+    explain.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                         type=_option, help="a method setting, e.g. --option mode=exact; "
+                                            "repeatable; see `tokentrace methods`")
     explain.add_argument("--max-new-tokens", type=_positive_int, default=64,
                          help="longest answer to generate (default: 64)")
     explain.add_argument("--target", help="force this answer instead of generating one")
@@ -103,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--from-fields", action="store_true",
                        help="explain each case's clinical fields (rendered as text) instead of "
                             "its text, and sum attribution per field")
-    for option in ("--model", "--method", "--steps", "--max-new-tokens", "--target",
+    for option in ("--model", "--method", "--steps", "--option", "--max-new-tokens", "--target",
                    "--baseline", "--raw-prompt", "--system", "--no-matrix", "--batch-size",
                    "--device", "--dtype", "--quiet"):
         action = next(a for a in explain._actions if option in a.option_strings)
@@ -183,7 +194,7 @@ def run_explain(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens, target=args.target, baseline=args.baseline,
         raw_prompt=args.raw_prompt,
         system_prompt=DEFAULT_SYSTEM_PROMPT if args.system is None else args.system,
-        matrix=not args.no_matrix, batch_size=args.batch_size)
+        matrix=not args.no_matrix, batch_size=args.batch_size, options=tuple(args.option))
     request.validate()  # bad settings fail before a model is loaded
 
     from desktop.terminal import RichTaskState, render_explanation

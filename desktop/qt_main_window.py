@@ -57,6 +57,21 @@ def demo_cases() -> list[tuple[str, str]]:
     return entries
 
 
+def method_summary(record: Explanation) -> str:
+    """The method, its settings and (for path methods) the completeness error, in one line."""
+    shown = {k: v for k, v in record.method.params.items()
+             if k not in ("batch_size", "integration") and v is not None}
+    text = f"Method {record.method.name} (" + ", ".join(
+        f"{k}={v}" for k, v in shown.items()) + ")"
+    error = record.attribution.completeness_error
+    if error is not None:
+        steps = record.method.params.get("steps")
+        hint = (f" (high: the path integral has not converged; try {2 * steps} steps)"
+                if error > HIGH_COMPLETENESS_ERROR and steps else "")
+        text += f" · completeness error {100 * error:.1f}%{hint}"
+    return text
+
+
 class SettingsPanel(QWidget):
     """Method and its settings; builds the ExplainRequest."""
 
@@ -81,6 +96,8 @@ class SettingsPanel(QWidget):
         self.baseline.addItems(["pad", "zero", "token:0"])
         self.matrix = QCheckBox("Per-answer-token matrix")
         self.matrix.setChecked(True)
+        self.options = QLineEdit()
+        self.options.setObjectName("methodOptions")
         self.target = QLineEdit()
         self.target.setPlaceholderText("empty: generate the answer")
         self.system = QPlainTextEdit(DEFAULT_SYSTEM_PROMPT)
@@ -89,6 +106,7 @@ class SettingsPanel(QWidget):
         self.device.addItems(["auto", "cpu", "cuda", "mps"])
         form.addRow("Method", self.method)
         form.addRow("Steps", self.steps)
+        form.addRow("Options", self.options)
         form.addRow("Max new tokens", self.max_new_tokens)
         form.addRow("Baseline", self.baseline)
         form.addRow("", self.matrix)
@@ -99,11 +117,42 @@ class SettingsPanel(QWidget):
         self.estimate.setObjectName("estimate")
         self.estimate.setWordWrap(True)
         form.addRow("Estimate", self.estimate)
+        self.method.currentIndexChanged.connect(self._method_changed)
+        self._method_changed()
+
+    def _method_changed(self) -> None:
+        """Show the chosen method's defaults and enable only the settings it takes."""
+        from engine.methods import get_method
+
+        spec = get_method(self.method.currentData())
+        defaults = spec.defaults()
+        self.steps.setEnabled("steps" in defaults)
+        if "steps" in defaults:
+            self.steps.setValue(int(defaults["steps"]))
+        self.matrix.setEnabled("matrix" in defaults)
+        self.baseline.setEnabled("baseline" in defaults)
+        shared = ("steps", "baseline", "matrix", "batch_size")
+        own = [p for p in spec.params if p.name not in shared]
+        self.options.clear()
+        self.options.setEnabled(bool(own))
+        self.options.setPlaceholderText(
+            " ".join(f"{p.name}={p.default}" for p in own) if own else "no options")
+        self.options.setToolTip("\n".join(f"{p.name} (default {p.default}): {p.help}"
+                                           for p in own) or "This method has no options.")
+
+    def option_pairs(self) -> tuple[tuple[str, str], ...]:
+        """``key=value`` pairs typed in the options field (spaces or commas between them)."""
+        pairs = []
+        for item in self.options.text().replace(",", " ").split():
+            key, _, value = item.partition("=")
+            pairs.append((key.strip().replace("-", "_"), value.strip()))
+        return tuple(pairs)
 
     def changed_signals(self) -> list:
         """Signals after which the time estimate must be recomputed."""
         return [self.method.currentIndexChanged, self.steps.valueChanged,
-                self.max_new_tokens.valueChanged, self.matrix.toggled, self.target.textChanged]
+                self.max_new_tokens.valueChanged, self.matrix.toggled, self.target.textChanged,
+                self.options.textChanged]
 
     def request(self, case_text: str) -> ExplainRequest:
         target = self.target.text().strip() or None
@@ -112,7 +161,7 @@ class SettingsPanel(QWidget):
             max_new_tokens=self.max_new_tokens.value(), target=target,
             baseline=self.baseline.currentText().strip(),
             system_prompt=self.system.toPlainText().strip() or None,
-            matrix=self.matrix.isChecked())
+            matrix=self.matrix.isChecked(), options=self.option_pairs())
 
 
 class MainWindow(QMainWindow):
@@ -417,14 +466,7 @@ class MainWindow(QMainWindow):
         self.field_label.setText("Per clinical field: " + " · ".join(
             f"{label} {100 * share:.0f}% ({score:+.3f})"
             for label, score, share in field_shares(record.attribution.per_field)))
-        error = record.attribution.completeness_error
-        if error is not None:
-            steps = record.method.params.get("steps")
-            hint = (f" (high: the path integral has not converged; try {2 * steps} steps)"
-                    if error > HIGH_COMPLETENESS_ERROR and steps else "")
-            self.completeness.setText(
-                f"Method {record.method.name}, {steps} steps · "
-                f"completeness error {100 * error:.1f}%{hint}")
+        self.completeness.setText(method_summary(record))
         self.explanation_shown.emit()
 
     def _render_answer(self) -> None:
@@ -491,23 +533,29 @@ class MainWindow(QMainWindow):
         n = len(self.case_edit.toPlainText()) // 4 + 60
         target = panel.target.text().strip()
         answer = max(1, len(target) // 4) if target else panel.max_new_tokens.value()
-        spec = get_method(panel.method.currentData())
-        cost = spec.cost(n, answer, {"steps": panel.steps.value(),
-                                     "matrix": panel.matrix.isChecked()})
+        request = panel.request(self.case_edit.toPlainText())
+        params = request.method_params()  # raises on an unknown or malformed option
+        cost = get_method(request.method).cost(n, answer, params)
         measured = self._settings.value(self._throughput_key())
         rate = float(measured) if measured is not None else None
         return estimate_seconds(cost, info.parameters, info.device.split(":")[0], rate)
 
     def _update_estimate(self) -> None:
-        seconds = self.estimate_seconds()
         label = self.settings_panel.estimate
+        try:
+            seconds = self.estimate_seconds()
+        except TokenTraceError as exc:
+            label.setText(str(exc))
+            label.setStyleSheet("color: #b2182b; font-weight: bold;")
+            return
         if seconds is None:
             label.setText("load a model first")
             return
         text = (f"about {seconds:.0f} s" if seconds < 90 else f"about {seconds / 60:.0f} min")
         long_run = seconds > LONG_RUN_SECONDS
         if long_run:
-            text += " — a long run: fewer steps or no per-token matrix is much faster"
+            text += (" — a long run: fewer steps or samples, no per-token matrix, or a faster "
+                     "method (ig, grad-ellm) would be much quicker")
         label.setText(text)
         label.setStyleSheet("color: #b35806; font-weight: bold;" if long_run else "")
 

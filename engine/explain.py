@@ -42,7 +42,7 @@ class ExplainRequest:
 
     case_text: str
     method: str = "ig"
-    steps: int = 32
+    steps: int | None = None  # None: the method's default
     max_new_tokens: int = 64
     target: str | None = None
     baseline: str = "pad"
@@ -51,6 +51,7 @@ class ExplainRequest:
     matrix: bool = True
     batch_size: int | None = None
     fields: tuple[tuple[str, int, int], ...] = ()  # spans in case_text, see from_fields
+    options: tuple[tuple[str, Any], ...] = ()  # method-specific settings, e.g. ("mode", "exact")
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, object], **settings: Any) -> ExplainRequest:
@@ -60,8 +61,8 @@ class ExplainRequest:
 
     def validate(self) -> None:
         """Reject impossible settings before any model work starts."""
-        get_method(self.method)
-        if self.steps < 1:
+        self.method_params()
+        if self.steps is not None and self.steps < 1:
             raise InvalidSettingsError(f"steps must be at least 1 (got {self.steps})")
         if self.max_new_tokens < 1:
             raise InvalidSettingsError(
@@ -73,6 +74,47 @@ class ExplainRequest:
         if not (self.baseline in ("pad", "zero") or self.baseline.startswith("token:")):
             raise InvalidSettingsError(
                 f"unknown baseline {self.baseline!r}; choose pad, zero or token:ID")
+
+
+    def method_params(self) -> dict[str, Any]:
+        """The method's parameters: its defaults, the shared settings it takes, the options."""
+        spec = get_method(self.method)
+        defaults = spec.defaults()
+        offered = {"steps": self.steps, "baseline": self.baseline, "matrix": self.matrix,
+                   "batch_size": self.batch_size}
+        params = {**defaults, **{key: value for key, value in offered.items()
+                                 if key in defaults and value is not None}}
+        for key, value in self.options:
+            if key not in defaults:
+                known = ", ".join(defaults) or "none"
+                raise InvalidSettingsError(
+                    f"method {self.method} has no option {key!r}; its options: {known}")
+            params[key] = coerce_option(key, value, defaults[key])
+        return params
+
+
+def coerce_option(key: str, value: Any, default: Any) -> Any:
+    """``value`` (often text from a command line) as the type of the option's default.
+
+    Options whose default is None take a positive integer or ``none``.
+    """
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    try:
+        if isinstance(default, str):
+            return text
+        if default is None:
+            return None if text.lower() in ("", "none") else int(text)
+        if isinstance(default, bool):
+            if text.lower() not in ("true", "false", "yes", "no", "1", "0"):
+                raise ValueError(text)
+            return text.lower() in ("true", "yes", "1")
+        return type(default)(text)
+    except ValueError:
+        expected = "an integer or none" if default is None else \
+            f"{type(default).__name__} like {default!r}"
+        raise InvalidSettingsError(f"option {key}={value!r}: expected {expected}") from None
 
 
 def software_versions() -> Versions:
@@ -130,10 +172,7 @@ def explain(request: ExplainRequest, loaded: LoadedModel,
             attributable=torch.tensor(prompt.attributable, device=device),
             answer_ids=torch.tensor(answer_ids, device=device),
         )
-        offered = {"steps": request.steps, "baseline": request.baseline,
-                   "matrix": request.matrix, "batch_size": request.batch_size}
-        params = {**method.defaults(),
-                  **{k: v for k, v in offered.items() if k in method.defaults()}}
+        params = request.method_params()
         output = method.run(model, tokenizer, problem, state=state, **params)
         attribute_s = time.perf_counter() - start
 

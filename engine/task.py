@@ -37,3 +37,27 @@ class TaskState:
 
     def token_generated(self, token_id: int, text: str) -> None:
         """The model produced one answer token; ``text`` is its decoded piece."""
+
+
+class SubTask(TaskState):
+    """One part of a larger stage: reports ``done`` of ``total`` as ``offset + done`` units of
+    ``stage``'s ``overall``, and cancels with its parent."""
+
+    def __init__(self, parent: TaskState, stage: str, offset: int, overall: int) -> None:
+        super().__init__()
+        self._parent, self._stage = parent, stage
+        self._offset, self._overall = offset, overall
+
+    def cancel(self) -> None:
+        self._parent.cancel()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._parent.cancelled
+
+    def check(self) -> None:
+        self._parent.check()
+
+    def progressed(self, stage: str, done: int, total: int) -> None:
+        self._parent.progressed(self._stage, min(self._overall, self._offset + done),
+                                self._overall)

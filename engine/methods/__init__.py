@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from engine.errors import InvalidSettingsError
+from engine.methods import ca_lig, dig, grad_ellm, heta, ig, perturbation, sig
 from engine.methods.base import AttributionInput, AttributionOutput, MethodSpec
-from engine.methods.ig import SPEC as _IG
 from engine.methods.ig import integrated_gradients
-from engine.methods.perturbation import ABLATION_SPEC, SHAPLEY_SPEC, feature_ablation, shapley
+from engine.methods.perturbation import feature_ablation, shapley
 
-METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (_IG, ABLATION_SPEC, SHAPLEY_SPEC)}
+METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
+    ig.SPEC, perturbation.ABLATION_SPEC, perturbation.SHAPLEY_SPEC, dig.DIG_SPEC, dig.UDIG_SPEC,
+    sig.SPEC, heta.SPEC, grad_ellm.SPEC, ca_lig.SPEC)}
 
 
 def get_method(name: str) -> MethodSpec:
