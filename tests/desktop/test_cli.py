@@ -56,6 +56,16 @@ CASES = [
     (["explain", "ER positive " * 200, "--model", "{folder}"], 4,
      "more than this model's context of 256 tokens"),
     (["frobnicate"], 2, "invalid choice: 'frobnicate'"),
+    (["explain", "ER positive", "--method", "grad-ellm", "--option", "mode"], 2,
+     "expected KEY=VALUE, got 'mode'"),
+    (["explain", "ER positive", "--method", "grad-ellm", "--option", "steps=3"], 2,
+     "method grad-ellm has no option 'steps'; its options: mode, layers"),
+    (["explain", "ER positive", "--method", "heta", "--option", "samples=many"], 2,
+     "option samples='many': expected int like 10"),
+    (["explain", "ER positive", "--method", "grad-ellm", "--option", "mode=both", "--model",
+      "{folder}"], 2, "unknown mode 'both'; choose paper or exact"),
+    (["explain", "ER positive", "--method", "ca-lig", "--option", "layers=40", "--model",
+      "{folder}"], 2, "layers '40': use last, all, every:K or indices from -2 to 1"),
 ]
 
 
@@ -88,6 +98,28 @@ def test_explain_prints_answer_words_and_figures(tiny_model_folder, tmp_path, ca
     assert record["prompt"]["case_text"] == "52 year old woman , ER positive , HER2 negative ."
 
 
+@pytest.mark.parametrize(("method", "options", "expected"), [
+    ("grad-ellm", ["--option", "mode=exact", "--option", "layers=all"],
+     {"mode": "exact", "layers": "all"}),
+    ("udig", ["--steps", "3", "--option", "nbrs=4", "--option", "upscale=0"],
+     {"steps": 3, "nbrs": 4, "upscale": 0, "strategy": "greedy"}),
+    ("sig", [], {"steps": 8}),  # the method's own default, not ig's 32
+])
+def test_explain_with_a_method_and_its_options(tiny_model_folder, tmp_path, capsys, method,
+                                               options, expected):
+    out = tmp_path / "r.json"
+    code = main(["explain", "52 year old woman , ER positive .", "--model",
+                 str(tiny_model_folder), "--target", "endocrine therapy", "--quiet",
+                 "--method", method, *options, "--json", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0
+    record = json.loads(out.read_text())
+    assert record["method"]["name"] == method
+    assert expected.items() <= record["method"]["params"].items()
+    assert f"{method} (" in text  # the terminal names the method and its settings
+    assert any(abs(v) > 0 for v in record["attribution"]["sequence"])
+
+
 def test_methods_json_lists_ig_with_cost(capsys):
     assert main(["methods", "--json"]) == 0
     entries = json.loads(capsys.readouterr().out)
@@ -95,6 +127,11 @@ def test_methods_json_lists_ig_with_cost(capsys):
     assert {p["name"] for p in ig["parameters"]} >= {"steps", "baseline", "matrix"}
     assert ig["cost"]["example"]["forwards"] == 33
     assert ig["cost"]["example"]["backwards"] == 32 * 64
+    assert {e["name"] for e in entries} == {"ig", "feature-ablation", "shapley", "dig", "udig",
+                                            "sig", "heta", "grad-ellm", "ca-lig"}
+    for entry in entries:
+        assert entry["description"] and entry["cost"]["formula"], entry["name"]
+        assert entry["cost"]["example"]["forwards"] >= 1, entry["name"]
 
 
 OOM_SCRIPT = textwrap.dedent("""

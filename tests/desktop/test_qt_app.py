@@ -279,3 +279,32 @@ def test_session_from_another_version_gets_a_message(ready_window, tmp_path):
     older.write_text('{"tokentrace_session": 0}')
     ready_window.open_session(older)
     assert "cannot read" in ready_window.last_error
+
+
+def test_method_picker_shows_defaults_options_and_runs_the_method(ready_window, qtbot):
+    window = ready_window
+    panel = window.settings_panel
+    window.case_edit.setPlainText(CASE)
+    panel.method.setCurrentText("sig")
+    assert panel.steps.value() == 8 and panel.steps.isEnabled()
+    ig_like = window.estimate_seconds()
+    panel.method.setCurrentText("grad-ellm")
+    assert not panel.steps.isEnabled() and not panel.matrix.isEnabled()
+    assert "mode=paper" in panel.options.placeholderText()
+    assert window.estimate_seconds() < ig_like  # one forward against n x steps of them
+    panel.options.setText("mode=both")
+    assert "unknown" not in panel.estimate.text()  # the mode is checked when the run starts
+    panel.options.setText("depth=3")
+    assert "has no option 'depth'" in panel.estimate.text()
+    panel.options.setText("mode=exact, layers=all")
+    assert panel.estimate.text().startswith("about")
+    panel.max_new_tokens.setValue(3)
+    with qtbot.waitSignal(window.explanation_shown, timeout=60_000):
+        window.explain_button.click()
+    record = window.record
+    assert record.method.name == "grad-ellm"
+    assert record.method.params["mode"] == "exact" and record.method.params["layers"] == "all"
+    assert "Method grad-ellm (mode=exact, layers=all)" in window.completeness.text()
+    panel.method.setCurrentText("heta")
+    panel.options.setText("samples=4000")
+    assert "long run" in panel.estimate.text()
