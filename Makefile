@@ -49,6 +49,7 @@ lint: setup
 
 bench: setup
 	$(BIN)/python -m benchmarks.ig_vs_captum --out docs/benchmarks.md
+	$(BIN)/python -m benchmarks.methods --out docs/benchmarks-methods.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

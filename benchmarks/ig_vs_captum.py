@@ -170,7 +170,9 @@ def main() -> None:
              "threads. TokenTrace and Captum in the same run, one after the other, on the same "
              "inputs, each in a fresh process. One run each, not a timed test.", "",
              "## Integrated Gradients, embedded SmolLM2-135M on the CPU", "",
-             *cpu_benchmark(), "", "## GPU", "", *gpu_benchmark(), ""]
+             *cpu_benchmark(), "", "Every other method's time and memory on the same case: "
+             "docs/benchmarks-methods.md (benchmarks/methods.py).", "",
+             "## GPU", "", *gpu_benchmark(), ""]
     report = "\n".join(lines)
     print(report)
     if args.out:

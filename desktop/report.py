@@ -92,7 +92,7 @@ def report_html(record: Explanation, created: datetime | None = None) -> str:
     method = record.method
     params = ", ".join(f"{k} = {v}" for k, v in method.params.items())
     error = record.attribution.completeness_error
-    error_text = "not reported" if error is None else f"{100 * error:.2f}%"
+    error_text = ("not defined for this method" if error is None else f"{100 * error:.2f}%")
     if error is not None and error > HIGH_COMPLETENESS_ERROR:
         error_text += " (high: more integration steps would make the attribution more faithful)"
     model, versions, t, hw = record.model, record.versions, record.timings, record.hardware

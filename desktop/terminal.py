@@ -129,7 +129,7 @@ def render_explanation(record: Explanation, top: int = 10, console: Console | No
     facts.add_column(overflow="fold")
     error = attr.completeness_error
     if error is None:
-        facts.add_row("Completeness error", "n/a")
+        facts.add_row("Completeness error", "not defined for this method")
     else:
         steps = record.method.params.get("steps")
         hint = (f" (high: the path integral has not converged; try --steps {2 * steps})"

@@ -81,3 +81,42 @@ def test_cli_forced_answer_round_trips(tmp_path, capsys):
     assert record.answer.forced and record.answer.text == target
     assert record.attribution.completeness_error is not None
     assert json.loads(out.read_text()) == record.to_dict()
+
+
+QUICK = {
+    "feature-ablation": (None, ()),
+    "shapley": (None, (("samples", "1"),)),
+    "dig": (3, (("nbrs", "5"), ("upscale", "0"))),
+    "udig": (3, (("nbrs", "5"), ("strategy", "maxcount"))),
+    "sig": (1, ()),
+    "heta": (None, (("samples", "1"),)),
+    "grad-ellm": (None, (("layers", "every:3"),)),
+    "ca-lig": (2, (("layers", "0,-1"),)),
+}
+
+
+@pytest.mark.parametrize("method", [*QUICK, "grad-ellm:exact"])
+def test_every_method_on_the_embedded_model(embedded, method):
+    """One real run each: finite, non-zero scores of the right shape, in a full record."""
+    _, loaded = embedded
+    name, _, mode = method.partition(":")
+    steps, options = QUICK[name]
+    if mode:
+        options = (*options, ("mode", mode))
+    request = ExplainRequest(CASE, method=name, steps=steps, options=options,
+                             target="Endocrine therapy.")
+    record = explain(request, loaded)
+    n, t = len(record.prompt.token_ids), len(record.answer.token_ids)
+    per_token = torch.tensor(record.attribution.per_token)
+    assert per_token.shape == (t, n) and torch.isfinite(per_token).all()
+    seq = torch.tensor(record.attribution.sequence)
+    mask = torch.tensor(record.prompt.attributable)
+    assert torch.all(seq[~mask] == 0) and (seq[mask] != 0).sum() >= mask.sum() // 2
+    assert record.method.name == name
+    assert model_eager_free(loaded.model)
+    assert Explanation.from_json(record.to_json()) == record
+
+
+def model_eager_free(model) -> bool:
+    """Methods that need eager attention give the model back as they found it."""
+    return model.config._attn_implementation != "eager"
