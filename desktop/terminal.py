@@ -26,7 +26,11 @@ from engine.record import Explanation
 from engine.task import TaskState
 
 _STAGES = {"load": "Loading model", "generate": "Generating answer",
-           "attribute": "Attributing", "cases": "Cases"}
+           "attribute": "Attributing", "cases": "Cases", "path": "Building paths",
+           "curvature": "Hessian sensitivity", "information": "Masked forwards",
+           "attention": "Attention gradients", "attention flow": "Attention flow",
+           "evaluate": "Faithfulness metrics", "method": "Methods on this case",
+           "reliability": "Reliability check"}
 
 
 class RichTaskState(TaskState):

@@ -23,8 +23,8 @@ from engine.methods.heta import (
     _sequence_embeddings,
     attention_flow,
     curvature,
-    heta,
     hessian_vector_products,
+    heta,
     information,
 )
 from engine.methods.paths import embed_problem, endpoint_log_probs
@@ -93,7 +93,7 @@ def test_word_pieces_and_nearest_neighbours(tiny_tokenizer):
 
 def test_riemann_sum_along_a_path_is_exact_for_a_linear_function(tiny_tokenizer):
     model = make_tiny_model("llama", len(tiny_tokenizer), torch.float64)
-    emb, positions, path = _paths(model, tiny_tokenizer, "udig", "greedy", 1)
+    emb, _positions, path = _paths(model, tiny_tokenizer, "udig", "greedy", 1)
     weights = torch.randn(len(emb.answer_ids), *emb.real.shape, dtype=torch.float64)
 
     def linear(x: torch.Tensor) -> torch.Tensor:  # F_t = W_t . x, [B, T]
