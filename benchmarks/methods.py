@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import platform
-from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from queue import Empty
 
 import torch
 
@@ -47,7 +47,7 @@ def _measure(name: str, settings: dict) -> dict:
                                                 **params), loaded.device)
     scores = torch.where(problem.attributable, out.sequence, torch.zeros_like(out.sequence))
     top = scores.abs().topk(3).indices.tolist()
-    words = [loaded.tokenizer.decode([int(problem.prompt_ids[i])]).strip() for i in top]
+    words = [repr(loaded.tokenizer.decode([int(problem.prompt_ids[i])])) for i in top]
     cost = spec.cost(int(problem.attributable.sum()), len(problem.answer_ids), params)
     return {"seconds": seconds, "peak_rss_mb": peak.peak_rss_mb,
             "error": out.completeness_error, "top": words,
@@ -57,10 +57,23 @@ def _measure(name: str, settings: dict) -> dict:
             "T": len(problem.answer_ids)}
 
 
-def _in_fresh_process(name: str, settings: dict) -> dict:
+def _child(queue, name: str, settings: dict) -> None:
+    queue.put(_measure(name, settings))
+
+
+def _in_fresh_process(name: str, settings: dict, limit_s: float) -> dict | None:
+    """``_measure`` in a new process; None when it runs past ``limit_s`` (then stopped)."""
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return pool.submit(_measure, name, settings).result()
+    queue = context.Queue()
+    process = context.Process(target=_child, args=(queue, name, settings))
+    process.start()
+    try:
+        return queue.get(timeout=limit_s)
+    except Empty:
+        return None
+    finally:
+        process.terminate()
+        process.join()
 
 
 def _label(name: str, settings: dict) -> str:
@@ -74,6 +87,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="write the markdown report here")
     parser.add_argument("--only", nargs="*", help="method names to run (default: all)")
+    parser.add_argument("--limit", type=float, default=900,
+                        help="stop a run after this many seconds (default: 900)")
     args = parser.parse_args()
     rows = ["| method (settings) | seconds | passes (cost formula) | peak RSS MiB | "
             "completeness error | top 3 case tokens |", "|---|---|---|---|---|---|"]
@@ -81,7 +96,11 @@ def main() -> None:
     for name, settings in RUNS:
         if args.only and name not in args.only:
             continue
-        result = _in_fresh_process(name, settings)
+        result = _in_fresh_process(name, settings, args.limit)
+        if result is None:
+            rows.append(f"| {_label(name, settings)} | > {args.limit:.0f} (stopped) | | | | |")
+            print(rows[-1], flush=True)
+            continue
         first = first or result
         error = "" if result["error"] is None else f"{100 * result['error']:.1f}%"
         rows.append(f"| {_label(name, settings)} | {result['seconds']:.1f} | "

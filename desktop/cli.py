@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="how many influential words to list (default: 10)")
     explain.add_argument("--json", type=Path, metavar="OUT", help="write the explanation record")
     explain.add_argument("--pdf", type=Path, metavar="OUT", help="write the PDF report")
+    explain.add_argument("--reliability", action="store_true",
+                         help="also check how far the explanation can be trusted (its top words "
+                              "against random ones, and a second method); seconds to minutes")
     explain.add_argument("--quiet", action="store_true", help="print no progress bar")
 
     app = commands.add_parser(
@@ -119,6 +122,37 @@ def build_parser() -> argparse.ArgumentParser:
                    "--device", "--dtype", "--quiet"):
         action = next(a for a in explain._actions if option in a.option_strings)
         batch._add_action(action)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="faithfulness of attribution methods over a case file (resumable)",
+        description="Answer each case once, explain the answer with every method, and score "
+                    "each explanation's faithfulness (log-odds, comprehensiveness, sufficiency, "
+                    "Soft-NC/NS, pi-Soft-NC/NS) next to a random attribution.")
+    evaluate.add_argument("--cases", type=Path, required=True, help="cases (.jsonl or .csv)")
+    evaluate.add_argument("--methods", default="ig,grad-ellm,random",
+                          help="comma-separated methods; 'random' is the reference "
+                               "(default: ig,grad-ellm,random)")
+    evaluate.add_argument("--json", type=Path, metavar="OUT", help="write the full results")
+    evaluate.add_argument("--csv", type=Path, metavar="OUT", help="write one row per method")
+    evaluate.add_argument("--plot", type=Path, metavar="PNG",
+                          help="the pi-curve plot (default: beside the JSON or CSV)")
+    evaluate.add_argument("--option", action="append", default=[], type=_option,
+                          metavar="METHOD.KEY=VALUE",
+                          help="a method's setting, e.g. heta.samples=2; repeatable")
+    evaluate.add_argument("--max-new-tokens", type=_positive_int, default=16,
+                          help="answer length per case (default: 16)")
+    evaluate.add_argument("--samples", type=_positive_int, default=4,
+                          help="random masks per Soft-NC/NS value (default: 4)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the masks (default: 0)")
+    evaluate.add_argument("--granularity", choices=["sequence", "token"], default="sequence",
+                          help="rank case tokens by the whole-answer attribution (default) or "
+                               "by each answer token's own row (T times the forwards)")
+    evaluate.add_argument("--no-soft", action="store_true",
+                          help="skip Soft-NC/NS and pi-Soft-NC/NS (the costly metrics)")
+    evaluate.add_argument("--limit", type=_positive_int, help="only the first N cases")
+    for option in ("--model", "--baseline", "--system", "--device", "--dtype", "--quiet"):
+        action = next(a for a in explain._actions if option in a.option_strings)
+        evaluate._add_action(action)
 
     methods = commands.add_parser("methods", help="list attribution methods and their cost")
     methods.add_argument("--json", action="store_true", help="machine-readable output")
@@ -204,6 +238,13 @@ def run_explain(args: argparse.Namespace) -> int:
     with RichTaskState(quiet=args.quiet) as state:
         loaded = load_model(ModelRequest(args.model, args.device, args.dtype), state)
         record = explain(request, loaded, state)
+        if args.reliability:
+            from dataclasses import replace
+
+            from engine.reliability import check_reliability
+
+            record = replace(record, reliability=check_reliability(
+                loaded.model, loaded.tokenizer, record, state=state))
     if args.json:
         record.save(args.json)
     if args.pdf:
@@ -232,6 +273,16 @@ def run_batch_command(args: argparse.Namespace) -> int:
     args.system_prompt = DEFAULT_SYSTEM_PROMPT if args.system is None else args.system
     with RichTaskState(quiet=args.quiet) as state:
         return main_batch(args, state)
+
+
+def run_evaluate_command(args: argparse.Namespace) -> int:
+    from desktop.evaluate import main_evaluate
+    from desktop.terminal import RichTaskState
+    from engine.prompting import DEFAULT_SYSTEM_PROMPT
+
+    args.system_prompt = DEFAULT_SYSTEM_PROMPT if args.system is None else args.system
+    with RichTaskState(quiet=args.quiet) as state:
+        return main_evaluate(args, state)
 
 
 def run_methods(args: argparse.Namespace) -> int:
@@ -263,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = {"explain": run_explain, "app": run_app_command, "batch": run_batch_command,
-               "methods": run_methods}[args.command]
+               "evaluate": run_evaluate_command, "methods": run_methods}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:

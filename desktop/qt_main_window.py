@@ -40,10 +40,10 @@ from engine.fields import field_shares
 from engine.models import ModelRequest
 from engine.prompting import DEFAULT_SYSTEM_PROMPT
 from engine.record import Explanation
+from engine.task import STAGES
 
 CASES_DIR = Path(__file__).resolve().parent.parent / "resources" / "cases"
 LONG_RUN_SECONDS = 120
-_STAGE_NAMES = {"load": "Loading model", "generate": "Generating", "attribute": "Attributing"}
 
 
 def demo_cases() -> list[tuple[str, str]]:
@@ -55,6 +55,30 @@ def demo_cases() -> list[tuple[str, str]]:
     for path in sorted(CASES_DIR.glob("*.jsonl")):
         entries += [(case.title or case.id, case.text) for case in load_cases(path)]
     return entries
+
+
+BADGE_STYLE = {
+    "strong": "background:#1a9850; color:white; border-radius:6px; padding:6px;",
+    "fair": "background:#fee08b; color:#3a2c00; border-radius:6px; padding:6px;",
+    "weak": "background:#d73027; color:white; border-radius:6px; padding:6px;",
+    "pending": "background:#e0e0e0; color:#333333; border-radius:6px; padding:6px;",
+}
+VERDICT_NAMES = {"strong": "Strong", "fair": "Fair", "weak": "Weak"}
+
+
+def badge_html(check) -> str:
+    """The badge: the verdict, then the plain-language sentence with its numbers."""
+    return (f"<b>Reliability: {VERDICT_NAMES.get(check.verdict, check.verdict)}</b> — "
+            f"{html.escape(check.summary)}")
+
+
+def badge_details(check) -> str:
+    return (f"Comprehensiveness (AOPC) {check.comprehensiveness:+.4f} vs random "
+            f"{check.random_comprehensiveness:+.4f}\n"
+            f"Sufficiency (AOPC) {check.sufficiency:+.4f} vs random "
+            f"{check.random_sufficiency:+.4f} (lower is better)\n"
+            f"Rank correlation with {check.second_method}: {check.rank_correlation:.2f}\n"
+            f"{check.random_draws} random rankings; checked in {check.seconds:.1f} s")
 
 
 def method_summary(record: Explanation) -> str:
@@ -104,6 +128,12 @@ class SettingsPanel(QWidget):
         self.system.setMaximumHeight(90)
         self.device = QComboBox()
         self.device.addItems(["auto", "cpu", "cuda", "mps"])
+        self.reliability = QCheckBox("Check reliability after each run")
+        self.reliability.setObjectName("reliabilityCheck")
+        self.reliability.setChecked(True)
+        self.reliability.setToolTip(
+            "After an explanation: delete and keep its top words against random ones, and "
+            "compare it with a second method; shows a verdict with the numbers (seconds)")
         form.addRow("Method", self.method)
         form.addRow("Steps", self.steps)
         form.addRow("Options", self.options)
@@ -113,6 +143,7 @@ class SettingsPanel(QWidget):
         form.addRow("Forced answer", self.target)
         form.addRow("System prompt", self.system)
         form.addRow("Device", self.device)
+        form.addRow("", self.reliability)
         self.estimate = QLabel()
         self.estimate.setObjectName("estimate")
         self.estimate.setWordWrap(True)
@@ -168,6 +199,7 @@ class MainWindow(QMainWindow):
     """The window. ``record`` holds the explanation on screen (None before the first)."""
 
     explanation_shown = Signal()
+    reliability_shown = Signal()  # the badge shows a finished check
     model_ready = Signal(object)  # ModelInfo, after a load finished
     failed = Signal(str)  # an error message, after it was shown
 
@@ -193,6 +225,7 @@ class MainWindow(QMainWindow):
         worker.token_generated.connect(self._on_token_generated)
         worker.model_loaded.connect(self._on_model_loaded)
         worker.finished.connect(self._on_finished)
+        worker.checked.connect(self._on_checked)
         worker.errored.connect(self._on_errored)
         worker.cancelled.connect(self._on_cancelled)
 
@@ -256,6 +289,11 @@ class MainWindow(QMainWindow):
         self.overlay_title.setWordWrap(True)
         self.completeness = QLabel()
         self.completeness.setWordWrap(True)
+        self.badge = QLabel()
+        self.badge.setObjectName("reliabilityBadge")
+        self.badge.setWordWrap(True)
+        self.badge.setTextFormat(Qt.TextFormat.RichText)
+        self.badge.hide()
         self.field_label = QLabel()
         self.field_label.setObjectName("fieldShares")
         self.field_label.setWordWrap(True)
@@ -270,6 +308,7 @@ class MainWindow(QMainWindow):
         overlay_layout.addWidget(self.overlay)
         overlay_layout.addWidget(self.legend)
         overlay_layout.addWidget(self.field_label)
+        overlay_layout.addWidget(self.badge)
         overlay_layout.addWidget(self.completeness)
 
         left = QSplitter(Qt.Orientation.Vertical)
@@ -411,7 +450,7 @@ class MainWindow(QMainWindow):
         self.progress.setRange(0, max(total, 1))
         self.progress.setValue(done)
         left = f", about {remaining:.0f} s left" if remaining >= 0 else ""
-        self.stage_label.setText(f"{_STAGE_NAMES.get(stage, stage)}{left}")
+        self.stage_label.setText(f"{STAGES.get(stage, stage)}{left}")
 
     def _on_token_generated(self, request_id: int, piece: str) -> None:
         if self.engine.is_current(request_id):
@@ -437,6 +476,37 @@ class MainWindow(QMainWindow):
         self.stage_label.setText(f"Done in {record.timings.attribute_s:.1f} s")
         self._remember_throughput(record)
         self.show_record(record)
+        if self.settings_panel.reliability.isChecked():
+            self.check_reliability()
+
+    def check_reliability(self) -> None:
+        """Run the quick faithfulness check on the explanation on screen (engine thread)."""
+        if self.record is None:
+            return
+        self.cancel_button.setEnabled(True)  # Explain stays enabled: a new run supersedes it
+        self.badge.setText("Checking how far this explanation can be trusted…")
+        self.badge.setStyleSheet(BADGE_STYLE["pending"])
+        self.badge.show()
+        self.engine.check_reliability(self.record)
+
+    def _on_checked(self, request_id: int, record: Explanation) -> None:
+        if not self.engine.is_current(request_id):
+            return
+        self._set_busy(False)
+        self.record = record
+        self.stage_label.setText(f"Reliability checked in {record.reliability.seconds:.1f} s")
+        self._show_badge(record)
+        self.reliability_shown.emit()
+
+    def _show_badge(self, record: Explanation) -> None:
+        check = record.reliability
+        if check is None:
+            self.badge.hide()
+            return
+        self.badge.setText(badge_html(check))
+        self.badge.setToolTip(badge_details(check))
+        self.badge.setStyleSheet(BADGE_STYLE[check.verdict])
+        self.badge.show()
 
     def _on_errored(self, request_id: int, message: str) -> None:
         if not self.engine.is_current(request_id):
@@ -452,6 +522,11 @@ class MainWindow(QMainWindow):
         if self.engine.is_current(request_id):
             self._set_busy(False)
             self.stage_label.setText("Cancelled")
+            if self.record is not None and self.record.reliability is None \
+                    and self.badge.isVisible():
+                self.badge.setText("Reliability check cancelled (Explain again, or turn the "
+                                   "check on in Settings, to run it)")
+                self.badge.setStyleSheet(BADGE_STYLE["pending"])
 
     # ---- showing a result ---------------------------------------------------------------
 
@@ -467,6 +542,7 @@ class MainWindow(QMainWindow):
             f"{label} {100 * share:.0f}% ({score:+.3f})"
             for label, score, share in field_shares(record.attribution.per_field)))
         self.completeness.setText(method_summary(record))
+        self._show_badge(record)
         self.explanation_shown.emit()
 
     def _render_answer(self) -> None:

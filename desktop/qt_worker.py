@@ -45,6 +45,7 @@ class EngineWorker(QObject):
     token_generated = Signal(int, str)  # id, decoded piece
     model_loaded = Signal(int, object)  # id, ModelInfo
     finished = Signal(int, object)  # id, Explanation
+    checked = Signal(int, object)  # id, Explanation with its reliability check
     errored = Signal(int, str)  # id, one readable message
     cancelled = Signal(int)  # id
 
@@ -102,6 +103,27 @@ class EngineWorker(QObject):
         if record is not None:
             self.finished.emit(request_id, record)
 
+    @Slot(int, object)
+    def check_reliability(self, request_id: int, record: Any) -> None:
+        from dataclasses import replace
+
+        from engine.errors import ModelLoadError
+        from engine.reliability import check_reliability
+
+        def work(state: TaskState) -> Any:
+            if self._loaded is None:
+                raise ModelLoadError("no model is loaded yet; open a model first")
+            if self._loaded.info.sha256 != record.model.sha256:
+                raise ModelLoadError("this explanation was made with another model; load it "
+                                     "to check the explanation's reliability")
+            found = check_reliability(self._loaded.model, self._loaded.tokenizer, record,
+                                      state=state)
+            return replace(record, reliability=found)
+
+        checked = self._run(request_id, "reliability", work)
+        if checked is not None:
+            self.checked.emit(request_id, checked)
+
     def _run(self, request_id: int, what: str, work: Any) -> Any:
         """Run ``work(state)`` for a request; failures and cancellation become signals."""
         state = self._begin(request_id)
@@ -128,6 +150,7 @@ class EngineThread(QObject):
 
     _load_requested = Signal(int, object)
     _explain_requested = Signal(int, object)
+    _check_requested = Signal(int, object)
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -137,6 +160,7 @@ class EngineThread(QObject):
         self.worker.moveToThread(self.thread)
         self._load_requested.connect(self.worker.load_model)
         self._explain_requested.connect(self.worker.explain)
+        self._check_requested.connect(self.worker.check_reliability)
         self.thread.start()
         self._next_id = 0
         self.current_id = 0
@@ -155,6 +179,11 @@ class EngineThread(QObject):
     def explain(self, request: Any) -> int:
         request_id = self._new_id()
         self._explain_requested.emit(request_id, request)
+        return request_id
+
+    def check_reliability(self, record: Any) -> int:
+        request_id = self._new_id()
+        self._check_requested.emit(request_id, record)
         return request_id
 
     def cancel(self) -> None:

@@ -111,6 +111,8 @@ def report_html(record: Explanation, created: datetime | None = None) -> str:
                        "cellspacing='0' cellpadding='3'><tr><th>field</th><th>attribution</th>"
                        f"<th>share</th></tr>{field_rows}</table>")
 
+    reliability_html = _reliability_html(record)
+
     def table(items: list[tuple[str, str]]) -> str:
         return ("<table cellspacing='0' cellpadding='3'>" + "".join(
             f"<tr><td width='28%'><b>{esc(k)}</b></td><td>{esc(v)}</td></tr>"
@@ -126,6 +128,7 @@ def report_html(record: Explanation, created: datetime | None = None) -> str:
 <p>Red: pushed the answer's probability up · blue: pushed it down. Scores are summed per word.</p>
 <h2>Answer{' (forced)' if record.answer.forced else ''}</h2>
 <p>{esc(record.answer.text)}</p>
+{reliability_html}
 <h2>Most influential words</h2>
 <p><img src="chart" width="620"/></p>
 <table border="1" cellspacing="0" cellpadding="3">
@@ -146,6 +149,34 @@ def report_html(record: Explanation, created: datetime | None = None) -> str:
         ("Time", f"load {t.load_s:.1f} s · generate {generate} · attribute {t.attribute_s:.1f} s"),
         ("Network", "none: TokenTrace runs offline")])}
 """
+
+
+VERDICT_COLOURS = {"strong": ("#1a9850", "white"), "fair": ("#fee08b", "#3a2c00"),
+                   "weak": ("#d73027", "white")}
+
+
+def _reliability_html(record: Explanation) -> str:
+    esc = html.escape
+    check = record.reliability
+    if check is None:
+        return ("<h2>How far to trust this explanation</h2><p>Not checked. Run "
+                "<i>tokentrace explain --reliability</i>, or keep <i>Check reliability</i> on "
+                "in the window, to add the check.</p>")
+    back, fore = VERDICT_COLOURS.get(check.verdict, ("#e0e0e0", "black"))
+    rows = "".join(
+        f"<tr><td>{esc(what)}</td><td align='right'>{ours}</td><td align='right'>{chance}</td>"
+        f"</tr>" for what, ours, chance in (
+            ("Comprehensiveness, AOPC (higher is better)", f"{check.comprehensiveness:+.4f}",
+             f"{check.random_comprehensiveness:+.4f}"),
+            ("Sufficiency, AOPC (lower is better)", f"{check.sufficiency:+.4f}",
+             f"{check.random_sufficiency:+.4f}")))
+    return (f"<h2>How far to trust this explanation</h2>"
+            f"<p style='background-color:{back}; color:{fore}; padding:6px;'><b>Reliability: "
+            f"{esc(check.verdict.capitalize())}</b> — {esc(check.summary)}</p>"
+            "<table border='1' cellspacing='0' cellpadding='3'><tr><th>check</th>"
+            f"<th>this explanation</th><th>random words (mean of {check.random_draws})</th></tr>"
+            f"{rows}</table><p>Rank correlation with {esc(check.second_method)} over the case "
+            f"words: {check.rank_correlation:.2f}. Checked in {check.seconds:.1f} s.</p>")
 
 
 def chart_image(record: Explanation, width: int = 1600, bars: int = 15):

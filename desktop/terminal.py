@@ -23,14 +23,7 @@ from desktop.palette import HIGH_COMPLETENESS_ERROR, UNCOLOURED_BELOW, blend, te
 from engine.fields import field_shares
 from engine.grouping import top_spans, word_scores
 from engine.record import Explanation
-from engine.task import TaskState
-
-_STAGES = {"load": "Loading model", "generate": "Generating answer",
-           "attribute": "Attributing", "cases": "Cases", "path": "Building paths",
-           "curvature": "Hessian sensitivity", "information": "Masked forwards",
-           "attention": "Attention gradients", "attention flow": "Attention flow",
-           "evaluate": "Faithfulness metrics", "method": "Methods on this case",
-           "reliability": "Reliability check"}
+from engine.task import STAGES, TaskState
 
 
 class RichTaskState(TaskState):
@@ -57,7 +50,7 @@ class RichTaskState(TaskState):
 
     def progressed(self, stage: str, done: int, total: int) -> None:
         if stage not in self._tasks:
-            self._tasks[stage] = self._progress.add_task(_STAGES.get(stage, stage), total=total)
+            self._tasks[stage] = self._progress.add_task(STAGES.get(stage, stage), total=total)
         self._progress.update(self._tasks[stage], completed=done, total=total)
 
 
@@ -155,6 +148,12 @@ def render_explanation(record: Explanation, top: int = 10, console: Console | No
     facts.add_row("Device", hw.device_name)
     facts.add_row("Model sha256", model.sha256)
     console.print(facts)
+    check = record.reliability
+    if check is not None:
+        style = {"strong": "bold white on green", "fair": "bold black on yellow",
+                 "weak": "bold white on red"}.get(check.verdict, "bold")
+        console.print(Text.assemble((f" Reliability: {check.verdict.capitalize()} ", style),
+                                    f" {check.summary}"))
 
 
 def per_answer_token_table(record: Explanation, rows: int = 32, words: int = 3) -> Table:

@@ -103,6 +103,22 @@ class Hardware:
 
 
 @dataclass(frozen=True)
+class Reliability:
+    """The quick faithfulness check of one explanation (engine/reliability.py)."""
+
+    verdict: str  # "strong", "fair" or "weak"
+    summary: str  # one plain-language sentence with the numbers
+    comprehensiveness: float  # AOPC, the explanation's top words deleted
+    random_comprehensiveness: float  # the same for random rankings (mean of the draws)
+    sufficiency: float  # AOPC, only the explanation's top words kept
+    random_sufficiency: float
+    second_method: str
+    rank_correlation: float  # Spearman, over the case tokens
+    random_draws: int
+    seconds: float
+
+
+@dataclass(frozen=True)
 class Explanation:
     versions: Versions
     model: ModelInfo
@@ -112,6 +128,7 @@ class Explanation:
     attribution: Attribution
     timings: Timings
     hardware: Hardware
+    reliability: Reliability | None = None  # the quick check, when it was run
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     schema_version: int = SCHEMA_VERSION
 

@@ -13,6 +13,14 @@ import threading
 
 from engine.errors import Cancelled
 
+# Every stage an engine task reports progress under, with the words a person reads.
+STAGES = {"load": "Loading model", "generate": "Generating answer", "attribute": "Attributing",
+          "path": "Building paths", "curvature": "Hessian sensitivity",
+          "information": "Masked forwards", "attention": "Attention gradients",
+          "attention flow": "Attention flow", "evaluate": "Faithfulness metrics",
+          "method": "Methods on this case", "reliability": "Checking reliability",
+          "cases": "Cases"}
+
 
 class TaskState:
     """Default state: no output, cancellable from any thread."""

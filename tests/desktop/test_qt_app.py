@@ -308,3 +308,26 @@ def test_method_picker_shows_defaults_options_and_runs_the_method(ready_window, 
     panel.method.setCurrentText("heta")
     panel.options.setText("samples=4000")
     assert "long run" in panel.estimate.text()
+
+
+def test_reliability_badge_follows_an_explanation(ready_window, qtbot, tmp_path):
+    window = ready_window
+    assert window.settings_panel.reliability.isChecked()  # on by default
+    with qtbot.waitSignal(window.reliability_shown, timeout=60_000):
+        _explain(window, qtbot)
+    check = window.record.reliability
+    assert check is not None and window.badge.isVisible()
+    assert f"Reliability: {check.verdict.capitalize()}" in window.badge.text()
+    assert f"{check.rank_correlation:.2f}" in window.badge.text()
+    assert "vs random" in window.badge.toolTip()
+    assert window.explain_button.isEnabled() and not window.cancel_button.isEnabled()
+    pdf = tmp_path / "checked.pdf"
+    window.export_pdf(pdf)
+    from pypdf import PdfReader
+
+    text = " ".join(" ".join(page.extract_text().split()) for page in PdfReader(pdf).pages)
+    assert "How far to trust this explanation" in text and check.second_method in text
+    # Switched off, an explanation comes without a badge.
+    window.settings_panel.reliability.setChecked(False)
+    _explain(window, qtbot)
+    assert window.record.reliability is None and not window.badge.isVisible()

@@ -1,0 +1,127 @@
+"""A quick check of the explanation on screen: how far to trust it, in plain language.
+
+Three questions, each answered against chance:
+
+1. Comprehensiveness: does deleting the case words this explanation ranks highest lower the
+   answer's probability more than deleting random words? (AOPC over the top 1, 5, 10, 20 and
+   50%, against the mean of ``draws`` random rankings.)
+2. Sufficiency: does keeping only those words preserve the answer better than keeping random
+   ones?
+3. Agreement: does a second, cheap method (Grad-ELLM; IG when the explanation is Grad-ELLM's)
+   rank the case tokens alike (Spearman rank correlation)?
+
+Verdict: ``strong`` when the explanation beats chance on both 1 and 2 (comprehensiveness at
+least twice chance's) and agrees with the second method (rho >= 0.3); ``weak`` when it does not
+beat chance on comprehensiveness; ``fair`` otherwise.
+
+Cost: 1 + 10 x (1 + draws) forwards (each a perturbed prompt with the whole answer) plus the
+second method (1 forward and T backwards for Grad-ELLM).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from engine.methods import AttributionInput, get_method
+from engine.methods.base import parse_baseline
+from engine.metrics import MetricSettings, faithfulness, random_scores
+from engine.record import Explanation, Reliability
+from engine.task import SubTask, TaskState
+
+STRONG_RATIO = 2.0
+AGREEMENT = 0.3
+
+
+def problem_of(record: Explanation, device: torch.device | str) -> AttributionInput:
+    return AttributionInput(torch.tensor(record.prompt.token_ids, device=device),
+                            torch.tensor(record.prompt.attributable, device=device),
+                            torch.tensor(record.answer.token_ids, device=device))
+
+
+def _ranks(x: torch.Tensor) -> torch.Tensor:
+    """1-based ranks; tied values share the average of their ranks."""
+    _, inverse, counts = torch.unique(x, return_inverse=True, return_counts=True)
+    last = counts.cumsum(0).double()
+    return (last - (counts.double() - 1) / 2)[inverse]
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation of two score vectors (0 when either is constant)."""
+    ra, rb = _ranks(a), _ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = float(ra.norm() * rb.norm())
+    return float((ra * rb).sum()) / denominator if denominator > 0 else 0.0
+
+
+def check_reliability(model: Any, tokenizer: Any, record: Explanation, *, draws: int = 3,
+                      state: TaskState | None = None) -> Reliability:
+    """The three checks on ``record`` (an explanation made with this model)."""
+    state = state or TaskState()
+    start = time.perf_counter()
+    device = next(model.parameters()).device
+    problem = problem_of(record, device)
+    baseline_id = parse_baseline(str(record.method.params.get("baseline", "pad")), tokenizer,
+                                 model.get_input_embeddings().num_embeddings)
+    if baseline_id is None:  # a zero-embedding explanation: delete/replace with pad instead
+        baseline_id = parse_baseline("pad", tokenizer, model.get_input_embeddings().num_embeddings)
+    settings = MetricSettings(soft=False)
+    scores = torch.tensor(record.attribution.sequence, dtype=torch.float64)
+    total = 2 + draws
+    ours = faithfulness(model, problem, scores, baseline_id, settings,
+                        SubTask(state, "reliability", 0, total))
+    chance = [faithfulness(model, problem, random_scores(scores.shape, seed=draw),
+                           baseline_id, settings, SubTask(state, "reliability", 1 + draw, total))
+              for draw in range(draws)]
+    chance_comp = sum(c.values["comprehensiveness"] for c in chance) / draws
+    chance_suff = sum(c.values["sufficiency"] for c in chance) / draws
+
+    second = "ig" if record.method.name == "grad-ellm" else "grad-ellm"
+    spec = get_method(second)
+    params = {**spec.defaults(), **({"steps": 8, "matrix": False} if second == "ig" else {})}
+    other = spec.run(model, tokenizer, problem, state=SubTask(state, "reliability", total - 1,
+                                                              total), **params)
+    case = problem.attributable.cpu()
+    rho = spearman(scores[case], other.sequence[case])
+    state.progressed("reliability", total, total)
+
+    comp, suff = ours.values["comprehensiveness"], ours.values["sufficiency"]
+    verdict = verdict_of(comp, chance_comp, suff, chance_suff, rho)
+    return Reliability(
+        verdict=verdict,
+        summary=_sentence(verdict, comp, chance_comp, suff < chance_suff, rho, second),
+        comprehensiveness=comp, random_comprehensiveness=chance_comp, sufficiency=suff,
+        random_sufficiency=chance_suff, second_method=second, rank_correlation=rho,
+        random_draws=draws, seconds=time.perf_counter() - start)
+
+
+def verdict_of(comp: float, chance_comp: float, suff: float, chance_suff: float,
+               rho: float) -> str:
+    """``strong``, ``fair`` or ``weak``; see the module docstring."""
+    if comp <= chance_comp:
+        return "weak"
+    if suff < chance_suff and comp >= STRONG_RATIO * max(chance_comp, 1e-12) \
+            and rho >= AGREEMENT:
+        return "strong"
+    return "fair"
+
+
+def _sentence(verdict: str, comp: float, chance_comp: float, beats_suff: bool, rho: float,
+              second: str) -> str:
+    if chance_comp > 0 and comp > 0:
+        removal = (f"removing the words it ranks highest lowers the answer's probability "
+                   f"{comp / chance_comp:.1f}x as much as removing random words")
+    else:
+        removal = ("removing the words it ranks highest lowers the answer's probability "
+                   f"by {comp:+.3f}, against {chance_comp:+.3f} for random words")
+    keeping = ("keeping only them preserves the answer better than random words"
+               if beats_suff else "keeping only them does not preserve the answer better than "
+                                  "random words")
+    agreement = ("agrees" if rho >= 0.5 else "partly agrees" if rho >= AGREEMENT
+                 else "does not agree")
+    lead = {"strong": "Trustworthy here", "fair": "Use with care",
+            "weak": "Do not rely on this explanation"}[verdict]
+    return (f"{lead}: {removal}; {keeping}; it {agreement} with {second} "
+            f"(rank correlation {rho:.2f}).")

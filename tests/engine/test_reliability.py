@@ -1,0 +1,77 @@
+"""The reliability check of one explanation: its numbers, its verdict, cancellation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny import CASE
+
+from engine.errors import Cancelled
+from engine.explain import ExplainRequest, explain
+from engine.methods.base import parse_baseline
+from engine.metrics import MetricSettings, faithfulness
+from engine.models import ModelRequest, load_model
+from engine.record import Explanation
+from engine.reliability import check_reliability, problem_of, spearman, verdict_of
+from engine.task import TaskState
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model_folder):
+    return load_model(ModelRequest(str(tiny_model_folder)))
+
+
+def test_spearman():
+    a = torch.tensor([0.1, 0.5, 0.2, 0.9])
+    assert spearman(a, a * 3 + 1) == pytest.approx(1.0)
+    assert spearman(a, -a) == pytest.approx(-1.0)
+    assert spearman(a, torch.ones(4)) == 0.0
+    # Ties share their average rank: ranks (1, 2.5, 2.5, 4) against (1, 2, 3, 4).
+    tied = torch.tensor([1.0, 2.0, 2.0, 3.0])
+    expected = (torch.tensor([-1.5, 0, 0, 1.5]) @ torch.tensor([-1.5, -0.5, 0.5, 1.5])) / (
+        torch.tensor([-1.5, 0, 0, 1.5]).norm() * torch.tensor([-1.5, -0.5, 0.5, 1.5]).norm())
+    assert spearman(tied, torch.arange(4.0)) == pytest.approx(float(expected))
+
+
+def test_verdicts():
+    assert verdict_of(0.30, 0.10, 0.01, 0.05, 0.6) == "strong"
+    assert verdict_of(0.30, 0.10, 0.01, 0.05, 0.1) == "fair"  # a second method disagrees
+    assert verdict_of(0.15, 0.10, 0.01, 0.05, 0.6) == "fair"  # not twice chance
+    assert verdict_of(0.30, 0.10, 0.09, 0.05, 0.6) == "fair"  # keeping them is no better
+    assert verdict_of(0.05, 0.10, 0.01, 0.05, 0.9) == "weak"  # below chance
+
+
+@pytest.mark.parametrize("method", ["ig", "grad-ellm"])
+def test_check_on_a_real_explanation(loaded, method):
+    record = explain(ExplainRequest(CASE, method=method, steps=4,
+                                    target="recommend endocrine therapy"), loaded)
+    check = check_reliability(loaded.model, loaded.tokenizer, record)
+    assert check.verdict in ("strong", "fair", "weak")
+    assert check.second_method == ("ig" if method == "grad-ellm" else "grad-ellm")
+    assert -1 <= check.rank_correlation <= 1 and check.random_draws == 3
+    assert "rank correlation" in check.summary and check.seconds > 0
+    # The numbers are the metrics of the record's own attribution.
+    baseline = parse_baseline("pad", loaded.tokenizer, len(loaded.tokenizer))
+    ours = faithfulness(loaded.model, problem_of(record, "cpu"),
+                        torch.tensor(record.attribution.sequence), baseline,
+                        MetricSettings(soft=False))
+    assert check.comprehensiveness == pytest.approx(ours.values["comprehensiveness"])
+    assert check.sufficiency == pytest.approx(ours.values["sufficiency"])
+    assert check.verdict == verdict_of(check.comprehensiveness, check.random_comprehensiveness,
+                                       check.sufficiency, check.random_sufficiency,
+                                       check.rank_correlation)
+    from dataclasses import replace
+
+    checked = replace(record, reliability=check)
+    assert Explanation.from_json(checked.to_json()) == checked
+
+
+def test_check_cancels(loaded):
+    record = explain(ExplainRequest(CASE, steps=2, target="recommend surgery"), loaded)
+
+    class Stop(TaskState):
+        def progressed(self, stage, done, total):
+            self.cancel()
+
+    with pytest.raises(Cancelled):
+        check_reliability(loaded.model, loaded.tokenizer, record, state=Stop())
