@@ -175,7 +175,8 @@ def main_batch(args, state: TaskState) -> int:
                               max_new_tokens=args.max_new_tokens, target=args.target,
                               baseline=args.baseline, raw_prompt=args.raw_prompt,
                               system_prompt=args.system_prompt, matrix=not args.no_matrix,
-                              batch_size=args.batch_size, options=tuple(args.option))
+                              batch_size=args.batch_size, options=tuple(
+                                  (k.replace("-", "_"), v) for k, v in args.option))
     template.validate()
     load_cases(args.cases)  # a broken case file fails before the model loads
     loaded = load_model(ModelRequest(args.model, args.device, args.dtype), state)

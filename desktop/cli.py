@@ -32,7 +32,7 @@ def _option(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key.strip().replace("-", "_"), value.strip()
+    return key.strip(), value.strip()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -228,7 +228,8 @@ def run_explain(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens, target=args.target, baseline=args.baseline,
         raw_prompt=args.raw_prompt,
         system_prompt=DEFAULT_SYSTEM_PROMPT if args.system is None else args.system,
-        matrix=not args.no_matrix, batch_size=args.batch_size, options=tuple(args.option))
+        matrix=not args.no_matrix, batch_size=args.batch_size,
+        options=tuple((key.replace("-", "_"), value) for key, value in args.option))
     request.validate()  # bad settings fail before a model is loaded
 
     from desktop.terminal import RichTaskState, render_explanation

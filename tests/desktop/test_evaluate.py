@@ -29,6 +29,7 @@ def case_file(tmp_path):
 def _evaluate(folder, case_file, out, *extra):
     return main(["evaluate", "--cases", str(case_file), "--model", str(folder),
                  "--methods", "ig,grad-ellm,random", "--option", "ig.steps=4",
+                 "--option", "grad-ellm.layers=all",
                  "--max-new-tokens", "3", "--samples", "1", "--json", str(out / "eval.json"),
                  "--csv", str(out / "eval.csv"), *extra])
 
