@@ -134,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "(default: ig,grad-ellm,random)")
     evaluate.add_argument("--json", type=Path, metavar="OUT", help="write the full results")
     evaluate.add_argument("--csv", type=Path, metavar="OUT", help="write one row per method")
+    evaluate.add_argument("--markdown", type=Path, metavar="OUT",
+                          help="write the summary as a Markdown table")
     evaluate.add_argument("--plot", type=Path, metavar="PNG",
                           help="the pi-curve plot (default: beside the JSON or CSV)")
     evaluate.add_argument("--option", action="append", default=[], type=_option,

@@ -80,6 +80,29 @@ def write_csv(path: Path, report: dict[str, Any]) -> None:
     write_text_atomic(path, buffer.getvalue())
 
 
+def markdown_table(report: dict[str, Any]) -> str:
+    """The summary as a Markdown table: mean ± standard deviation, the best value in bold."""
+    summary, spread = report["summary"], report["spread"]
+    head = ["method", "cases", "s/case",
+            *[f"{LABELS[m]} {'↑' if HIGHER_IS_BETTER[m] else '↓'}" for m in METRICS]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    best = {}
+    for metric in METRICS:
+        scored = [(v[metric], m) for m, v in summary.items() if metric in v]
+        if scored:
+            best[metric] = (max if HIGHER_IS_BETTER[metric] else min)(scored)[1]
+    for method, values in summary.items():
+        cells = [method, str(report["cases"][method]), f"{report['seconds'][method]:.1f}"]
+        for metric in METRICS:
+            if metric not in values:
+                cells.append("")
+                continue
+            text = f"{values[metric]:.3f} ± {spread[method][metric]:.3f}"
+            cells.append(f"**{text}**" if best.get(metric) == method else text)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _number(value: float | None) -> str:
     return "" if value is None else f"{value:.6g}"
 
@@ -237,11 +260,13 @@ def main_evaluate(args, state: TaskState) -> int:
         write_text_atomic(args.json, json.dumps(report, indent=1))
     if args.csv:
         write_csv(args.csv, report)
+    if args.markdown:
+        write_text_atomic(args.markdown, markdown_table(report))
     if not args.no_soft:
         write_plot(plot_path, summarise(results)["curves"])
     if not args.quiet:
         render_summary(report)
-    written = [str(p) for p in (args.json, args.csv) if p] + \
+    written = [str(p) for p in (args.json, args.csv, args.markdown) if p] + \
         ([] if args.no_soft else [str(plot_path)])
     print(f"{len(cases) - len(failures)} cases, {len(methods)} methods; wrote "
           f"{', '.join(written)}")

@@ -31,7 +31,7 @@ def _evaluate(folder, case_file, out, *extra):
                  "--methods", "ig,grad-ellm,random", "--option", "ig.steps=4",
                  "--option", "grad-ellm.layers=all",
                  "--max-new-tokens", "3", "--samples", "1", "--json", str(out / "eval.json"),
-                 "--csv", str(out / "eval.csv"), *extra])
+                 "--csv", str(out / "eval.csv"), "--markdown", str(out / "eval.md"), *extra])
 
 
 def test_evaluate_writes_the_table_plot_and_resumes(tiny_model_folder, case_file, tmp_path,
@@ -51,6 +51,8 @@ def test_evaluate_writes_the_table_plot_and_resumes(tiny_model_folder, case_file
     assert [r["method"] for r in rows] == ["ig", "grad-ellm", "random"]
     assert float(rows[0]["comprehensiveness_mean"]) == pytest.approx(
         report["summary"]["ig"]["comprehensiveness"], rel=1e-5)
+    table = (tmp_path / "eval.md").read_text()
+    assert table.count("\n") == 5 and "| random | 3 |" in table and "**" in table
     plot = tmp_path / "eval-pi-curves.png"
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 5000
 
