@@ -80,17 +80,24 @@ def write_csv(path: Path, report: dict[str, Any]) -> None:
     write_text_atomic(path, buffer.getvalue())
 
 
+def best_methods(summary: dict[str, dict[str, float]]) -> dict[str, str]:
+    """For each metric, the method with the best mean (highest or lowest, as the metric wants)."""
+    best = {}
+    for metric in METRICS:
+        scored = [(values[metric], method) for method, values in summary.items()
+                  if metric in values]
+        if scored:
+            best[metric] = (max if HIGHER_IS_BETTER[metric] else min)(scored)[1]
+    return best
+
+
 def markdown_table(report: dict[str, Any]) -> str:
     """The summary as a Markdown table: mean ± standard deviation, the best value in bold."""
     summary, spread = report["summary"], report["spread"]
     head = ["method", "cases", "s/case",
             *[f"{LABELS[m]} {'↑' if HIGHER_IS_BETTER[m] else '↓'}" for m in METRICS]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    best = {}
-    for metric in METRICS:
-        scored = [(v[metric], m) for m, v in summary.items() if metric in v]
-        if scored:
-            best[metric] = (max if HIGHER_IS_BETTER[metric] else min)(scored)[1]
+    best = best_methods(summary)
     for method, values in summary.items():
         cells = [method, str(report["cases"][method]), f"{report['seconds'][method]:.1f}"]
         for metric in METRICS:
@@ -176,11 +183,7 @@ def render_summary(report: dict[str, Any]) -> None:
         arrow = "↑" if HIGHER_IS_BETTER[metric] else "↓"
         table.add_column(f"{LABELS[metric]} {arrow}", justify="right")
     summary = report["summary"]
-    best = {}
-    for metric in METRICS:
-        scored = [(v[metric], m) for m, v in summary.items() if metric in v]
-        if scored:
-            best[metric] = (max if HIGHER_IS_BETTER[metric] else min)(scored)[1]
+    best = best_methods(summary)
     for method, values in summary.items():
         cells = []
         for metric in METRICS:
