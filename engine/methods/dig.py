@@ -107,30 +107,26 @@ def _choose(candidates: torch.Tensor, previous: torch.Tensor, base: torch.Tensor
     return (candidates == fixed).sum(-1).argmax(-1)
 
 
-def build_paths(start: torch.Tensor, start_ids: torch.Tensor, base: torch.Tensor,
-                table: torch.Tensor, table_ids: torch.Tensor, *, kind: str, anchors: int,
-                nbrs: int, strategy: str, upscale: int) -> torch.Tensor:
+def build_paths(start: torch.Tensor, base: torch.Tensor, table: torch.Tensor, *, kind: str,
+                anchors: int, nbrs: int, strategy: str, upscale: int) -> torch.Tensor:
     """Monotone paths [K, R, d] from ``base`` (point 0) to ``start`` (point K - 1) per row.
 
-    ``start`` [R, d] are the input embeddings of token ids ``start_ids`` [R]; ``base`` [R, d]
-    their baselines; ``table`` [V, d] the candidate embeddings with vocabulary ids
-    ``table_ids`` [V].
+    ``start`` [R, d] are the input embeddings, ``base`` [R, d] their baselines, ``table``
+    [V, d] the candidate word embeddings.
     """
     if strategy not in STRATEGIES:
         raise InvalidSettingsError(f"unknown strategy {strategy!r}; choose greedy or maxcount")
     m = anchors
+    size = table.shape[0]
     rows = torch.arange(start.shape[0], device=start.device)
-    # Positions in the table of the words already on each path (the input word first).
-    position_of = torch.full((int(table_ids.max()) + 1,), -1, dtype=torch.long,
-                             device=start.device)
-    position_of[table_ids] = torch.arange(len(table_ids), device=start.device)
-    in_table = position_of[start_ids.clamp(max=len(position_of) - 1)]
-    visited = torch.where(in_table >= 0, in_table, 0)[:, None]
+    # Table rows of the words already on each path: first the input word (its own row, or the
+    # nearest one when it is not a word piece).
+    visited = nearest(start, table, 1)
     if kind == "udig":
         fractions = torch.arange(1, m + 1, device=start.device, dtype=start.dtype) / (m + 1)
         line = start[None] - fractions.view(-1, 1, 1) * (start - base)[None]  # [m, R, d]
         # Every query is known in advance: one batched search; m more per row cover visits.
-        wide = nearest(line.reshape(-1, start.shape[1]), table, min(len(table_ids), nbrs + m + 1))
+        wide = nearest(line.reshape(-1, start.shape[1]), table, min(size, nbrs + m + 1))
         wide = wide.view(m, start.shape[0], -1)
     points, previous, word = [start], start, start
     for step in range(m):
@@ -141,7 +137,7 @@ def build_paths(start: torch.Tensor, start_ids: torch.Tensor, base: torch.Tensor
             order = torch.sort((~fresh).to(torch.int8), dim=1, stable=True).indices[:, :nbrs]
             picked = pool.gather(1, order)
         else:
-            picked = nearest(word, table, min(nbrs, len(table_ids) - visited.shape[1]),
+            picked = nearest(word, table, min(nbrs, size - visited.shape[1]),
                              banned=visited)
         candidates = table[picked].to(start.dtype)  # [R, nbrs, d]
         choice = _choose(candidates, previous, base, m, strategy)
@@ -203,10 +199,9 @@ def _discretized(kind: str, model: Any, tokenizer: Any, problem: AttributionInpu
     positions = torch.nonzero(emb.moving, as_tuple=True)[0]
     state.progressed("path", 0, 1)
     with torch.no_grad():
-        path = build_paths(emb.real[positions], problem.prompt_ids[positions],
-                           emb.base[positions], weight.detach()[table_ids], table_ids,
-                           kind=kind, anchors=steps, nbrs=nbrs, strategy=strategy,
-                           upscale=upscale)
+        path = build_paths(emb.real[positions], emb.base[positions],
+                           weight.detach()[table_ids], kind=kind, anchors=steps, nbrs=nbrs,
+                           strategy=strategy, upscale=upscale)
     state.progressed("path", 1, 1)
     sums = path_attribution(model, emb, path, matrix=matrix, batch_size=batch_size, state=state,
                             what="Discretized Integrated Gradients")

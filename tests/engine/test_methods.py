@@ -53,9 +53,8 @@ def _paths(model, tokenizer, kind, strategy, upscale, anchors=6):
     positions = torch.nonzero(emb.moving, as_tuple=True)[0]
     weight = model.get_input_embeddings().weight.detach()
     ids = word_piece_ids(tokenizer, weight.shape[0])
-    path = build_paths(emb.real[positions], problem.prompt_ids[positions], emb.base[positions],
-                       weight[ids], ids, kind=kind, anchors=anchors, nbrs=8, strategy=strategy,
-                       upscale=upscale)
+    path = build_paths(emb.real[positions], emb.base[positions], weight[ids], kind=kind,
+                       anchors=anchors, nbrs=8, strategy=strategy, upscale=upscale)
     return emb, positions, path
 
 
