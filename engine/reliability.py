@@ -12,7 +12,8 @@ Three questions, each answered against chance:
 
 Verdict: ``strong`` when the explanation beats chance on both 1 and 2 (comprehensiveness at
 least twice chance's) and agrees with the second method (rho >= 0.3); ``weak`` when it does not
-beat chance on comprehensiveness; ``fair`` otherwise.
+beat chance on comprehensiveness; ``fair`` otherwise. Beating chance means by at least 10% of
+chance's value, so a tie within noise is not called a win.
 
 Cost: 1 + 10 x (1 + draws) forwards (each a perturbed prompt with the whole answer) plus the
 second method (1 forward and T backwards for Grad-ELLM).
@@ -33,6 +34,7 @@ from engine.task import SubTask, TaskState
 
 STRONG_RATIO = 2.0
 AGREEMENT = 0.3
+MARGIN = 0.1  # "better than random" means better by at least 10% of random's value
 
 
 def problem_of(record: Explanation, device: torch.device | str) -> AttributionInput:
@@ -91,18 +93,27 @@ def check_reliability(model: Any, tokenizer: Any, record: Explanation, *, draws:
     verdict = verdict_of(comp, chance_comp, suff, chance_suff, rho)
     return Reliability(
         verdict=verdict,
-        summary=_sentence(verdict, comp, chance_comp, suff < chance_suff, rho, second),
+        summary=_sentence(verdict, comp, chance_comp, keeps_better(suff, chance_suff), rho,
+                          second),
         comprehensiveness=comp, random_comprehensiveness=chance_comp, sufficiency=suff,
         random_sufficiency=chance_suff, second_method=second, rank_correlation=rho,
         random_draws=draws, seconds=time.perf_counter() - start)
 
 
+def removes_more(comp: float, chance_comp: float) -> bool:
+    return comp > chance_comp + MARGIN * abs(chance_comp)
+
+
+def keeps_better(suff: float, chance_suff: float) -> bool:
+    return suff < chance_suff - MARGIN * abs(chance_suff)
+
+
 def verdict_of(comp: float, chance_comp: float, suff: float, chance_suff: float,
                rho: float) -> str:
     """``strong``, ``fair`` or ``weak``; see the module docstring."""
-    if comp <= chance_comp:
+    if not removes_more(comp, chance_comp):
         return "weak"
-    if suff < chance_suff and comp >= STRONG_RATIO * max(chance_comp, 1e-12) \
+    if keeps_better(suff, chance_suff) and comp >= STRONG_RATIO * max(chance_comp, 1e-12) \
             and rho >= AGREEMENT:
         return "strong"
     return "fair"
@@ -117,7 +128,7 @@ def _sentence(verdict: str, comp: float, chance_comp: float, beats_suff: bool, r
         removal = ("removing the words it ranks highest lowers the answer's probability "
                    f"by {comp:+.3f}, against {chance_comp:+.3f} for random words")
     keeping = ("keeping only them preserves the answer better than random words"
-               if beats_suff else "keeping only them does not preserve the answer better than "
+               if beats_suff else "keeping only them preserves the answer no better than "
                                   "random words")
     agreement = ("agrees" if rho >= 0.5 else "partly agrees" if rho >= AGREEMENT
                  else "does not agree")

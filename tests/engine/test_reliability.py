@@ -39,6 +39,8 @@ def test_verdicts():
     assert verdict_of(0.15, 0.10, 0.01, 0.05, 0.6) == "fair"  # not twice chance
     assert verdict_of(0.30, 0.10, 0.09, 0.05, 0.6) == "fair"  # keeping them is no better
     assert verdict_of(0.05, 0.10, 0.01, 0.05, 0.9) == "weak"  # below chance
+    assert verdict_of(0.105, 0.10, 0.01, 0.05, 0.9) == "weak"  # a tie within 10% is no win
+    assert verdict_of(0.30, 0.10, 0.3044, 0.3047, 0.9) == "fair"  # keeping them: a tie
 
 
 @pytest.mark.parametrize("method", ["ig", "grad-ellm"])
