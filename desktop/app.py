@@ -104,6 +104,9 @@ def run_app(case_file: Path | None, model: str, method: str, steps: int | None,
         # Window signals, emitted on the GUI thread (the worker's are emitted on its own).
         window.model_ready.connect(explain_when_loaded)
         window.failed.connect(fail)
-        window.explanation_shown.connect(lambda: QTimer.singleShot(300, save_and_quit))
+        # With the reliability check on, the picture waits for its badge.
+        done = (window.reliability_shown if window.settings_panel.reliability.isChecked()
+                else window.explanation_shown)
+        done.connect(lambda: QTimer.singleShot(300, save_and_quit))
     app.exec()
     return outcome["code"]
