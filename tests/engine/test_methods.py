@@ -20,10 +20,10 @@ from engine.methods.ca_lig import (
 from engine.methods.dig import build_paths, dig, nearest, path_attribution, udig, word_piece_ids
 from engine.methods.grad_ellm import grad_ellm, raw_scores
 from engine.methods.heta import (
+    HessianVectorProducts,
     _sequence_embeddings,
     attention_flow,
     curvature,
-    hessian_vector_products,
     heta,
     information,
 )
@@ -171,7 +171,7 @@ def test_hessian_vector_product_matches_finite_differences_and_is_symmetric(tiny
     generator = torch.Generator().manual_seed(0)
     u, v = (torch.randn(x.shape, generator=generator, dtype=x.dtype) for _ in range(2))
     with eager_attention(model):
-        hu, hv = hessian_vector_products(model, x, problem.answer_ids, torch.stack([u, v]))
+        hu, hv = HessianVectorProducts(model, x, problem.answer_ids)(torch.stack([u, v]))
 
     def gradient(point: torch.Tensor) -> torch.Tensor:
         point = point.clone().requires_grad_(True)
