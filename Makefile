@@ -9,7 +9,7 @@ TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 TORCH_INDEX_ARGS ?= $(shell $(PYTHON) -c "import urllib.request as u; u.urlopen('$(TORCH_CPU_INDEX)/torch/', timeout=3); print('--index-url $(TORCH_CPU_INDEX) --extra-index-url https://pypi.org/simple')" 2>/dev/null)
 CASE ?= resources/cases/demo_case.txt
 
-.PHONY: setup run demo screenshot test lint bench clean
+.PHONY: setup run demo screenshot test lint bench installer clean
 
 setup: $(VENV)/.installed
 
@@ -47,9 +47,18 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
-bench: setup
+bench: setup installer
 	$(BIN)/python -m benchmarks.ig_vs_captum --out docs/benchmarks.md
 	$(BIN)/python -m benchmarks.methods --out docs/benchmarks-methods.md
+	$(BIN)/python -m benchmarks.bundle --out docs/benchmarks.md
+
+# The self-contained bundle for this OS (PyInstaller, one folder, in dist/); see installers/README.md.
+installer: setup
+	@case "$$(uname)" in \
+		Linux) installers/linux/build.sh $(BIN)/python ;; \
+		Darwin) installers/macos/build.sh $(BIN)/python ;; \
+		*) echo "On Windows run installers\\windows\\build.ps1 (see installers/README.md)"; exit 2 ;; \
+	esac
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

@@ -25,6 +25,7 @@ import torch
 
 import engine  # noqa: F401  (offline before transformers)
 from benchmarks.peers import captum_ig
+from benchmarks.report import keep_others
 from engine.hardware import PeakMemory, device_name
 from engine.methods import AttributionInput, integrated_gradients
 from engine.methods.base import parse_baseline
@@ -177,7 +178,7 @@ def main() -> None:
     print(report)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report)
+        args.out.write_text(keep_others(args.out, report))  # the bundle's section stays
 
 
 if __name__ == "__main__":

