@@ -76,7 +76,8 @@ def main() -> None:
             results[name] = measure(executable, Path(scratch))
     bundle, venv = results["bundle"], results["venv"]
     largest = sorted(((_size(p) if p.is_dir() else p.stat().st_size, p.name)
-                      for p in (BUNDLE / "_internal").iterdir()), reverse=True)[:5]
+                      for p in (BUNDLE / "_internal").iterdir() if not p.is_symlink()),
+                     reverse=True)[:5]
     rows = [
         ("`tokentrace --version` (process start)", "version"),
         ("`tokentrace methods` (imports torch and the engine)", "methods"),
