@@ -59,8 +59,11 @@ def test_interrupted_batch_resumes(tiny_model_folder, tmp_path, capsys):
     command = [sys.executable, "-m", "desktop.cli", "batch", "--cases", str(cases), "--out",
                str(out), "--model", str(tiny_model_folder), "--max-new-tokens", "8",
                "--steps", "600", "--quiet"]
+    # SIGINT at its default even when this suite runs as a background job (which ignores it, and
+    # a child would inherit that).
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+                               text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 600  # generous: a loaded CI machine is slow
     while not list(out.glob("records/*.json")):
         assert time.time() < deadline and process.poll() is None
