@@ -91,8 +91,9 @@ class HessianVectorProducts:
     """H v for batches of v [B, L, d], H the Hessian of sum_t F_t at ``x`` [L, d].
 
     One forward and one first backward (kept with its graph) serve every batch; each batch is
-    one batched double backward (``is_grads_batched``). On the embedded model that is twice as
-    fast as a copy of the input per vector, with identical products.
+    one batched double backward (``is_grads_batched``). On the embedded model's demo case that
+    made HETA 1.4 times as fast (268 s against 373 s) as a copy of the input per vector, with
+    the same products.
     """
 
     def __init__(self, model: Any, x: torch.Tensor, answer_ids: torch.Tensor) -> None:
