@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from dataclasses import replace
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt, QUrl, Signal
@@ -44,6 +45,11 @@ from engine.task import STAGES
 
 CASES_DIR = Path(__file__).resolve().parent.parent / "resources" / "cases"
 LONG_RUN_SECONDS = 120
+FALLBACK_METHOD = "grad-ellm"  # quick: one forward and a backward per answer token
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 def demo_cases() -> list[tuple[str, str]]:
@@ -595,8 +601,9 @@ class MainWindow(QMainWindow):
             self._settings.setValue(self._throughput_key(),
                                     measured_throughput(cost, record.timings.attribute_s))
 
-    def estimate_seconds(self) -> float | None:
-        """Attribution time for the current case and settings, or None without a model."""
+    def estimate_seconds(self, request: ExplainRequest | None = None) -> float | None:
+        """Attribution time for the current case and settings (or ``request``), or None
+        without a model."""
         from engine.methods import get_method
         from engine.methods.base import estimate_seconds
 
@@ -609,12 +616,28 @@ class MainWindow(QMainWindow):
         n = len(self.case_edit.toPlainText()) // 4 + 60
         target = panel.target.text().strip()
         answer = max(1, len(target) // 4) if target else panel.max_new_tokens.value()
-        request = panel.request(self.case_edit.toPlainText())
+        request = request or panel.request(self.case_edit.toPlainText())
         params = request.method_params()  # raises on an unknown or malformed option
         cost = get_method(request.method).cost(n, answer, params)
         measured = self._settings.value(self._throughput_key())
         rate = float(measured) if measured is not None else None
         return estimate_seconds(cost, info.parameters, info.device.split(":")[0], rate)
+
+    def quicker_settings(self) -> list[tuple[str, float]]:
+        """(change, estimated seconds) for single changes that make a long run short."""
+        request = self.settings_panel.request(self.case_edit.toPlainText())
+        changes = []
+        if request.matrix and "matrix" in request.method_params():
+            changes.append(("without the per-token matrix", replace(request, matrix=False)))
+        if request.method != FALLBACK_METHOD:
+            changes.append((f"with {FALLBACK_METHOD}",
+                            replace(request, method=FALLBACK_METHOD, steps=None, options=())))
+        found = []
+        for change, quicker in changes:
+            seconds = self.estimate_seconds(quicker)
+            if seconds is not None and seconds <= LONG_RUN_SECONDS:
+                found.append((change, seconds))
+        return found
 
     def _update_estimate(self) -> None:
         label = self.settings_panel.estimate
@@ -627,11 +650,14 @@ class MainWindow(QMainWindow):
         if seconds is None:
             label.setText("load a model first")
             return
-        text = (f"about {seconds:.0f} s" if seconds < 90 else f"about {seconds / 60:.0f} min")
+        text = f"about {_duration(seconds)}"
         long_run = seconds > LONG_RUN_SECONDS
         if long_run:
-            text += (" — a long run: fewer steps or samples, no per-token matrix, or a faster "
-                     "method (ig, grad-ellm) would be much quicker")
+            quicker = self.quicker_settings()
+            text += " — a long run" + "".join(f"; {change}: about {_duration(s)}"
+                                               for change, s in quicker)
+            if not quicker:
+                text += ": fewer steps, samples or answer tokens would be quicker"
         label.setText(text)
         label.setStyleSheet("color: #b35806; font-weight: bold;" if long_run else "")
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 from PySide6.QtCore import QSettings
 
 from desktop.palette import blend
-from desktop.qt_main_window import MainWindow
+from desktop.qt_main_window import LONG_RUN_SECONDS, MainWindow
 from engine.models import ModelRequest
 
 CASE = "52 year old woman , left breast mass 2 cm , ER positive , HER2 negative ."
@@ -209,6 +210,28 @@ def test_estimate_updates_and_learns_from_a_run(ready_window, qtbot):
     assert float(window._settings.value(window._throughput_key())) > 0
     # Same case and settings: the estimate now comes from the measured rate, not the guess.
     assert window.estimate_seconds() != pytest.approx(guess, rel=0.01)
+
+
+def test_a_long_run_estimate_names_the_single_change_that_makes_it_short(ready_window):
+    window = ready_window
+    window.case_edit.setPlainText(CASE)
+    panel = window.settings_panel
+    panel.steps.setValue(32)
+    panel.max_new_tokens.setValue(64)
+    panel.matrix.setChecked(True)
+    # A machine on which IG without the matrix takes one minute for this case.
+    window._settings.setValue(window._throughput_key(), 1.0)
+    per_pass = window.estimate_seconds(replace(panel.request(CASE), matrix=False))
+    window._settings.setValue(window._throughput_key(), per_pass / 60)
+    window._update_estimate()
+    assert window.estimate_seconds() > 10 * LONG_RUN_SECONDS
+    quicker = dict(window.quicker_settings())
+    assert quicker["without the per-token matrix"] == pytest.approx(60)
+    assert quicker["with grad-ellm"] <= LONG_RUN_SECONDS
+    assert "a long run; without the per-token matrix: about 60 s; with grad-ellm" in \
+        panel.estimate.text()
+    panel.matrix.setChecked(False)
+    assert "long run" not in panel.estimate.text()
 
 
 def test_presentation_mode_enlarges_type_and_goes_back(ready_window):
