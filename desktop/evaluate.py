@@ -159,12 +159,14 @@ def write_plot(path: Path, curves: dict[str, dict[str, dict[float, float]]]) -> 
                       for pi, v in points]
             for a, b in itertools.pairwise(mapped):
                 painter.drawLine(a, b)
-    for index, method in enumerate(methods):  # legend
-        x = 80 + index * 130
+    x = 80.0
+    for index, method in enumerate(methods):  # legend, each entry as wide as its name
+        width = painter.fontMetrics().horizontalAdvance(method)
         painter.setPen(QPen(QColor(COLOURS[index % len(COLOURS)]), 4))
         painter.drawLine(QPointF(x, 585), QPointF(x + 30, 585))
         painter.setPen(QColor("#222222"))
-        painter.drawText(QRectF(x + 36, 575, 95, 20), Qt.AlignmentFlag.AlignLeft, method)
+        painter.drawText(QRectF(x + 36, 575, width + 4, 20), Qt.AlignmentFlag.AlignLeft, method)
+        x += 36 + width + 30
     painter.end()
     path.parent.mkdir(parents=True, exist_ok=True)
     if not image.save(str(path), "PNG"):
