@@ -124,8 +124,12 @@ class SettingsPanel(QWidget):
         self.baseline = QComboBox()
         self.baseline.setEditable(True)
         self.baseline.addItems(["pad", "zero", "token:0"])
-        self.matrix = QCheckBox("Per-answer-token matrix")
-        self.matrix.setChecked(True)
+        self.matrix = QCheckBox("Every answer token up front (per-token matrix)")
+        self.matrix.setToolTip(
+            "Off: the run explains the whole answer, and each answer token you click is then "
+            "explained on its own (about one short run per click).\nOn: every answer token is "
+            "explained in the run itself (about as many backward passes as answer tokens).")
+        self.matrix.setChecked(False)
         self.options = QLineEdit()
         self.options.setObjectName("methodOptions")
         self.target = QLineEdit()
@@ -205,6 +209,7 @@ class MainWindow(QMainWindow):
     """The window. ``record`` holds the explanation on screen (None before the first)."""
 
     explanation_shown = Signal()
+    row_shown = Signal(int)  # an answer token's row, computed on demand, is on screen
     reliability_shown = Signal()  # the badge shows a finished check
     model_ready = Signal(object)  # ModelInfo, after a load finished
     failed = Signal(str)  # an error message, after it was shown
@@ -217,6 +222,9 @@ class MainWindow(QMainWindow):
         self.resize(1400, 900)
         self.record: Explanation | None = None
         self.selected_row: int | None = None
+        self.rows: dict[int, tuple[float, ...]] = {}  # answer rows computed on click
+        self._pending_row: int | None = None  # clicked while the reliability check ran
+        self._task: str | None = None  # what the engine thread was last asked to do
         self.last_error: str | None = None
         self.error_box: QMessageBox | None = None
         self._settings = settings or QSettings("TokenTrace", "TokenTrace")
@@ -232,6 +240,7 @@ class MainWindow(QMainWindow):
         worker.model_loaded.connect(self._on_model_loaded)
         worker.finished.connect(self._on_finished)
         worker.checked.connect(self._on_checked)
+        worker.row_ready.connect(self._on_row_ready)
         worker.errored.connect(self._on_errored)
         worker.cancelled.connect(self._on_cancelled)
 
@@ -407,6 +416,7 @@ class MainWindow(QMainWindow):
         self._model_request = request
         self.model_label.setText(f"Loading {request.source}…")
         self._set_busy(True)
+        self._task = "load"
         self.engine.load_model(request)
 
     def explain(self) -> None:
@@ -423,14 +433,48 @@ class MainWindow(QMainWindow):
         self._answer_pieces = []
         self.answer_view.setPlainText("")
         self._set_busy(True)
+        self._task = "explain"
         self.engine.explain(request)
 
     def cancel(self) -> None:
         self.engine.cancel()
 
     def select_answer_token(self, row: int | None) -> None:
+        """Show what answer token ``row`` (None: the whole answer) rests on; without the
+        per-token matrix, the token is first explained on its own on the engine thread."""
         self.selected_row = row
+        self._pending_row = None
+        if row is not None and self.record is not None and self._row_scores(row) is None:
+            if self._task == "reliability":
+                self._pending_row = row  # explained once the check has finished
+            else:
+                self._task = "row"
+                self.cancel_button.setEnabled(True)
+                self.engine.answer_row(self.record, row)
         self._show_selection()
+
+    def _row_scores(self, row: int | None) -> tuple[float, ...] | None:
+        """Answer token ``row``'s attribution over the prompt, if known (None: not yet)."""
+        record = self.record
+        if row is None or record is None:
+            return None
+        if record.attribution.per_token is not None:
+            return record.attribution.per_token[row]
+        return self.rows.get(row)
+
+    def _row_estimate(self, row: int) -> float | None:
+        """Seconds to explain answer token ``row`` of the record on its own."""
+        from engine.methods import get_method
+        from engine.methods.base import estimate_seconds
+
+        record, info = self.record, self.model_info
+        if record is None or info is None:
+            return None
+        params = {**record.method.params, "matrix": False}
+        cost = get_method(record.method.name).cost(len(record.prompt.token_ids) + row, 1, params)
+        measured = self._settings.value(self._throughput_key())
+        rate = float(measured) if measured is not None else None
+        return estimate_seconds(cost, info.parameters, info.device.split(":")[0], rate)
 
     def toggle_presentation(self, on: bool) -> None:
         font = QFont(self.font())
@@ -478,6 +522,7 @@ class MainWindow(QMainWindow):
     def _on_finished(self, request_id: int, record: Explanation) -> None:
         if not self.engine.is_current(request_id):
             return
+        self._task = None
         self._set_busy(False)
         self.stage_label.setText(f"Done in {record.timings.attribute_s:.1f} s")
         self._remember_throughput(record)
@@ -493,16 +538,37 @@ class MainWindow(QMainWindow):
         self.badge.setText("Checking how far this explanation can be trusted…")
         self.badge.setStyleSheet(BADGE_STYLE["pending"])
         self.badge.show()
+        self._task = "reliability"
         self.engine.check_reliability(self.record)
 
     def _on_checked(self, request_id: int, record: Explanation) -> None:
         if not self.engine.is_current(request_id):
             return
+        self._task = None
         self._set_busy(False)
         self.record = record
         self.stage_label.setText(f"Reliability checked in {record.reliability.seconds:.1f} s")
         self._show_badge(record)
         self.reliability_shown.emit()
+        self._run_pending_row()
+
+    def _run_pending_row(self) -> None:
+        row, self._pending_row = self._pending_row, None
+        if row is not None and row == self.selected_row:
+            self.select_answer_token(row)
+
+    def _on_row_ready(self, request_id: int, found) -> None:
+        if not self.engine.is_current(request_id):
+            return
+        self._task = None
+        self._set_busy(False)
+        if self.record is None or found.created_at != self.record.created_at:
+            return  # a row of an explanation no longer on screen
+        self.rows[found.row] = found.scores
+        self.stage_label.setText(f"Answer token {found.row + 1} explained")
+        if found.row == self.selected_row:
+            self._show_selection()
+            self.row_shown.emit(found.row)
 
     def _show_badge(self, record: Explanation) -> None:
         check = record.reliability
@@ -517,8 +583,13 @@ class MainWindow(QMainWindow):
     def _on_errored(self, request_id: int, message: str) -> None:
         if not self.engine.is_current(request_id):
             return
+        task, self._task = self._task, None
         self._set_busy(False)
         self.stage_label.setText("Error")
+        if task == "row":
+            self.select_answer_token(None)
+        elif task == "reliability":
+            self._run_pending_row()
         if self.model_label.text().startswith("Loading"):
             self.model_label.setText("No model loaded")
         self._show_error(message)
@@ -526,19 +597,24 @@ class MainWindow(QMainWindow):
 
     def _on_cancelled(self, request_id: int) -> None:
         if self.engine.is_current(request_id):
+            task, self._task = self._task, None
             self._set_busy(False)
             self.stage_label.setText("Cancelled")
-            if self.record is not None and self.record.reliability is None \
-                    and self.badge.isVisible():
+            if task == "row":
+                self.select_answer_token(None)
+            elif task == "reliability":
                 self.badge.setText("Reliability check cancelled (Explain again, or turn the "
                                    "check on in Settings, to run it)")
                 self.badge.setStyleSheet(BADGE_STYLE["pending"])
+                self._run_pending_row()
 
     # ---- showing a result ---------------------------------------------------------------
 
     def show_record(self, record: Explanation) -> None:
         self.record = record
         self.selected_row = None
+        self.rows = {}
+        self._pending_row = None
         self.case_edit.setPlainText(record.prompt.case_text)
         self._render_answer()
         self._show_selection()
@@ -568,15 +644,22 @@ class MainWindow(QMainWindow):
         record = self.record
         if record is None:
             return
-        row = self.selected_row if record.attribution.per_token is not None else None
-        units = units_for(record, row, self.granularity.currentText())
+        row = self.selected_row
+        scores = self._row_scores(row)
+        units = units_for(record, scores, self.granularity.currentText())
         self.overlay.show_units(record, units)
         self.chart.set_units(units)
         self.legend.set_scale(scale_of(units))
-        what = ("the whole answer" if row is None
+        what = ("the whole answer" if scores is None
                 else f"answer token {row + 1}: {record.answer.tokens[row]!r}")
-        self.overlay_title.setText(f"<b>Case, coloured by attribution to {html.escape(what)}"
-                                   "</b>")
+        title = f"<b>Case, coloured by attribution to {html.escape(what)}</b>"
+        if row is not None and scores is None:
+            seconds = self._row_estimate(row)
+            when = ("after the reliability check" if self._pending_row == row
+                    else "now" + (f", about {_duration(seconds)}" if seconds else ""))
+            title += html.escape(f" — explaining answer token {row + 1}: "
+                                 f"{record.answer.tokens[row]!r} on its own ({when})…")
+        self.overlay_title.setText(title)
         self._render_answer()
 
     def _on_answer_clicked(self, url: QUrl) -> None:

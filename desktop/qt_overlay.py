@@ -14,13 +14,13 @@ from engine.grouping import GROUPINGS, Span
 from engine.record import Explanation
 
 
-def units_for(record: Explanation, row: int | None, granularity: str) -> list[Span]:
-    """Scored units of the case: the sequence attribution (``row`` None) or one answer row."""
+def units_for(record: Explanation, scores: Sequence[float] | None, granularity: str
+              ) -> list[Span]:
+    """Scored units of the case: one answer token's row of ``scores``, or (None) the sequence
+    attribution of the whole answer."""
     prompt = record.prompt
-    if row is None or record.attribution.per_token is None:
-        scores: Sequence[float] = record.attribution.sequence
-    else:
-        scores = record.attribution.per_token[row]
+    if scores is None:
+        scores = record.attribution.sequence
     return GROUPINGS[granularity](prompt.text, prompt.offsets, scores, prompt.attributable)
 
 

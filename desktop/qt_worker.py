@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
@@ -37,6 +38,16 @@ class _QtTaskState(TaskState):
         self._worker.token_generated.emit(self._id, text)
 
 
+@dataclass(frozen=True)
+class AnswerRow:
+    """One answer token's attribution row, computed on its own for the record made at
+    ``created_at``."""
+
+    created_at: str
+    row: int
+    scores: tuple[float, ...]
+
+
 class EngineWorker(QObject):
     """Runs model loading and explanations on its thread. Signals are past tense."""
 
@@ -46,6 +57,7 @@ class EngineWorker(QObject):
     model_loaded = Signal(int, object)  # id, ModelInfo
     finished = Signal(int, object)  # id, Explanation
     checked = Signal(int, object)  # id, Explanation with its reliability check
+    row_ready = Signal(int, object)  # id, AnswerRow
     errored = Signal(int, str)  # id, one readable message
     cancelled = Signal(int)  # id
 
@@ -124,6 +136,22 @@ class EngineWorker(QObject):
         if checked is not None:
             self.checked.emit(request_id, checked)
 
+    @Slot(int, object)
+    def explain_row(self, request_id: int, request: Any) -> None:
+        from engine.errors import ModelLoadError
+        from engine.explain import answer_row
+
+        record, row = request
+
+        def work(state: TaskState) -> Any:
+            if self._loaded is None:
+                raise ModelLoadError("no model is loaded yet; open a model first")
+            return AnswerRow(record.created_at, row, answer_row(record, row, self._loaded, state))
+
+        found = self._run(request_id, "row", work)
+        if found is not None:
+            self.row_ready.emit(request_id, found)
+
     def _run(self, request_id: int, what: str, work: Any) -> Any:
         """Run ``work(state)`` for a request; failures and cancellation become signals."""
         state = self._begin(request_id)
@@ -151,6 +179,7 @@ class EngineThread(QObject):
     _load_requested = Signal(int, object)
     _explain_requested = Signal(int, object)
     _check_requested = Signal(int, object)
+    _row_requested = Signal(int, object)
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -161,6 +190,7 @@ class EngineThread(QObject):
         self._load_requested.connect(self.worker.load_model)
         self._explain_requested.connect(self.worker.explain)
         self._check_requested.connect(self.worker.check_reliability)
+        self._row_requested.connect(self.worker.explain_row)
         self.thread.start()
         self._next_id = 0
         self.current_id = 0
@@ -184,6 +214,11 @@ class EngineThread(QObject):
     def check_reliability(self, record: Any) -> int:
         request_id = self._new_id()
         self._check_requested.emit(request_id, record)
+        return request_id
+
+    def answer_row(self, record: Any, row: int) -> int:
+        request_id = self._new_id()
+        self._row_requested.emit(request_id, (record, row))
         return request_id
 
     def cancel(self) -> None:

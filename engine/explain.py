@@ -11,7 +11,12 @@ from typing import Any
 
 import torch
 
-from engine.errors import ContextTooLongError, InvalidInputError, InvalidSettingsError
+from engine.errors import (
+    ContextTooLongError,
+    InvalidInputError,
+    InvalidSettingsError,
+    ModelLoadError,
+)
 from engine.fields import field_scores, render_fields
 from engine.generation import generate_answer
 from engine.hardware import PeakMemory, device_name
@@ -205,6 +210,48 @@ def explain(request: ExplainRequest, loaded: LoadedModel,
         hardware=Hardware(device_name=device_name(device), peak_rss_mb=peak.peak_rss_mb,
                           peak_accelerator_mb=peak.peak_accelerator_mb),
     )
+
+
+def answer_row(record: Explanation, row: int, loaded: LoadedModel,
+               state: TaskState | None = None) -> tuple[float, ...]:
+    """Row ``row`` of the per-token matrix of ``record``: read from the record when it has the
+    matrix, else computed on its own with ``loaded`` (the model that made the record).
+
+    Computed, answer token ``row`` is explained as a one-token answer whose prompt is the
+    record's prompt followed by the earlier answer tokens, kept fixed (not attributable) as
+    every method keeps the answer fixed. By causality that is the same target,
+    log p(y_row | x, y_<row), with the same inputs and perturbations as the matrix's row, at the
+    cost of a one-token explanation. Tests: equal to the matrix's row for every method with a
+    ``matrix`` setting (HETA, which always makes the matrix, draws its curvature from the whole
+    answer and would differ).
+    """
+    state = state or TaskState()
+    answer = record.answer.token_ids
+    if not 0 <= row < len(answer):
+        raise InvalidSettingsError(
+            f"answer token {row + 1} does not exist (the answer has {len(answer)} tokens)")
+    if record.attribution.per_token is not None:
+        return tuple(record.attribution.per_token[row])
+    if loaded.info.sha256 != record.model.sha256:
+        raise ModelLoadError("this explanation was made with another model; load it to "
+                             "explain single answer tokens")
+    spec = get_method(record.method.name)
+    params = {key: value for key, value in record.method.params.items()
+              if key in spec.defaults()}
+    if "matrix" in params:
+        params["matrix"] = False
+    device = loaded.device
+    n = len(record.prompt.token_ids)
+    problem = AttributionInput(
+        prompt_ids=torch.tensor([*record.prompt.token_ids, *answer[:row]], device=device),
+        attributable=torch.tensor([*record.prompt.attributable, *[False] * row],
+                                  device=device),
+        answer_ids=torch.tensor(answer[row:row + 1], device=device),
+    )
+    with _out_of_memory_as_error():
+        output = spec.run(loaded.model, loaded.tokenizer, problem, state=state, **params)
+    mask = torch.tensor(record.prompt.attributable, dtype=torch.bool)
+    return tuple(torch.where(mask, output.sequence[:n], 0.0).tolist())
 
 
 @contextlib.contextmanager

@@ -44,11 +44,13 @@ def ready_window(make_window, qtbot, tiny_model_folder):
     return window
 
 
-def _explain(window, qtbot, steps=4, max_new_tokens=4, timeout=60_000):
+def _explain(window, qtbot, steps=4, max_new_tokens=4, timeout=60_000, matrix=None):
     window.case_edit.clear()
     qtbot.keyClicks(window.case_edit, CASE)  # typed, as a clinician would
     window.settings_panel.steps.setValue(steps)
     window.settings_panel.max_new_tokens.setValue(max_new_tokens)
+    if matrix is not None:
+        window.settings_panel.matrix.setChecked(matrix)
     with qtbot.waitSignal(window.explanation_shown, timeout=timeout):
         window.explain_button.click()
 
@@ -69,7 +71,7 @@ def _click_answer_token(window, qtbot, row: int) -> None:
 def test_explain_colours_tokens_and_answer_click_changes_chart(ready_window, qtbot):
     window = ready_window
     assert "tiny-llama" in window.model_label.text()
-    _explain(window, qtbot)
+    _explain(window, qtbot, matrix=True)
     record = window.record
     assert record is not None and record.prompt.case_text == CASE
     units = window.overlay.units
@@ -95,6 +97,35 @@ def test_explain_colours_tokens_and_answer_click_changes_chart(ready_window, qtb
     window.chart.sorted_box.setChecked(True)
     heights = window.chart.heights
     assert [abs(h) for h in heights] == sorted((abs(h) for h in heights), reverse=True)
+
+
+def test_without_the_matrix_a_clicked_answer_token_is_explained_on_its_own(ready_window,
+                                                                           qtbot):
+    window = ready_window
+    assert not window.settings_panel.matrix.isChecked()  # the window's default: quick runs
+    _explain(window, qtbot)  # the reliability check starts now
+    record = window.record
+    assert record.attribution.per_token is None
+    whole = list(window.chart.heights)
+    with qtbot.waitSignal(window.row_shown, timeout=60_000):
+        _click_answer_token(window, qtbot, 1)
+        assert "on its own" in window.overlay_title.text()
+        assert list(window.chart.heights) == whole  # the whole answer until the row comes
+    assert window.record.reliability is not None  # the click did not cancel the check
+    assert "answer token 2" in window.overlay_title.text()
+    assert "on its own" not in window.overlay_title.text()
+    row = window.rows[1]
+    assert sum(window.chart.heights) == pytest.approx(sum(row))
+    window.whole_answer.click()
+    assert list(window.chart.heights) == whole
+    window.select_answer_token(1)  # known now: shown at once, nothing recomputed
+    assert window.cancel_button.isEnabled() is False
+    assert sum(window.chart.heights) == pytest.approx(sum(row))
+    # The same row as the matrix computed up front for the same answer.
+    _explain(window, qtbot, matrix=True)
+    assert window.record.answer.token_ids == record.answer.token_ids
+    assert row == pytest.approx(window.record.attribution.per_token[1], rel=1e-5, abs=1e-8)
+    assert window.rows == {}  # rows belong to the explanation they were computed for
 
 
 def test_hover_links_chart_and_overlay(ready_window, qtbot):
@@ -196,6 +227,7 @@ def test_estimate_updates_and_learns_from_a_run(ready_window, qtbot):
     window = ready_window
     window.case_edit.setPlainText(CASE)
     panel = window.settings_panel
+    panel.matrix.setChecked(True)
     panel.steps.setValue(8)
     before = window.estimate_seconds()
     panel.steps.setValue(64)
@@ -279,7 +311,7 @@ def test_export_pdf_from_the_window(ready_window, qtbot, tmp_path):
 def test_session_round_trip_reproduces_the_view(ready_window, make_window, qtbot, tmp_path,
                                                 tiny_model_folder):
     window = ready_window
-    _explain(window, qtbot)
+    _explain(window, qtbot, matrix=True)
     window.granularity.setCurrentText("token")
     window.select_answer_token(1)
     window.chart.sorted_box.setChecked(True)

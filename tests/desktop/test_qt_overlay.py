@@ -77,6 +77,6 @@ def test_long_case_renders_exactly_and_highlights_without_rebuilding(qtbot):
 
 def test_sentence_granularity_on_long_case(qtbot):
     record = long_record(600)
-    sentences = units_for(record, 0, "sentence")
+    sentences = units_for(record, record.attribution.per_token[0], "sentence")
     assert len(sentences) == 40
     assert sum(u.score for u in sentences) == pytest.approx(sum(record.attribution.per_token[0]))
