@@ -50,6 +50,7 @@ lint: setup
 bench: setup installer
 	$(BIN)/python -m benchmarks.ig_vs_captum --out docs/benchmarks.md
 	$(BIN)/python -m benchmarks.methods --out docs/benchmarks-methods.md
+	$(BIN)/python -m benchmarks.gpu --out docs/benchmarks.md
 	$(BIN)/python -m benchmarks.bundle --out docs/benchmarks.md
 
 # The self-contained bundle for this OS (PyInstaller, one folder, in dist/); see installers/README.md.

@@ -6,8 +6,9 @@ paper's model; random weights cost the same time and memory as trained ones. bf1
 1. Integrated Gradients, 32 steps, on a 256-token and a 1,024-token case with a 64-token answer:
    TokenTrace's sequence attribution, its per-token matrix, one answer token on its own (what
    the window computes when it is clicked) and Captum's ``LLMGradientAttribution`` in the same
-   run, with the largest relative difference from Captum.
-2. Every method on the 256-token case with a 16-token answer.
+   run, with the largest relative difference from Captum. Then the same in float32 on the
+   256-token case with a 16-token answer, where the two must agree closely.
+2. Every method on the 256-token case with a 16-token answer (bf16).
 
 Writes the ``## GPU`` section of the report; every other section stays. A machine without CUDA
 leaves the section as it is (``--small`` runs the whole script on a tiny model on the CPU, to
@@ -54,6 +55,7 @@ METHOD_RUNS = [
     ("ca-lig", {"steps": 4, "layers": "every:2"}),
     ("feature-ablation", {}),
     ("shapley", {"samples": 2}),
+    ("feature-ablation", {"fused": False}),  # Captum's LLMAttribution default path
 ]
 
 
@@ -143,8 +145,9 @@ def ig_against_captum(model: Any, tokenizer: Any, device: torch.device, n: int, 
         model, tokenizer, problem.prompt_ids, problem.attributable, problem.answer_ids,
         baseline, STEPS, internal_batch_size=captum_batch), device)
     row_diff = relative(row.sequence[:n], c_matrix[last])
-    title = (f"**{n} prompt tokens ({n - TEMPLATE} from the case), {answer} answer tokens, "
-             f"{STEPS} steps**")
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    title = (f"**{dtype}: {n} prompt tokens ({n - TEMPLATE} from the case), {answer} answer "
+             f"tokens, {STEPS} steps**")
     print(title, flush=True)
     return [title, "",
             "| what | TokenTrace s | Captum s | speed-up | peak GPU MiB (ours / Captum) | "
@@ -191,6 +194,12 @@ def every_method(model: Any, tokenizer: Any, device: torch.device, n: int, answe
     return [*rows, ""]
 
 
+def warm_up(model: Any, tokenizer: Any, device: torch.device) -> None:
+    """CUDA context, kernels and allocator, outside every measurement."""
+    METHODS["ig"].run(model, tokenizer, make_problem(64, 4, tokenizer.vocab_size, device),
+                      steps=4, matrix=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="write the ## GPU section of this report")
@@ -207,22 +216,26 @@ def main() -> None:
     device = torch.device("cpu" if args.small else "cuda")
     dtype = torch.float32 if args.small else torch.bfloat16
     config = TINY if args.small else QWEN_1_5B
-    model = make_model(config, device, dtype)
     tokenizer = StandInTokenizer(config["vocab_size"])
-    # Warm-up: CUDA context, kernels and allocator, outside every measurement.
-    warm = make_problem(64, 4, tokenizer.vocab_size, device)
-    METHODS["ig"].run(model, tokenizer, warm, steps=4, matrix=True)
     lengths = [int(x) for x in args.lengths.split(",")]
     body: list[str] = []
+    model = make_model(config, device, dtype)
+    warm_up(model, tokenizer, device)
     for n in lengths:
         body += ig_against_captum(model, tokenizer, device, n, 64, captum_batch=8)
     body += every_method(model, tokenizer, device, lengths[0], 16, args.limit)
+    if not args.small:
+        del model
+        torch.cuda.empty_cache()
+        model = make_model(config, device, torch.float32)
+        warm_up(model, tokenizer, device)
+        body += ig_against_captum(model, tokenizer, device, lengths[0], 16, captum_batch=8)
     heading = "## GPU"
     lines = [heading, "",
              f"Run {datetime.now(UTC):%Y-%m-%d} with `python -m benchmarks.gpu` on "
              f"{device_name(device)}; torch {torch.__version__}, {platform.machine()}. A "
              "Qwen2.5-1.5B-shaped model (28 blocks, width 1536, 151,936-token vocabulary) with "
-             f"random weights in {str(dtype).removeprefix('torch.')}: the same time and memory "
+             f"random weights, bf16 unless a table says float32: the same time and memory "
              "as the trained model. TokenTrace and Captum in the same process, one after the "
              "other, on the same ids (the first 20 prompt tokens stand for the chat template "
              "and are not attributed); Captum batches 8 interpolation points per pass. One run "

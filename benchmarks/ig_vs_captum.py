@@ -2,9 +2,8 @@
 
 Same run, same machine, same work: the embedded SmolLM2-135M on the CPU, the demo breast-cancer
 case through the chat template, a forced answer of about 20 tokens, 16 Gauss-Legendre steps, the
-pad baseline. Reports seconds, peak RSS, agreement, and model load time cold and cached; on a
-machine with a CUDA GPU also a Qwen2.5-1.5B-shaped model with random weights (bf16, 256 prompt
-tokens, 64 answer tokens, 32 steps).
+pad baseline. Reports seconds, peak RSS, agreement, and model load time cold and cached. The
+GPU comparison is benchmarks/gpu.py.
 
     python -m benchmarks.ig_vs_captum --out docs/benchmarks.md
 """
@@ -126,40 +125,6 @@ def cpu_benchmark() -> list[str]:
     return rows
 
 
-def gpu_benchmark() -> list[str]:
-    if not torch.cuda.is_available():
-        return ["No CUDA GPU in this run: the Qwen2.5-1.5B-shaped GPU benchmark did not run."]
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    config = Qwen2Config(vocab_size=151936, hidden_size=1536, intermediate_size=8960,
-                         num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
-                         max_position_embeddings=32768, tie_word_embeddings=True)
-    device = torch.device("cuda")
-    model = Qwen2ForCausalLM(config).to(device, torch.bfloat16).eval().requires_grad_(False)
-
-    class _Tok:
-        pad_token_id = 151643
-        eos_token_id = 151645
-
-    generator = torch.Generator().manual_seed(0)
-    prompt = torch.randint(1000, 150000, (256,), generator=generator).to(device)
-    answer = torch.randint(1000, 150000, (64,), generator=generator).to(device)
-    mask = torch.ones(256, dtype=torch.bool, device=device)
-    mask[:20] = False
-    problem = AttributionInput(prompt, mask, answer)
-    rows = ["| Qwen2.5-1.5B-shaped, bf16, 256 + 64 tokens, 32 steps | seconds | peak GPU MiB | "
-            "fits 8 GB |", "|---|---|---|---|"]
-    for matrix in (False, True):
-        torch.cuda.synchronize()
-        _, seconds, peak = timed(lambda m=matrix: integrated_gradients(
-            model, _Tok(), problem, steps=32, matrix=m), device)
-        torch.cuda.synchronize()
-        fits = "yes" if peak.peak_accelerator_mb < 8 * 1024 else "no"
-        rows.append(f"| {'per-token matrix' if matrix else 'sequence only'} | {seconds:.1f} | "
-                    f"{peak.peak_accelerator_mb:,.0f} | {fits} |")
-    return [f"GPU: {device_name(device)}.\n", *rows]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="write the markdown report here")
@@ -172,8 +137,8 @@ def main() -> None:
              "inputs, each in a fresh process. One run each, not a timed test.", "",
              "## Integrated Gradients, embedded SmolLM2-135M on the CPU", "",
              *cpu_benchmark(), "", "Every other method's time and memory on the same case: "
-             "docs/benchmarks-methods.md (benchmarks/methods.py).", "",
-             "## GPU", "", *gpu_benchmark(), ""]
+             "docs/benchmarks-methods.md (benchmarks/methods.py). On a GPU: the GPU section "
+             "(benchmarks/gpu.py).", ""]
     report = "\n".join(lines)
     print(report)
     if args.out:
