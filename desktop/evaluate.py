@@ -45,8 +45,10 @@ def parse_method_options(pairs: list[tuple[str, str]]) -> dict[str, dict[str, st
 
 
 def fingerprint(model_sha: str, settings: EvaluationSettings, method: str) -> str:
-    """What a stored result depends on: model, answer length, prompt, metrics, method settings."""
+    """What a stored result depends on: model, answer length, prompt, metrics, method settings
+    (not the batch size, which changes no result)."""
     params = {} if method == RANDOM else settings.method_params(method)
+    params.pop("batch_size", None)
     text = json.dumps([model_sha, settings.max_new_tokens, settings.system_prompt,
                        settings.baseline, repr(settings.metrics), method, params],
                       sort_keys=True, default=str)

@@ -63,6 +63,9 @@ def test_evaluate_writes_the_table_plot_and_resumes(tiny_model_folder, case_file
     assert len(progress.read_text().splitlines()) == 9
     again = json.loads((tmp_path / "eval.json").read_text())
     assert again["summary"] == report["summary"]
+    # A batch size changes no result: still nothing recomputed.
+    assert _evaluate(tiny_model_folder, case_file, tmp_path, "--option", "ig.batch_size=2") == 0
+    assert len(progress.read_text().splitlines()) == 9
     # Other metric settings are other results: computed anew.
     assert _evaluate(tiny_model_folder, case_file, tmp_path, "--seed", "3") == 0
     assert len(progress.read_text().splitlines()) == 18
