@@ -403,6 +403,8 @@ class MainWindow(QMainWindow):
                                       "inside TokenTrace and models load from local files only.")
         self.offline_label.setStyleSheet("color: #1b7837; font-weight: bold;")
         self.stage_label = QLabel()
+        widest = "Hessian sensitivity, about 999 s left"
+        self.stage_label.setMinimumWidth(self.stage_label.fontMetrics().horizontalAdvance(widest))
         self.progress = QProgressBar()
         self.progress.setMaximumWidth(260)
         bar.addWidget(self.model_label, 1)
@@ -656,9 +658,9 @@ class MainWindow(QMainWindow):
         if row is not None and scores is None:
             seconds = self._row_estimate(row)
             when = ("after the reliability check" if self._pending_row == row
-                    else "now" + (f", about {_duration(seconds)}" if seconds else ""))
-            title += html.escape(f" — explaining answer token {row + 1}: "
-                                 f"{record.answer.tokens[row]!r} on its own ({when})…")
+                    else f"in about {_duration(seconds)}" if seconds else "shortly")
+            title += html.escape(f" — answer token {row + 1} {record.answer.tokens[row]!r} "
+                                 f"follows {when}…")
         self.overlay_title.setText(title)
         self._render_answer()
 

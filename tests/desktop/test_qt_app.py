@@ -109,11 +109,12 @@ def test_without_the_matrix_a_clicked_answer_token_is_explained_on_its_own(ready
     whole = list(window.chart.heights)
     with qtbot.waitSignal(window.row_shown, timeout=60_000):
         _click_answer_token(window, qtbot, 1)
-        assert "on its own" in window.overlay_title.text()
+        assert "answer token 2" in window.overlay_title.text()
+        assert "follows" in window.overlay_title.text()
         assert list(window.chart.heights) == whole  # the whole answer until the row comes
     assert window.record.reliability is not None  # the click did not cancel the check
     assert "answer token 2" in window.overlay_title.text()
-    assert "on its own" not in window.overlay_title.text()
+    assert "follows" not in window.overlay_title.text()
     row = window.rows[1]
     assert sum(window.chart.heights) == pytest.approx(sum(row))
     window.whole_answer.click()
