@@ -474,9 +474,8 @@ class MainWindow(QMainWindow):
             return None
         params = {**record.method.params, "matrix": False}
         cost = get_method(record.method.name).cost(len(record.prompt.token_ids) + row, 1, params)
-        measured = self._settings.value(self._throughput_key())
-        rate = float(measured) if measured is not None else None
-        return estimate_seconds(cost, info.parameters, info.device.split(":")[0], rate)
+        return estimate_seconds(cost, info.parameters, info.device.split(":")[0],
+                                self._measured_rate())
 
     def toggle_presentation(self, on: bool) -> None:
         font = QFont(self.font())
@@ -686,6 +685,11 @@ class MainWindow(QMainWindow):
             self._settings.setValue(self._throughput_key(),
                                     measured_throughput(cost, record.timings.attribute_s))
 
+    def _measured_rate(self) -> float | None:
+        """Token-passes per second this model achieved here (None before its first run)."""
+        measured = self._settings.value(self._throughput_key())
+        return float(measured) if measured is not None else None
+
     def estimate_seconds(self, request: ExplainRequest | None = None) -> float | None:
         """Attribution time for the current case and settings (or ``request``), or None
         without a model."""
@@ -704,9 +708,8 @@ class MainWindow(QMainWindow):
         request = request or panel.request(self.case_edit.toPlainText())
         params = request.method_params()  # raises on an unknown or malformed option
         cost = get_method(request.method).cost(n, answer, params)
-        measured = self._settings.value(self._throughput_key())
-        rate = float(measured) if measured is not None else None
-        return estimate_seconds(cost, info.parameters, info.device.split(":")[0], rate)
+        return estimate_seconds(cost, info.parameters, info.device.split(":")[0],
+                                self._measured_rate())
 
     def quicker_settings(self) -> list[tuple[str, float]]:
         """(change, estimated seconds) for single changes that make a long run short."""
