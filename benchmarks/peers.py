@@ -34,3 +34,22 @@ def captum_ig(model: Any, tokenizer: Any, prompt_ids: torch.Tensor, attributable
     sequence = torch.zeros(len(prompt_ids), dtype=torch.float64)
     sequence[mask] = result.seq_attr.detach().cpu().double()
     return sequence, matrix
+
+
+def captum_input_x_gradient(model: Any, tokenizer: Any, prompt_ids: torch.Tensor,
+                            attributable: torch.Tensor, answer_ids: torch.Tensor,
+                            baseline_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Captum's ``LLMGradientAttribution(LayerGradientXActivation)`` on the embedding layer:
+    (sequence [n], matrix [T, n]), scattered back to all prompt positions as ``captum_ig``."""
+    from captum.attr import LayerGradientXActivation
+
+    method = LayerGradientXActivation(model, model.get_input_embeddings())
+    llm_attr = LLMGradientAttribution(method, tokenizer)
+    inp = IdsTokenInput(prompt_ids, attributable, tokenizer, baseline_id)
+    result = llm_attr.attribute(inp, target=answer_ids.detach().cpu())
+    mask = attributable.detach().cpu().bool()
+    matrix = torch.zeros(len(answer_ids), len(prompt_ids), dtype=torch.float64)
+    matrix[:, mask] = result.token_attr.detach().cpu().double()
+    sequence = torch.zeros(len(prompt_ids), dtype=torch.float64)
+    sequence[mask] = result.seq_attr.detach().cpu().double()
+    return sequence, matrix

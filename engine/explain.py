@@ -223,7 +223,8 @@ def answer_row(record: Explanation, row: int, loaded: LoadedModel,
     log p(y_row | x, y_<row), with the same inputs and perturbations as the matrix's row, at the
     cost of a one-token explanation. Tests: equal to the matrix's row for every method with a
     ``matrix`` setting (HETA, which always makes the matrix, draws its curvature from the whole
-    answer and would differ).
+    answer and would differ). For the information-flow methods a row is the token's own
+    single-sink flow without hops, as their matrix rows are.
     """
     state = state or TaskState()
     answer = record.answer.token_ids
@@ -240,6 +241,8 @@ def answer_row(record: Explanation, row: int, loaded: LoadedModel,
               if key in spec.defaults()}
     if "matrix" in params:
         params["matrix"] = False
+    if "hops" in params:  # a token's row is its own single-sink flow, as in the matrix
+        params.update(hops=0, span="all")
     device = loaded.device
     n = len(record.prompt.token_ids)
     problem = AttributionInput(

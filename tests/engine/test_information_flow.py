@@ -1,0 +1,161 @@
+"""Single-pass methods: FlashTrace / IFR against the ``flashtrace`` package, input x gradient
+against Captum, on tiny real Llama and Qwen2 models for the same ids."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from flashtrace import FlashTrace
+from tiny import CASE, make_tiny_model, relative_difference
+
+from benchmarks.peers import captum_input_x_gradient
+from engine.errors import Cancelled, InvalidSettingsError
+from engine.methods import METHODS, AttributionInput
+from engine.methods.information_flow import _capture, information_flow, is_stop_token
+from engine.methods.input_x_gradient import input_x_gradient
+from engine.prompting import build_prompt
+from engine.task import TaskState
+
+# Stop tokens ("," and ".") in the case and the answer exercise FlashTrace's filtering.
+ANSWER = "recommend surgery , and endocrine therapy ."
+
+
+@pytest.fixture(params=["llama", "qwen2"])
+def float32_model(request, tiny_tokenizer):
+    # float32 as the package runs; it computes values in the model's dtype.
+    return make_tiny_model(request.param, len(tiny_tokenizer), torch.float32)
+
+
+def _raw_problem(tokenizer, answer: str = ANSWER, eos: bool = False) -> AttributionInput:
+    ids = tokenizer.encode(CASE, add_special_tokens=False)
+    answer_ids = tokenizer.encode(answer, add_special_tokens=False)
+    answer_ids += [tokenizer.eos_token_id] if eos else []
+    return AttributionInput(torch.tensor(ids), torch.ones(len(ids), dtype=torch.bool),
+                            torch.tensor(answer_ids))
+
+
+def _package(model, tokenizer, **trace):
+    model.set_attn_implementation("eager")  # the package reads the model's attention maps
+    try:
+        return torch.tensor(FlashTrace(model, tokenizer).trace(prompt=CASE, target=ANSWER,
+                                                               **trace).scores)
+    finally:
+        model.set_attn_implementation("sdpa")
+
+
+@pytest.mark.parametrize("hops", [0, 1, 2])
+def test_flashtrace_equals_the_package(float32_model, tiny_tokenizer, hops):
+    reference = _package(float32_model, tiny_tokenizer, hops=hops)
+    ours = information_flow(float32_model, tiny_tokenizer, _raw_problem(tiny_tokenizer),
+                            hops=hops, stop_tokens=True)
+    assert ours.sequence.shape == reference.shape
+    assert reference.abs().max() > 1e-3
+    assert relative_difference(ours.sequence, reference.double()) < 1e-5
+    # Stop tokens of the case get no score, as in the package.
+    pieces = [tiny_tokenizer.decode([i]) for i in tiny_tokenizer.encode(CASE)]
+    stops = torch.tensor([is_stop_token(p) for p in pieces])
+    assert stops.any() and not ours.sequence[stops].any()
+
+
+def test_hops_change_the_scores(float32_model, tiny_tokenizer):
+    problem = _raw_problem(tiny_tokenizer)
+    plain = information_flow(float32_model, tiny_tokenizer, problem, hops=0).sequence
+    hopped = information_flow(float32_model, tiny_tokenizer, problem, hops=1).sequence
+    assert (hopped - plain).abs().max() > 1e-4
+    assert torch.all(hopped >= plain - 1e-12)  # a hop only adds flow through the answer
+
+
+def test_ifr_equals_the_package_single_span(float32_model, tiny_tokenizer):
+    # The package appends the end-of-sequence token to a forced answer and keeps it in the span.
+    reference = _package(float32_model, tiny_tokenizer, method="ifr-span")
+    spec = METHODS["ifr"]
+    ours = spec.run(float32_model, tiny_tokenizer, _raw_problem(tiny_tokenizer, eos=True),
+                    **spec.defaults())
+    assert relative_difference(ours.sequence, reference.double()) < 1e-5
+
+
+def test_matrix_rows_are_single_sinks_and_equal_the_package(float32_model, tiny_tokenizer):
+    problem = _raw_problem(tiny_tokenizer, eos=True)
+    full = information_flow(float32_model, tiny_tokenizer, problem, hops=0, stop_tokens=False,
+                            matrix=True)
+    assert full.per_token.shape == (len(problem.answer_ids), len(problem.prompt_ids))
+    for row in (0, 3, len(problem.answer_ids) - 1):
+        alone = information_flow(float32_model, tiny_tokenizer, problem, hops=0,
+                                 stop_tokens=False, span=f"{row}:{row}").sequence
+        assert relative_difference(full.per_token[row], alone) < 1e-5
+        reference = _package(float32_model, tiny_tokenizer, method="ifr-matrix",
+                             output_span=(row, row))
+        # float32 in both; the package sums the distance in another order (about 1e-5).
+        assert relative_difference(full.per_token[row], reference.double()) < 5e-5
+
+
+def test_sink_rows_are_the_models_own_attention(tiny_model, tiny_tokenizer):
+    problem = _raw_problem(tiny_tokenizer)
+    ids = torch.cat([problem.prompt_ids, problem.answer_ids]).unsqueeze(0)
+    rows = torch.tensor([3, 10, ids.shape[1] - 1])
+    captured = {}
+    with torch.no_grad(), _capture(tiny_model, rows, lambda i, b: captured.update({i: b})):
+        tiny_model(input_ids=ids)
+    tiny_model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            maps = tiny_model(input_ids=ids, output_attentions=True).attentions
+    finally:
+        tiny_model.set_attn_implementation("sdpa")
+    assert sorted(captured) == list(range(len(maps)))
+    for index, block in captured.items():
+        torch.testing.assert_close(block.probs.double(), maps[index][0][:, rows].double(),
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_predicting_sink_and_log_probs(tiny_model, tiny_tokenizer):
+    prompt = build_prompt(tiny_tokenizer, CASE, system_prompt="you are clinical assistant")
+    answer = tiny_tokenizer.encode("recommend surgery and endocrine therapy",
+                                   add_special_tokens=False)
+    problem = AttributionInput(torch.tensor(prompt.token_ids), torch.tensor(prompt.attributable),
+                               torch.tensor(answer))
+    on_answer = information_flow(tiny_model, tiny_tokenizer, problem)
+    predicting = information_flow(tiny_model, tiny_tokenizer, problem, sink="predicting")
+    assert (on_answer.sequence - predicting.sequence).abs().max() > 1e-4
+    with torch.no_grad():
+        ids = torch.tensor([*prompt.token_ids, *answer]).unsqueeze(0)
+        logits = tiny_model(input_ids=ids).logits[0].double()
+    n = len(prompt.token_ids)
+    expected = torch.log_softmax(logits[n - 1:-1], -1).gather(-1, torch.tensor(answer)[:, None])
+    torch.testing.assert_close(on_answer.f_input, expected.squeeze(-1), rtol=1e-6, atol=1e-8)
+    assert torch.all(on_answer.sequence >= 0) and on_answer.sequence.max() > 0
+
+
+def test_bad_settings_and_cancellation(tiny_model, tiny_tokenizer):
+    problem = _raw_problem(tiny_tokenizer)
+    for options, message in (({"span": "5:2"}, "span '5:2'"), ({"span": "0:99"}, "END <"),
+                             ({"sink": "middle"}, "unknown sink"), ({"hops": -1}, "hops")):
+        with pytest.raises(InvalidSettingsError, match=message):
+            information_flow(tiny_model, tiny_tokenizer, problem, **options)
+    cancelled = TaskState()
+    cancelled.cancel()
+    with pytest.raises(Cancelled):
+        information_flow(tiny_model, tiny_tokenizer, problem, state=cancelled)
+
+
+@pytest.mark.parametrize("matrix", [False, True])
+def test_input_x_gradient_equals_captum(tiny_model, tiny_tokenizer, matrix):
+    prompt = build_prompt(tiny_tokenizer, CASE, system_prompt="you are clinical assistant")
+    answer = tiny_tokenizer.encode("recommend surgery and endocrine therapy",
+                                   add_special_tokens=False)
+    problem = AttributionInput(torch.tensor(prompt.token_ids), torch.tensor(prompt.attributable),
+                               torch.tensor(answer))
+    ours = input_x_gradient(tiny_model, tiny_tokenizer, problem, baseline="zero", matrix=matrix)
+    sequence, per_token = captum_input_x_gradient(
+        tiny_model, tiny_tokenizer, problem.prompt_ids, problem.attributable, problem.answer_ids,
+        tiny_tokenizer.pad_token_id)
+    assert sequence.abs().max() > 1e-3
+    assert relative_difference(ours.sequence, sequence) < 1e-6
+    if matrix:
+        assert relative_difference(ours.per_token, per_token) < 1e-6
+    else:
+        assert ours.per_token is None
+    # With a token baseline only attributable tokens move, so the template gets exactly zero.
+    moved = input_x_gradient(tiny_model, tiny_tokenizer, problem, baseline="token:7")
+    assert not moved.sequence[~problem.attributable].any()
+    assert (moved.sequence - ours.sequence).abs().max() > 1e-6
