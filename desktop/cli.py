@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+from engine.defaults import DEFAULT_METHOD
+
 MAX_CASE_FILE_BYTES = 1_000_000
 EXIT_INTERNAL = 70
 EXIT_CANCELLED = 130
@@ -71,11 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
                          "also summed per field")
     explain.add_argument("--model", default="embedded",
                          help="'embedded' (default), a Hugging Face model folder, or a .gguf file")
-    explain.add_argument("--method", default="ig", help="attribution method (default: ig); "
+    explain.add_argument("--method", default=DEFAULT_METHOD,
+                         help=f"attribution method (default: {DEFAULT_METHOD}); "
                          "see `tokentrace methods`")
     explain.add_argument("--steps", type=_positive_int, default=None,
                          help="interpolation points or path anchors (default: the method's; "
-                              "32 for ig)")
+                              "ig refines until the completeness error is below 5%%; an "
+                              "explicit N is exactly N Gauss-Legendre points, as Captum)")
     explain.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                          type=_option, help="a method setting, e.g. --option mode=exact; "
                                             "repeatable; see `tokentrace methods`")
@@ -111,8 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--case-file", type=Path, help="a case to put in the editor")
     app.add_argument("--model", default="embedded",
                      help="'embedded' (default), a Hugging Face model folder, or a .gguf file")
-    app.add_argument("--method", default="ig", help="attribution method (default: ig)")
-    app.add_argument("--steps", type=_positive_int, help="interpolation points (default: 32)")
+    app.add_argument("--method", default=DEFAULT_METHOD,
+                     help=f"attribution method (default: {DEFAULT_METHOD})")
+    app.add_argument("--steps", type=_positive_int,
+                     help="interpolation points (default: the method's; ig converges)")
     app.add_argument("--max-new-tokens", type=_positive_int,
                      help="longest answer to generate (default: 64)")
     app.add_argument("--screenshot", type=Path, metavar="PNG",

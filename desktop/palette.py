@@ -27,3 +27,23 @@ def blend(score: float, scale: float) -> tuple[int, int, int]:
 def text_colour(score: float, scale: float) -> str:
     """Black on light backgrounds, white on dark ones."""
     return "white" if scale > 0 and abs(score) > 0.55 * scale else "black"
+
+
+def completeness_hint(params: dict, error: float, steps_flag: str = "steps") -> str:
+    """What to do about a completeness error, in words ("" when nothing is needed).
+
+    Converged IG says how many points it used and whether its budget ran out; a fixed rule with
+    a high error suggests twice the points (``steps_flag`` names the setting for the view).
+    """
+    if params.get("integration") == "adaptive-simpson":
+        used = f" after {params.get('points')} points"
+        if params.get("converged"):
+            return f" (converged{used})"
+        return (f" (the budget ran out{used} before the {100 * params.get('target_error', 0):.0f}%"
+                " target; raise max_steps)")
+    steps = params.get("steps")
+    if error > HIGH_COMPLETENESS_ERROR and steps:
+        return f" (high: the path integral has not converged; try {steps_flag} {2 * steps})"
+    if error > HIGH_COMPLETENESS_ERROR:
+        return " (high: more integration steps would make the attribution more faithful)"
+    return ""

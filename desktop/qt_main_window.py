@@ -29,12 +29,13 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from desktop.palette import HIGH_COMPLETENESS_ERROR
+from desktop.palette import completeness_hint
 from desktop.qt_chart import AttributionChart
 from desktop.qt_hardware import HardwarePanel
 from desktop.qt_overlay import Legend, TokenOverlay, scale_of, units_for
 from desktop.qt_worker import EngineThread
 from desktop.session import ViewState, load_session, save_session
+from engine.defaults import DEFAULT_METHOD
 from engine.errors import TokenTraceError
 from engine.explain import ExplainRequest
 from engine.fields import field_shares
@@ -45,7 +46,7 @@ from engine.task import STAGES
 
 CASES_DIR = Path(__file__).resolve().parent.parent / "resources" / "cases"
 LONG_RUN_SECONDS = 120
-FALLBACK_METHOD = "grad-ellm"  # quick: one forward and a backward per answer token
+FALLBACK_METHOD = "flashtrace"  # quick: one forward pass, no backward
 
 
 def _duration(seconds: float) -> str:
@@ -90,14 +91,12 @@ def badge_details(check) -> str:
 def method_summary(record: Explanation) -> str:
     """The method, its settings and (for path methods) the completeness error, in one line."""
     shown = {k: v for k, v in record.method.params.items()
-             if k not in ("batch_size", "integration") and v is not None}
+             if k not in ("batch_size", "integration", "points", "converged") and v is not None}
     text = f"Method {record.method.name} (" + ", ".join(
         f"{k}={v}" for k, v in shown.items()) + ")"
     error = record.attribution.completeness_error
     if error is not None:
-        steps = record.method.params.get("steps")
-        hint = (f" (high: the path integral has not converged; try {2 * steps} steps)"
-                if error > HIGH_COMPLETENESS_ERROR and steps else "")
+        hint = completeness_hint(record.method.params, error)
         text += f" · completeness error {100 * error:.1f}%{hint}"
     return text
 
@@ -115,9 +114,14 @@ class SettingsPanel(QWidget):
             self.method.addItem(name, name)
             self.method.setItemData(self.method.count() - 1, spec.description,
                                     Qt.ItemDataRole.ToolTipRole)
+        self.method.setCurrentIndex(self.method.findData(DEFAULT_METHOD))
         self.steps = QSpinBox()
-        self.steps.setRange(1, 1024)
-        self.steps.setValue(32)
+        self.steps.setRange(0, 1024)
+        # 0 is the method's default; for IG that is "refine until converged".
+        self.steps.setSpecialValueText("auto")
+        self.steps.setToolTip("auto: the method's default (IG refines its integral until the "
+                              "completeness error is below 5%); N: exactly N points")
+        self.steps.setValue(0)
         self.max_new_tokens = QSpinBox()
         self.max_new_tokens.setRange(1, 4096)
         self.max_new_tokens.setValue(64)
@@ -169,7 +173,7 @@ class SettingsPanel(QWidget):
         defaults = spec.defaults()
         self.steps.setEnabled("steps" in defaults)
         if "steps" in defaults:
-            self.steps.setValue(int(defaults["steps"]))
+            self.steps.setValue(int(defaults["steps"] or 0))
         self.matrix.setEnabled("matrix" in defaults)
         self.baseline.setEnabled("baseline" in defaults)
         shared = ("steps", "baseline", "matrix", "batch_size")
@@ -198,7 +202,8 @@ class SettingsPanel(QWidget):
     def request(self, case_text: str) -> ExplainRequest:
         target = self.target.text().strip() or None
         return ExplainRequest(
-            case_text=case_text, method=self.method.currentData(), steps=self.steps.value(),
+            case_text=case_text, method=self.method.currentData(),
+            steps=self.steps.value() or None,
             max_new_tokens=self.max_new_tokens.value(), target=target,
             baseline=self.baseline.currentText().strip(),
             system_prompt=self.system.toPlainText().strip() or None,

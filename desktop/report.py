@@ -15,7 +15,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from desktop.palette import HIGH_COMPLETENESS_ERROR, NEGATIVE, POSITIVE, blend, text_colour
+from desktop.palette import NEGATIVE, POSITIVE, blend, completeness_hint, text_colour
 from engine.fields import field_shares
 from engine.grouping import top_spans, word_scores
 from engine.record import Explanation
@@ -93,8 +93,8 @@ def report_html(record: Explanation, created: datetime | None = None) -> str:
     params = ", ".join(f"{k} = {v}" for k, v in method.params.items())
     error = record.attribution.completeness_error
     error_text = ("not defined for this method" if error is None else f"{100 * error:.2f}%")
-    if error is not None and error > HIGH_COMPLETENESS_ERROR:
-        error_text += " (high: more integration steps would make the attribution more faithful)"
+    if error is not None:
+        error_text += completeness_hint(method.params, error)
     model, versions, t, hw = record.model, record.versions, record.timings, record.hardware
     peak = f"{hw.peak_rss_mb:,.0f} MiB RSS"
     if hw.peak_accelerator_mb is not None:

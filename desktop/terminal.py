@@ -19,7 +19,7 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-from desktop.palette import HIGH_COMPLETENESS_ERROR, UNCOLOURED_BELOW, blend, text_colour
+from desktop.palette import UNCOLOURED_BELOW, blend, completeness_hint, text_colour
 from engine.fields import field_shares
 from engine.grouping import top_spans, word_scores
 from engine.record import Explanation
@@ -128,9 +128,7 @@ def render_explanation(record: Explanation, top: int = 10, console: Console | No
     if error is None:
         facts.add_row("Completeness error", "not defined for this method")
     else:
-        steps = record.method.params.get("steps")
-        hint = (f" (high: the path integral has not converged; try --steps {2 * steps})"
-                if error > HIGH_COMPLETENESS_ERROR and steps else "")
+        hint = completeness_hint(record.method.params, error, "--steps")
         facts.add_row("Completeness error",
                       f"{100 * error:.2f}% of F(case) - F(baseline){hint}")
     params = ", ".join(f"{k}={v}" for k, v in record.method.params.items())

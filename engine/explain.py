@@ -20,7 +20,7 @@ from engine.errors import (
 from engine.fields import field_scores, render_fields
 from engine.generation import generate_answer
 from engine.hardware import PeakMemory, device_name
-from engine.methods import AttributionInput, get_method
+from engine.methods import DEFAULT_METHOD, AttributionInput, get_method
 from engine.methods.base import is_out_of_memory, out_of_memory_error
 from engine.models import LoadedModel
 from engine.prompting import DEFAULT_SYSTEM_PROMPT, answer_pieces, build_prompt
@@ -46,7 +46,7 @@ class ExplainRequest:
     """
 
     case_text: str
-    method: str = "ig"
+    method: str = DEFAULT_METHOD
     steps: int | None = None  # None: the method's default
     max_new_tokens: int = 64
     target: str | None = None
@@ -194,8 +194,7 @@ def explain(request: ExplainRequest, loaded: LoadedModel,
     return Explanation(
         versions=software_versions(),
         model=loaded.info,
-        method=MethodInfo(request.method, {**params, **(
-            {"integration": "gausslegendre"} if request.method == "ig" else {})}),
+        method=MethodInfo(request.method, {**params, **output.details}),
         prompt=Prompt(
             text=prompt.text, case_text=prompt.case_text, token_ids=prompt.token_ids,
             tokens=_prompt_tokens(tokenizer, prompt.token_ids, prompt.tokens),

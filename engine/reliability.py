@@ -7,8 +7,9 @@ Three questions, each answered against chance:
    50%, against the mean of ``draws`` random rankings.)
 2. Sufficiency: does keeping only those words preserve the answer better than keeping random
    ones?
-3. Agreement: does a second, cheap method (Grad-ELLM; IG when the explanation is Grad-ELLM's)
-   rank the case tokens alike (Spearman rank correlation)?
+3. Agreement: does a second, cheap method of another family (FlashTrace; input x gradient when
+   the explanation is FlashTrace's or IFR's) rank the case tokens alike (Spearman rank
+   correlation)?
 
 Verdict: ``strong`` when the explanation beats chance on both 1 and 2 (comprehensiveness at
 least twice chance's) and agrees with the second method (rho >= 0.3); ``weak`` when it does not
@@ -16,7 +17,7 @@ beat chance on comprehensiveness; ``fair`` otherwise. Beating chance means by at
 chance's value, so a tie within noise is not called a win.
 
 Cost: 1 + 10 x (1 + draws) forwards (each a perturbed prompt with the whole answer) plus the
-second method (1 forward and T backwards for Grad-ELLM).
+second method (one forward for FlashTrace; one forward and one backward for input x gradient).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 
 import torch
 
-from engine.methods import AttributionInput, get_method
+from engine.methods import AttributionInput, get_method, second_opinion
 from engine.methods.base import parse_baseline
 from engine.metrics import MetricSettings, faithfulness, random_scores
 from engine.record import Explanation, Reliability
@@ -80,9 +81,9 @@ def check_reliability(model: Any, tokenizer: Any, record: Explanation, *, draws:
     chance_comp = sum(c.values["comprehensiveness"] for c in chance) / draws
     chance_suff = sum(c.values["sufficiency"] for c in chance) / draws
 
-    second = "ig" if record.method.name == "grad-ellm" else "grad-ellm"
+    second = second_opinion(record.method.name)
     spec = get_method(second)
-    params = {**spec.defaults(), **({"steps": 8, "matrix": False} if second == "ig" else {})}
+    params = {**spec.defaults(), "matrix": False}
     other = spec.run(model, tokenizer, problem, state=SubTask(state, "reliability", total - 1,
                                                               total), **params)
     case = problem.attributable.cpu()

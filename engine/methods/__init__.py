@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from engine.defaults import DEFAULT_METHOD, second_opinion
 from engine.errors import InvalidSettingsError
 from engine.methods import (
     ca_lig,
@@ -32,5 +33,5 @@ def get_method(name: str) -> MethodSpec:
             f"unknown method {name!r}; choose one of {', '.join(METHODS)}") from None
 
 
-__all__ = ["METHODS", "AttributionInput", "AttributionOutput", "MethodSpec",
-           "feature_ablation", "get_method", "integrated_gradients", "shapley"]
+__all__ = ["DEFAULT_METHOD", "METHODS", "AttributionInput", "AttributionOutput", "MethodSpec",
+           "feature_ablation", "get_method", "integrated_gradients", "second_opinion", "shapley"]

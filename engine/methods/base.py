@@ -57,6 +57,9 @@ class AttributionOutput:
     f_input: torch.Tensor
     f_baseline: torch.Tensor | None = None
     completeness_error: float | None = None
+    # How the result was reached, for the record (e.g. IG's points used and whether it
+    # converged); plain JSON values.
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

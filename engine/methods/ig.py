@@ -15,21 +15,36 @@ matrix reuses each forward for T backwards.
 
 Cost: ``steps`` forwards plus ``steps`` backwards (sequence only) or ``steps * T`` backwards
 (with the matrix), plus one forward for the two path endpoints.
+
+Converged IG (the default, ``steps=None``): the path integral is refined until the relative
+completeness error |sum_i IG_i - (F(e) - F(b))| / |F(e) - F(b)| is at most ``target_error``, or
+``max_steps`` points are spent. The rule is adaptive composite Simpson: every interval [a, b]
+holds a, its midpoint and b, and splitting it reuses all three (a nested rule: no point is ever
+computed twice). Each point's forward also gives F on the path, so each interval's own error,
+Simpson(dF/dalpha) - (F(b) - F(a)), is known exactly; the intervals with the largest error are
+split first, and the local errors add up to the completeness error. On the embedded model the
+integrand has narrow spikes, so fixed Gauss-Legendre rules are erratic there (demo case: 150%,
+0.2%, 44%, 8% and 1.8% error at 8, 16, 32, 64 and 128 points); splitting where the error is
+puts the points on the spikes. An explicit ``steps`` keeps Captum's Gauss-Legendre rule exactly.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
 
+from engine.errors import InvalidSettingsError
 from engine.methods.base import (
     AttributionInput,
     AttributionOutput,
     Cost,
     MethodSpec,
     Param,
+    cancellable,
     check_steps,
+    run_in_batches,
 )
 from engine.methods.paths import (
     accumulation_dtype,
@@ -49,19 +64,26 @@ def integrated_gradients(
     tokenizer: Any,
     problem: AttributionInput,
     *,
-    steps: int = 32,
+    steps: int | None = None,
     baseline: str = "pad",
     matrix: bool = True,
     batch_size: int | None = None,
+    target_error: float = 0.05,
+    max_steps: int = 128,
     state: TaskState | None = None,
 ) -> AttributionOutput:
     """Integrated Gradients of log p(y_t | x, y_<t) with respect to the prompt embeddings.
 
     Returns ``sequence`` [n] (the sum of the per-token rows, as Captum defines it), ``per_token``
     [T, n] (None when ``matrix`` is False; then ``sequence`` comes from one backward of
-    sum_t F_t per point) and the relative completeness error of ``sequence``.
+    sum_t F_t per point) and the relative completeness error of ``sequence``. ``steps=None``
+    converges (see the module docstring); ``details`` says how.
     """
     state = state or TaskState()
+    if steps is None:
+        return converged_integrated_gradients(
+            model, tokenizer, problem, baseline=baseline, matrix=matrix, batch_size=batch_size,
+            target_error=target_error, max_steps=max_steps, state=state)
     check_steps(steps, batch_size)
     emb = embed_problem(model, tokenizer, problem, baseline)
     weights, alphas = gauss_legendre(steps)
@@ -86,11 +108,112 @@ def integrated_gradients(
     f_input, f_baseline = endpoint_log_probs(model, emb)
     sequence = sums.sum(0)
     error = relative_completeness_error(float(sequence.sum()), float((f_input - f_baseline).sum()))
-    return AttributionOutput(sequence, sums if matrix else None, f_input, f_baseline, error)
+    return AttributionOutput(sequence, sums if matrix else None, f_input, f_baseline, error,
+                             details={"integration": "gausslegendre"})
+
+
+INITIAL_INTERVALS = 4
+
+
+def converged_integrated_gradients(
+    model: Any,
+    tokenizer: Any,
+    problem: AttributionInput,
+    *,
+    baseline: str = "pad",
+    matrix: bool = True,
+    batch_size: int | None = None,
+    target_error: float = 0.05,
+    max_steps: int = 128,
+    state: TaskState | None = None,
+) -> AttributionOutput:
+    """IG refined by adaptive composite Simpson until the completeness error is at most
+    ``target_error`` or ``max_steps`` points are used (see the module docstring)."""
+    state = state or TaskState()
+    if not 0 < target_error < 1:
+        raise InvalidSettingsError(f"target error must be between 0 and 1 (got {target_error})")
+    if max_steps < 2 * INITIAL_INTERVALS + 1:
+        raise InvalidSettingsError(
+            f"max steps must be at least {2 * INITIAL_INTERVALS + 1} (got {max_steps})")
+    check_steps(max_steps, batch_size)
+    emb = embed_problem(model, tokenizer, problem, baseline)
+    n, device, dtype = emb.n, emb.real.device, emb.real.dtype
+    acc = accumulation_dtype(device)
+    delta_n = emb.delta[:n].to(acc)
+    n_answer = len(emb.answer_ids)
+    forward = embedding_forward(model, emb.answer_ids)
+    # Per point: F summed over the answer, and dF/dalpha contracted per prompt token [rows, n].
+    f_at: dict[float, float] = {}
+    grad_at: dict[float, torch.Tensor] = {}
+    estimate = embedding_estimate(model, emb, max_steps)
+
+    def evaluate(alphas: list[float]) -> None:
+        def work(start: int, stop: int) -> None:
+            chosen = torch.tensor(alphas[start:stop], dtype=torch.float64)
+            x = (emb.base + chosen.to(device, dtype).view(-1, 1, 1) * emb.delta)
+            x = x.detach().requires_grad_(True)
+            f = forward(x)  # [B, T]
+            targets = [f[:, t].sum() for t in range(n_answer)] if matrix else [f.sum()]
+            rows = []
+            for row, target in enumerate(targets):
+                (grad,) = torch.autograd.grad(target, x, retain_graph=row < len(targets) - 1)
+                rows.append((grad[:, :n].to(acc) * delta_n).sum(-1).cpu())
+                state.check()
+            contracted = torch.stack(rows, dim=1).double()  # [B, rows, n]
+            for k, alpha in enumerate(alphas[start:stop]):
+                f_at[alpha] = float(f[k].detach().double().sum())
+                grad_at[alpha] = contracted[k]
+            state.progressed("attribute", len(grad_at), max_steps)
+
+        with cancellable(model, state), torch.enable_grad():
+            run_in_batches(len(alphas), batch_size, estimate, work, "Integrated Gradients")
+
+    def simpson(a: float, b: float, what: dict[float, Any]) -> Any:
+        return (b - a) / 6 * (what[a] + 4 * what[(a + b) / 2] + what[b])
+
+    edges = [k / INITIAL_INTERVALS for k in range(INITIAL_INTERVALS + 1)]
+    intervals = list(itertools.pairwise(edges))
+    evaluate(sorted({x for a, b in intervals for x in (a, (a + b) / 2, b)}))
+    f_input, f_baseline = endpoint_log_probs(model, emb)
+    expected = float((f_input - f_baseline).sum())
+    scale = max(abs(expected), 1e-12)
+    slope = {alpha: float(g.sum()) for alpha, g in grad_at.items()}
+
+    def local_error(interval: tuple[float, float]) -> float:
+        a, b = interval
+        return simpson(a, b, slope) - (f_at[b] - f_at[a])
+
+    def completeness() -> float:
+        total = sum(simpson(a, b, slope) for a, b in intervals)
+        return abs(total - expected) / scale
+
+    error = completeness()
+    while error > target_error and len(grad_at) + 2 <= max_steps:
+        # Split the worst intervals, as many as fill about one batch of new points.
+        room = (max_steps - len(grad_at)) // 2
+        per_round = max(1, min(room, (batch_size or estimate()) // 2))
+        worst = sorted(intervals, key=lambda iv: abs(local_error(iv)), reverse=True)[:per_round]
+        new_points = []
+        for a, b in worst:
+            m = (a + b) / 2
+            intervals.remove((a, b))
+            intervals += [(a, m), (m, b)]
+            new_points += [(a + m) / 2, (m + b) / 2]
+        evaluate(new_points)
+        slope.update({alpha: float(grad_at[alpha].sum()) for alpha in new_points})
+        error = completeness()
+    sums = sum(simpson(a, b, grad_at) for a, b in intervals)
+    sequence = sums.sum(0)
+    error = relative_completeness_error(float(sequence.sum()), expected)
+    details = {"integration": "adaptive-simpson", "points": len(grad_at),
+               "converged": error <= target_error}
+    return AttributionOutput(sequence, sums if matrix else None, f_input, f_baseline, error,
+                             details=details)
 
 
 def _cost(n: int, n_answer: int, params: dict[str, Any]) -> Cost:
-    steps = int(params.get("steps", 32))
+    # Converged IG is estimated at its budget: an upper bound the window can promise.
+    steps = int(params.get("steps") or params.get("max_steps", 128))
     backwards = steps * (n_answer if params.get("matrix", True) else 1)
     return Cost(forwards=steps + 1, backwards=backwards, tokens=n + n_answer - 1)
 
@@ -100,13 +223,16 @@ SPEC = MethodSpec(
     description="Integrated Gradients on the input embeddings (Captum-exact, fused over the "
                 "answer)",
     params=(
-        Param("steps", 32, "Gauss-Legendre interpolation points"),
+        Param("steps", None, "Gauss-Legendre points, exactly as Captum (None: refine until "
+                             "the completeness error is below target_error)"),
         Param("baseline", "pad", "pad (pad, else eos embedding), zero, or token:ID"),
         Param("matrix", True, "also compute the per-answer-token matrix"),
         Param("batch_size", None, "interpolation points per forward (None: fit to memory)"),
+        Param("target_error", 0.05, "converged IG: the relative completeness error to reach"),
+        Param("max_steps", 128, "converged IG: the most points to spend"),
     ),
     cost_formula="(steps + 1) forwards; steps x T backwards (steps with --no-matrix); "
-                 "over n + T - 1 tokens",
+                 "over n + T - 1 tokens; converged: at most max_steps points",
     cost=_cost,
     run=integrated_gradients,
 )

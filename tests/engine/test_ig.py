@@ -154,3 +154,85 @@ def test_estimate_scales_with_the_work_and_uses_measured_throughput():
     assert estimate_seconds(large, 135_000_000, "cpu") > 5 * guess
     rate = measured_throughput(small, seconds=2.0)
     assert estimate_seconds(small, 135_000_000, "cpu", rate) == pytest.approx(2.0)
+
+
+# ---- converged IG (the default) ----------------------------------------------------------
+
+
+def _count_sequences(model) -> tuple[list[int], object]:
+    """Sequences per forward pass (each interpolation point is one sequence)."""
+    sizes: list[int] = []
+
+    def hook(module, args, kwargs):
+        embeds = kwargs.get("inputs_embeds")
+        if embeds is not None:
+            sizes.append(embeds.shape[0])
+
+    return sizes, model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def test_converged_ig_meets_its_target_and_computes_each_point_once(tiny_tokenizer):
+    model = make_tiny_model("qwen2", len(tiny_tokenizer), torch.float64, seed=3)
+    problem = _problem(tiny_tokenizer, _forced(tiny_tokenizer))
+    sizes, handle = _count_sequences(model)
+    try:
+        out = integrated_gradients(model, tiny_tokenizer, problem, baseline="zero",
+                                   matrix=False, target_error=0.002, batch_size=2)
+    finally:
+        handle.remove()
+    assert out.details["integration"] == "adaptive-simpson"
+    assert out.details["converged"] is True
+    assert out.completeness_error <= 0.002
+    # Nested: every point once, plus one forward of the two endpoints.
+    assert sum(sizes) == out.details["points"] + 2
+    assert 9 <= out.details["points"] <= 128
+    # Refinement converges to the same integral as a fine fixed rule.
+    fine = integrated_gradients(model, tiny_tokenizer, problem, steps=256, baseline="zero",
+                                matrix=False)
+    assert fine.completeness_error < 1e-4
+    assert relative_difference(out.sequence, fine.sequence) < 0.02
+
+
+def test_converged_ig_refines_beyond_its_first_grid_when_needed(tiny_tokenizer):
+    model = make_tiny_model("qwen2", len(tiny_tokenizer), torch.float64, seed=3)
+    problem = _problem(tiny_tokenizer, _forced(tiny_tokenizer))
+    loose = integrated_gradients(model, tiny_tokenizer, problem, baseline="zero", matrix=False,
+                                 target_error=0.5)
+    tight = integrated_gradients(model, tiny_tokenizer, problem, baseline="zero", matrix=False,
+                                 target_error=1e-6, max_steps=65)
+    assert loose.details["points"] == 9  # the first grid: 4 Simpson intervals
+    assert tight.details["points"] > loose.details["points"]
+    assert tight.completeness_error < loose.completeness_error or \
+        loose.completeness_error < 1e-6
+
+
+def test_converged_ig_says_when_the_budget_ran_out(tiny_model, tiny_tokenizer):
+    problem = _problem(tiny_tokenizer, _forced(tiny_tokenizer))
+    out = integrated_gradients(tiny_model, tiny_tokenizer, problem, target_error=1e-12,
+                               max_steps=13)
+    assert out.details["converged"] is False
+    assert out.details["points"] == 13
+    assert out.completeness_error > 1e-12
+    # The error reported is the record's: |sum IG - (F(e) - F(b))| / |F(e) - F(b)|.
+    expected = float((out.f_input - out.f_baseline).sum())
+    assert out.completeness_error == pytest.approx(
+        abs(float(out.sequence.sum()) - expected) / abs(expected), rel=1e-9)
+    # The matrix uses the same points: its rows add up to the sequence.
+    torch.testing.assert_close(out.per_token.sum(0), out.sequence, rtol=1e-6, atol=1e-9)
+
+
+def test_explicit_steps_keep_gauss_legendre(tiny_model, tiny_tokenizer):
+    problem = _problem(tiny_tokenizer, _forced(tiny_tokenizer))
+    out = integrated_gradients(tiny_model, tiny_tokenizer, problem, steps=5, matrix=False)
+    assert out.details == {"integration": "gausslegendre"}
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"target_error": 0.0}, "target error must be between 0 and 1"),
+    ({"target_error": 1.5}, "target error must be between 0 and 1"),
+    ({"max_steps": 5}, "max steps must be at least 9"),
+])
+def test_bad_convergence_settings(tiny_model, tiny_tokenizer, kwargs, message):
+    problem = _problem(tiny_tokenizer, _forced(tiny_tokenizer))
+    with pytest.raises(InvalidSettingsError, match=message):
+        integrated_gradients(tiny_model, tiny_tokenizer, problem, **kwargs)

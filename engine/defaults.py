@@ -1,0 +1,17 @@
+"""Defaults chosen by evidence, importable without torch (the command line reads them at start).
+
+The window's method is the most faithful one that meets the time goals on a laptop CPU
+(docs/evaluation.md, docs/benchmarks.md); the reliability badge's second opinion is the most
+faithful cheap method of another family, so that agreement between the two means something.
+"""
+
+from __future__ import annotations
+
+DEFAULT_METHOD = "flashtrace"
+SECOND_OPINION = {"flashtrace": "input-x-gradient", "ifr": "input-x-gradient"}
+SECOND_OPINION_DEFAULT = "flashtrace"
+
+
+def second_opinion(name: str) -> str:
+    """The cheap method the reliability check compares an explanation by ``name`` with."""
+    return SECOND_OPINION.get(name, SECOND_OPINION_DEFAULT)
