@@ -124,14 +124,20 @@ class _Scorer:
                        work, "the faithfulness check")
 
     def log_probs_of_ids(self, prompts: Sequence[torch.Tensor]) -> torch.Tensor:
-        """log p(y_t | prompt', y_<t) [B, T] for prompts of any lengths (left-padded)."""
+        """log p(y_t | prompt', y_<t) [B, T] for prompts of any lengths (left-padded).
+
+        Prompts run longest first, so each batch is padded only to its own longest prompt
+        (deleting or keeping the top words makes prompts of very different lengths).
+        """
         device = self.answer.device
         tails = self.answer[:-1]
-        length = max(len(p) for p in prompts) + len(tails)
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        length = len(prompts[order[0]]) + len(tails)
         out = torch.empty(len(prompts), self.n_answer, dtype=torch.float64)
 
         def work(start: int, stop: int) -> None:
-            chunk = prompts[start:stop]
+            chunk = [prompts[i] for i in order[start:stop]]
+            length = len(chunk[0]) + len(tails)
             ids = torch.zeros(len(chunk), length, dtype=torch.long, device=device)
             mask = torch.zeros_like(ids)
             for row, prompt in enumerate(chunk):
@@ -144,7 +150,7 @@ class _Scorer:
             logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype,
                                                                    torch.float32)), -1)
             index = self.answer.view(1, -1, 1).expand(len(chunk), -1, 1)
-            out[start:stop] = logp.gather(-1, index).squeeze(-1).double().cpu()
+            out[order[start:stop]] = logp.gather(-1, index).squeeze(-1).double().cpu()
             self.state.check()
 
         with torch.no_grad():
@@ -233,6 +239,34 @@ def faithfulness(model, problem: AttributionInput, scores: torch.Tensor, baselin
                     values[name], per_token[name] = mean, tokens  # type: ignore[assignment]
         state.progressed("evaluate", 2, 2)
     return Faithfulness(values, per_token, curves, by_percent)
+
+
+def deletion_aopc(model, problem: AttributionInput, rankings: Sequence[torch.Tensor],
+                  percents: Sequence[int] = PERCENTS, state: TaskState | None = None,
+                  batch_size: int | None = None) -> list[tuple[float, float]]:
+    """(comprehensiveness, sufficiency) AOPC for each whole-answer ranking [n], exactly as
+    :func:`faithfulness` computes them, sharing one reference forward and one batched pass
+    over every ranking's perturbed prompts (the reliability check's 1 + 10 x rankings
+    forwards, instead of 16 per ranking)."""
+    state = state or TaskState()
+    case = torch.nonzero(problem.attributable.cpu(), as_tuple=True)[0]
+    if len(case) == 0:
+        raise InvalidSettingsError("the case has no attributable tokens to evaluate")
+    prompt = problem.prompt_ids.cpu()
+    scorer = _Scorer(model, problem, batch_size, state)
+    prompts = [prompt]
+    for scores in rankings:
+        order = case[scores.detach().double().cpu()[case].argsort(descending=True)]
+        for k in percents:
+            count = max(1, math.ceil(k / 100 * len(case)))
+            prompts += [_perturbed(prompt, order[:count], case, kind, baseline_id=-1)
+                        for kind in ("delete", "keep")]
+    with cancellable(model, state):
+        logp = scorer.log_probs_of_ids(prompts)
+    p = logp[0].exp()
+    drops = (p - logp[1:].exp()).view(len(rankings), len(percents), 2, -1)  # [R, K, 2, T]
+    aopc = drops.mean(1).mean(-1)  # [R, 2]
+    return [(float(comp), float(suff)) for comp, suff in aopc]
 
 
 def _picker(shared: bool) -> Callable[[torch.Tensor], torch.Tensor]:
