@@ -18,7 +18,7 @@ from engine.errors import (
     ModelLoadError,
 )
 from engine.fields import field_scores, render_fields
-from engine.generation import generate_answer
+from engine.generation import generate_with_cache
 from engine.hardware import PeakMemory, device_name
 from engine.methods import DEFAULT_METHOD, AttributionInput, get_method
 from engine.methods.base import is_out_of_memory, out_of_memory_error
@@ -160,9 +160,10 @@ def explain(request: ExplainRequest, loaded: LoadedModel,
 
     with PeakMemory(device) as peak, _out_of_memory_as_error():
         start = time.perf_counter()
+        cache = None
         if forced_ids is None:
-            answer_ids = generate_answer(model, tokenizer, list(prompt.token_ids),
-                                         request.max_new_tokens, state)
+            answer_ids, cache = generate_with_cache(model, tokenizer, list(prompt.token_ids),
+                                                    request.max_new_tokens, state)
             if not answer_ids:
                 raise InvalidInputError(
                     "the model gave an empty answer; try another system prompt or --target")
@@ -176,7 +177,10 @@ def explain(request: ExplainRequest, loaded: LoadedModel,
             prompt_ids=torch.tensor(prompt.token_ids, device=device),
             attributable=torch.tensor(prompt.attributable, device=device),
             answer_ids=torch.tensor(answer_ids, device=device),
+            # Single-pass methods read the prompt's keys and values from generation's cache.
+            prompt_cache=cache if method.reuses_prompt_cache else None,
         )
+        del cache  # the cache is as large as the prompt's activations; keep it no longer
         params = request.method_params()
         output = method.run(model, tokenizer, problem, state=state, **params)
         attribute_s = time.perf_counter() - start

@@ -52,6 +52,14 @@ class _Streamer:
 def generate_answer(model: Any, tokenizer: Any, prompt_ids: list[int], max_new_tokens: int,
                     state: TaskState) -> list[int]:
     """Greedy answer ids for ``prompt_ids``, without the final end-of-turn token."""
+    return generate_with_cache(model, tokenizer, prompt_ids, max_new_tokens, state)[0]
+
+
+def generate_with_cache(model: Any, tokenizer: Any, prompt_ids: list[int], max_new_tokens: int,
+                        state: TaskState) -> tuple[list[int], Any]:
+    """Greedy answer ids (as :func:`generate_answer`) and the key/value cache generation left:
+    every position of the prompt and of the answer but its last token, so that a method can
+    read the prompt's keys and values instead of recomputing them."""
     from transformers import StoppingCriteria, StoppingCriteriaList
 
     if max_new_tokens < 1:
@@ -80,9 +88,10 @@ def generate_answer(model: Any, tokenizer: Any, prompt_ids: list[int], max_new_t
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0],
             streamer=_Streamer(tokenizer, state),
             stopping_criteria=StoppingCriteriaList([_Cancel()]),
+            return_dict_in_generate=True,
         )
     state.check()
-    answer = output[0, len(prompt_ids):].tolist()
+    answer = output.sequences[0, len(prompt_ids):].tolist()
     while answer and answer[-1] in stops:
         answer.pop()
-    return answer
+    return answer, output.past_key_values

@@ -34,6 +34,9 @@ class AttributionInput:
     prompt_ids: torch.Tensor  # [n]
     attributable: torch.Tensor  # [n] bool; only these positions move
     answer_ids: torch.Tensor  # [T]
+    # The key/value cache generation left (transformers Cache covering at least the prompt),
+    # for methods that can skip recomputing the prompt (spec.reuses_prompt_cache). None: none.
+    prompt_cache: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.prompt_ids.ndim != 1 or self.answer_ids.ndim != 1:
@@ -79,6 +82,8 @@ class MethodSpec:
     cost_formula: str  # in terms of n (prompt tokens), T (answer tokens) and the parameters
     cost: Callable[[int, int, dict[str, Any]], Cost]  # (n, T, params) -> passes
     run: Callable[..., AttributionOutput] = field(repr=False)
+    # True when the method reads AttributionInput.prompt_cache (explain then keeps generation's).
+    reuses_prompt_cache: bool = False
 
     def defaults(self) -> dict[str, Any]:
         return {p.name: p.default for p in self.params}

@@ -25,22 +25,31 @@ own positions (position n + t holds y_t); ``predicting`` (our variant) puts it o
 whose outputs predict the answer tokens (n - 1 + t, where F_t = log p(y_t | x, y_<t) is read).
 
 Equal to the ``flashtrace`` package on the same ids (tests: tiny Llama and Qwen2). Differences,
-on purpose: attention probabilities are recomputed only for the sink rows, exactly as the
-block computes them (its own q/k norms and rotary embedding; the package recomputes every row, or
-stores every layer's full map); contributions are formed in float32 even for bfloat16 weights; an
-answer made only of stop tokens falls back to uniform weights (the package returns zeros); a
-forced answer is not given an extra end-of-sequence token.
+on purpose:
 
-Cost: one forward over [x, y] (no backward); then per block O(L x heads x d) for each hop, and
-O(T x L x heads x d) for the per-token matrix.
+- Fused with the answer: keys and values come from the model's key/value cache, and after
+  generation the prompt's part of it is the cache generation left (``prompt_cache``), so only the
+  answer positions run again; the package runs a second full forward over prompt and answer.
+- Attention probabilities are formed only for the sink rows, from the cached keys (the package
+  stores every layer's full map, or recomputes every row with its own rotary code).
+- Contributions are formed in float32 even for bfloat16 weights.
+- An answer made only of stop tokens falls back to uniform weights (the package returns zeros);
+  a forced answer is not given an extra end-of-sequence token.
+
+Kept from the package: its stop-token filtering (``stop_tokens``, on for ``flashtrace``), no
+special treatment of attention sinks (the first token's scores are shown like any other; it is a
+template token in the window, never coloured), and chunking of the source tokens to bound memory
+(here by bytes, about 64 MiB per block).
+
+Cost: one forward over [x, y], or over the answer alone with generation's cache (no backward);
+then per block O(L x heads x d) for each hop, and O(T x L x heads x d) for the per-token matrix.
 """
 
 from __future__ import annotations
 
-import contextlib
+import inspect
 import math
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,15 +84,20 @@ def is_stop_token(text: str) -> bool:
 class _Block:
     """What one block's span aggregates need, captured in the forward (float32, batch dropped).
 
-    ``normed`` [L, d] the attention input; ``x_prev`` / ``x_mid`` [P, d] the residual stream
-    before the block and after attention at the sink rows; ``probs`` [heads, P, L] the
-    attention probabilities of the sink rows.
+    ``values`` [L, kv_heads, head_dim] the value vectors of every position (without the value
+    bias, which belongs to no token); ``x_prev`` / ``x_mid`` [P, d] the residual stream before
+    the block and after attention at the sink rows; ``probs`` [heads, P, L] the attention
+    probabilities of the sink rows.
     """
 
-    normed: torch.Tensor
+    values: torch.Tensor
     x_prev: torch.Tensor
     x_mid: torch.Tensor
     probs: torch.Tensor
+
+    def rows(self, chosen: slice) -> _Block:
+        return _Block(self.values, self.x_prev[chosen], self.x_mid[chosen],
+                      self.probs[:, chosen])
 
 
 def _rotary(attn: nn.Module) -> Any:
@@ -95,33 +109,6 @@ def _rotary(attn: nn.Module) -> Any:
     return function
 
 
-def sink_attention(attn: nn.Module, normed: torch.Tensor, position_embeddings: Any,
-                   rows: torch.Tensor) -> torch.Tensor:
-    """Attention probabilities [heads, P, L] of query positions ``rows`` over the sequence.
-
-    Recomputed as the block computes them: q/k projections (and q/k norms where the block has
-    them), its rotary embedding, scaling, causal (and sliding-window) mask, float32 softmax.
-    """
-    layout = head_layout_of(attn)
-    length = normed.shape[0]
-    q = attn.q_proj(normed[rows]).view(1, len(rows), -1, layout.head_dim).transpose(1, 2)
-    k = attn.k_proj(normed).view(1, length, -1, layout.head_dim).transpose(1, 2)
-    if hasattr(attn, "q_norm"):
-        q, k = attn.q_norm(q), attn.k_norm(k)
-    cos, sin = position_embeddings
-    q, _ = _rotary(attn)(q, q, cos[:, rows], sin[:, rows])
-    _, k = _rotary(attn)(k, k, cos, sin)
-    k = k.repeat_interleave(layout.group, dim=1)
-    scores = torch.matmul(q, k.transpose(2, 3)) * attn.scaling
-    keys = torch.arange(length, device=rows.device).view(1, -1)
-    blocked = keys > rows.view(-1, 1)
-    window = getattr(attn, "sliding_window", None)
-    if window:
-        blocked |= keys <= rows.view(-1, 1) - window
-    scores = scores.masked_fill(blocked, float("-inf"))
-    return torch.softmax(scores, dim=-1, dtype=torch.float32)[0]
-
-
 def head_layout_of(attn: nn.Module) -> HeadLayout:
     config = attn.config
     heads = config.num_attention_heads
@@ -130,10 +117,55 @@ def head_layout_of(attn: nn.Module) -> HeadLayout:
     return HeadLayout(heads, kv_heads, head_dim)
 
 
-@contextlib.contextmanager
-def _capture(model: nn.Module, rows: torch.Tensor, on_block: Any) -> Iterator[None]:
-    """Call ``on_block(index, _Block)`` for every block during the next forward."""
+def sink_queries(attn: nn.Module, normed: torch.Tensor, position_embeddings: Any) -> torch.Tensor:
+    """Queries [1, heads, P, head_dim] of the sink rows, as the block makes them: q projection,
+    q norm where the block has one, its rotary embedding."""
+    layout = head_layout_of(attn)
+    q = attn.q_proj(normed).view(1, normed.shape[0], -1, layout.head_dim).transpose(1, 2)
+    if hasattr(attn, "q_norm"):
+        q = attn.q_norm(q)
+    cos, sin = position_embeddings
+    q, _ = _rotary(attn)(q, q, cos, sin)
+    return q
+
+
+def sink_attention(attn: nn.Module, queries: torch.Tensor, keys: torch.Tensor,
+                   rows: torch.Tensor) -> torch.Tensor:
+    """Attention probabilities [heads, P, L] of query positions ``rows`` over the L cached keys
+    (after rotary embedding, as the block's cache holds them): scaling, causal (and
+    sliding-window) mask, float32 softmax."""
+    layout = head_layout_of(attn)
+    keys = keys.repeat_interleave(layout.group, dim=1)
+    scores = torch.matmul(queries, keys.transpose(2, 3)) * attn.scaling
+    positions = torch.arange(keys.shape[2], device=rows.device).view(1, -1)
+    blocked = positions > rows.view(-1, 1)
+    window = getattr(attn, "sliding_window", None)
+    if window:
+        blocked |= positions <= rows.view(-1, 1) - window
+    scores = scores.masked_fill(blocked, float("-inf"))
+    return torch.softmax(scores.float(), dim=-1)[0]
+
+
+def _forward(model: nn.Module, ids: torch.Tensor, rows: torch.Tensor, answer_from: int,
+             prompt_cache: Any, on_block: Any) -> torch.Tensor:
+    """One forward that calls ``on_block(index, _Block)`` for every block; returns the logits
+    [T, V] that predict the answer tokens (``ids[answer_from:]``).
+
+    The keys and values of every position are read from the forward's key/value cache. With
+    ``prompt_cache`` (the cache generation left, covering at least the prompt) the forward only
+    runs from the first sink row on: the prompt is not recomputed.
+    """
+    from transformers import DynamicCache
+
     layers = decoder_layers(model)
+    start = min(int(rows.min()), answer_from - 1)
+    cache = DynamicCache(config=model.config)
+    if prompt_cache is not None and prompt_cache.get_seq_length() >= start:
+        for index, layer in enumerate(prompt_cache.layers[:len(layers)]):
+            cache.update(layer.keys[..., :start, :], layer.values[..., :start, :], index)
+    else:
+        start = 0
+    local = rows - start
     pending: dict[int, dict[str, Any]] = {}
     handles = []
     for index, layer in enumerate(layers):
@@ -141,7 +173,7 @@ def _capture(model: nn.Module, rows: torch.Tensor, on_block: Any) -> Iterator[No
 
         def before_layer(module: nn.Module, args: Any, kwargs: Any, index: int = index) -> None:
             hidden = args[0] if args else kwargs["hidden_states"]
-            pending[index] = {"x_prev": hidden[0, rows].float()}
+            pending[index] = {"x_prev": hidden[0, local].float()}
 
         def before_attn(module: nn.Module, args: Any, kwargs: Any, index: int = index,
                         attn: nn.Module = attn) -> None:
@@ -153,33 +185,45 @@ def _capture(model: nn.Module, rows: torch.Tensor, on_block: Any) -> Iterator[No
                 raise InvalidSettingsError(
                     f"{type(attn).__name__} receives no rotary position embedding; this method "
                     "needs a Llama-style decoder")
-            pending[index]["normed"] = normed.float()
-            pending[index]["probs"] = sink_attention(attn, normed, embeddings, rows)
+            cos, sin = embeddings
+            pending[index]["queries"] = sink_queries(attn, normed[local],
+                                                     (cos[:, local], sin[:, local]))
 
-        def before_mlp_norm(module: nn.Module, args: Any, index: int = index) -> None:
+        def before_mlp_norm(module: nn.Module, args: Any, index: int = index,
+                            attn: nn.Module = attn) -> None:
             part = pending.pop(index)
-            on_block(index, _Block(part["normed"], part["x_prev"], args[0][0, rows].float(),
-                                   part["probs"]))
+            stored = cache.layers[index]
+            values = stored.values[0].transpose(0, 1).float()  # [L, kv_heads, head_dim]
+            bias = getattr(attn.v_proj, "bias", None)
+            if bias is not None:
+                values = values - bias.float().view(1, values.shape[1], -1)
+            probs = sink_attention(attn, part["queries"], stored.keys, rows)
+            on_block(index, _Block(values, part["x_prev"], args[0][0, local].float(), probs))
 
         handles.append(layer.register_forward_pre_hook(before_layer, with_kwargs=True))
         handles.append(attn.register_forward_pre_hook(before_attn, with_kwargs=True))
         handles.append(layer.post_attention_layernorm.register_forward_pre_hook(before_mlp_norm))
     try:
-        yield
+        n_answer = ids.shape[0] - answer_from
+        # transformers renamed past_key_values to cache in 5.x; take whichever this one has.
+        name = "cache" if "cache" in inspect.signature(model.forward).parameters \
+            else "past_key_values"
+        logits = model(input_ids=ids[start:].unsqueeze(0), use_cache=True,
+                       logits_to_keep=n_answer + 1, **{name: cache}).logits[0, :n_answer]
     finally:
         for handle in handles:
             handle.remove()
+    return logits
 
 
-def _contributions(attn: nn.Module, normed: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    """(norm(x_prev[j]) W_V,h) W_O,h for tokens ``start:stop``: [J, heads, d], float32."""
+def _contributions(attn: nn.Module, values: torch.Tensor, start: int, stop: int
+                   ) -> torch.Tensor:
+    """(v_j with head h's values) W_O,h for tokens ``start:stop``: [J, heads, d], float32."""
     layout = head_layout_of(attn)
-    v_w = attn.v_proj.weight.float()
     o_w = attn.o_proj.weight.float()
-    values = (normed[start:stop] @ v_w.T).view(stop - start, layout.kv_heads, layout.head_dim)
-    values = values.repeat_interleave(layout.group, dim=1)
+    chosen = values[start:stop].repeat_interleave(layout.group, dim=1)
     out_blocks = o_w.view(o_w.shape[0], layout.heads, layout.head_dim).permute(1, 2, 0)
-    return torch.einsum("jhe,hed->jhd", values, out_blocks)
+    return torch.einsum("jhe,hed->jhd", chosen, out_blocks)
 
 
 def _chunk(heads: int, width: int, sinks: int = 1) -> int:
@@ -195,13 +239,13 @@ def span_importance(attn: nn.Module, block: _Block, weights: torch.Tensor) -> to
     y_l1 = y.abs().sum()
     resid_prox = torch.clamp(y_l1 - (resid - y).abs().sum(), min=0.0)
     alpha = (block.probs * w.view(1, -1, 1)).sum(1)  # [heads, L]
-    length = block.normed.shape[0]
+    length = block.values.shape[0]
     heads = alpha.shape[0]
     numer = torch.zeros(length, dtype=torch.float32, device=y.device)
     step = _chunk(heads, y.shape[0])
     for start in range(0, length, step):
         stop = min(length, start + step)
-        parts = _contributions(attn, block.normed, start, stop)
+        parts = _contributions(attn, block.values, start, stop)
         parts = parts * alpha[:, start:stop].T.unsqueeze(-1)
         prox = torch.clamp(y_l1 - (parts - y).abs().sum(-1), min=0.0)
         numer[start:stop] = prox.sum(-1)
@@ -213,13 +257,13 @@ def row_importance(attn: nn.Module, block: _Block) -> torch.Tensor:
     y = block.x_mid  # [P, d]
     y_l1 = y.abs().sum(-1)
     resid_prox = torch.clamp(y_l1 - (block.x_prev - y).abs().sum(-1), min=0.0)
-    length = block.normed.shape[0]
+    length = block.values.shape[0]
     heads, rows = block.probs.shape[0], block.probs.shape[1]
     numer = torch.zeros(rows, length, dtype=torch.float32, device=y.device)
     step = _chunk(heads, y.shape[1], rows)
     for start in range(0, length, step):
         stop = min(length, start + step)
-        parts = _contributions(attn, block.normed, start, stop)  # [J, heads, d]
+        parts = _contributions(attn, block.values, start, stop)  # [J, heads, d]
         alpha = block.probs[:, :, start:stop].permute(1, 2, 0)  # [P, J, heads]
         dist = (alpha.unsqueeze(-1) * parts.unsqueeze(0) - y.view(rows, 1, 1, -1)).abs().sum(-1)
         numer[:, start:stop] = torch.clamp(y_l1.view(-1, 1, 1) - dist, min=0.0).sum(-1)
@@ -299,18 +343,15 @@ def information_flow(
     def on_block(index: int, block: _Block) -> None:
         state.progressed("attribute", index + 1, total_layers * (1 + hops))
         attn = attention_module(layers[index])
-        span_block = block if not matrix else _Block(
-            block.normed, block.x_prev[span_in_rows], block.x_mid[span_in_rows],
-            block.probs[:, span_in_rows])
+        span_block = block.rows(span_in_rows)
         base_total.add_(span_importance(attn, span_block, weights))
         if per_token is not None:
             per_token.add_(row_importance(attn, block))
         if hops:
             stored.append(span_block)
 
-    with torch.no_grad(), cancellable(model, state), _capture(model, rows, on_block):
-        logits = model(input_ids=ids.unsqueeze(0), use_cache=False,
-                       logits_to_keep=n_answer + 1).logits[0, :n_answer]
+    with torch.no_grad(), cancellable(model, state):
+        logits = _forward(model, ids, rows, n, problem.prompt_cache, on_block)
     log_probs = torch.log_softmax(logits.double(), dim=-1)
     f_input = log_probs.gather(-1, problem.answer_ids.view(-1, 1)).squeeze(-1).cpu()
 
@@ -372,6 +413,7 @@ FLASHTRACE_SPEC = MethodSpec(
     cost_formula="1 forward over n + T tokens; per hop about 1/8 of a forward",
     cost=_cost,
     run=information_flow,
+    reuses_prompt_cache=True,
 )
 
 IFR_SPEC = MethodSpec(
@@ -384,4 +426,5 @@ IFR_SPEC = MethodSpec(
     cost_formula="1 forward over n + T tokens",
     cost=_cost,
     run=information_flow,
+    reuses_prompt_cache=True,
 )

@@ -10,8 +10,9 @@ from tiny import CASE, make_tiny_model, relative_difference
 
 from benchmarks.peers import captum_input_x_gradient
 from engine.errors import Cancelled, InvalidSettingsError
+from engine.generation import generate_with_cache
 from engine.methods import METHODS, AttributionInput
-from engine.methods.information_flow import _capture, information_flow, is_stop_token
+from engine.methods.information_flow import _forward, information_flow, is_stop_token
 from engine.methods.input_x_gradient import input_x_gradient
 from engine.prompting import build_prompt
 from engine.task import TaskState
@@ -94,8 +95,9 @@ def test_sink_rows_are_the_models_own_attention(tiny_model, tiny_tokenizer):
     ids = torch.cat([problem.prompt_ids, problem.answer_ids]).unsqueeze(0)
     rows = torch.tensor([3, 10, ids.shape[1] - 1])
     captured = {}
-    with torch.no_grad(), _capture(tiny_model, rows, lambda i, b: captured.update({i: b})):
-        tiny_model(input_ids=ids)
+    with torch.no_grad():
+        _forward(tiny_model, ids[0], rows, len(problem.prompt_ids), None,
+                 lambda i, b: captured.update({i: b}))
     tiny_model.set_attn_implementation("eager")
     try:
         with torch.no_grad():
@@ -159,3 +161,30 @@ def test_input_x_gradient_equals_captum(tiny_model, tiny_tokenizer, matrix):
     moved = input_x_gradient(tiny_model, tiny_tokenizer, problem, baseline="token:7")
     assert not moved.sequence[~problem.attributable].any()
     assert (moved.sequence - ours.sequence).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("sink", ["answer", "predicting"])
+def test_generations_cache_gives_the_same_flow_without_recomputing_the_prompt(
+        tiny_model, tiny_tokenizer, sink):
+    prompt = build_prompt(tiny_tokenizer, CASE, system_prompt="you are clinical assistant")
+    answer, cache = generate_with_cache(tiny_model, tiny_tokenizer, list(prompt.token_ids), 6,
+                                        TaskState())
+    assert len(answer) >= 3 and cache.get_seq_length() >= len(prompt.token_ids)
+    plain = AttributionInput(torch.tensor(prompt.token_ids), torch.tensor(prompt.attributable),
+                             torch.tensor(answer))
+    cached = AttributionInput(plain.prompt_ids, plain.attributable, plain.answer_ids,
+                              prompt_cache=cache)
+    tokens: list[int] = []
+    handle = tiny_model.register_forward_pre_hook(
+        lambda module, args, kwargs: tokens.append(kwargs["input_ids"].shape[1]),
+        with_kwargs=True)
+    try:
+        fresh = information_flow(tiny_model, tiny_tokenizer, plain, sink=sink, matrix=True)
+        reused = information_flow(tiny_model, tiny_tokenizer, cached, sink=sink, matrix=True)
+    finally:
+        handle.remove()
+    n = len(prompt.token_ids)
+    assert tokens == [n + len(answer), len(answer) + 1]  # the prompt is not run again
+    assert relative_difference(reused.sequence, fresh.sequence) < 1e-6
+    assert relative_difference(reused.per_token, fresh.per_token) < 1e-6
+    torch.testing.assert_close(reused.f_input, fresh.f_input, rtol=1e-6, atol=1e-8)
