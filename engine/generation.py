@@ -1,4 +1,9 @@
-"""Greedy generation with streamed tokens and cooperative cancellation."""
+"""Greedy generation with streamed tokens and cooperative cancellation.
+
+A long prompt is read in chunks first (progress under the stage ``read``), and cancellation is
+checked inside every decoder block, so a clinician can stop even while an 8,000-token note is
+being read.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from typing import Any
 import torch
 
 from engine.errors import InvalidSettingsError
+from engine.methods.base import cache_keyword, cancellable
 from engine.task import TaskState
 
 # End-of-turn markers of common chat templates, used when present in the vocabulary.
@@ -49,6 +55,28 @@ class _Streamer:
         pass
 
 
+PREFILL_CHUNK = 1024  # prompt tokens per pass when a long prompt is read before generating
+
+
+def read_prompt(model: Any, inputs: torch.Tensor, state: TaskState) -> Any:
+    """A key/value cache of a long prompt (all but its last token), read in chunks of
+    ``PREFILL_CHUNK`` tokens with progress (stage ``read``); None for a short prompt, which
+    ``generate`` reads in one pass. Cancellation is checked inside every block either way."""
+    from transformers import DynamicCache
+
+    length = inputs.shape[1]
+    if length <= PREFILL_CHUNK:
+        return None
+    cache = DynamicCache(config=model.config)
+    for start in range(0, length - 1, PREFILL_CHUNK):
+        stop = min(length - 1, start + PREFILL_CHUNK)
+        state.progressed("read", start, length)
+        model(input_ids=inputs[:, start:stop], use_cache=True, logits_to_keep=1,
+              **{cache_keyword(model): cache})
+    state.progressed("read", length, length)
+    return cache
+
+
 def generate_answer(model: Any, tokenizer: Any, prompt_ids: list[int], max_new_tokens: int,
                     state: TaskState) -> list[int]:
     """Greedy answer ids for ``prompt_ids``, without the final end-of-turn token."""
@@ -74,10 +102,14 @@ def generate_with_cache(model: Any, tokenizer: Any, prompt_ids: list[int], max_n
 
     stops = stop_token_ids(model, tokenizer)
     inputs = torch.tensor([prompt_ids], device=model.device)
-    state.progressed("generate", 0, max_new_tokens)
-    with torch.inference_mode():
+    with torch.inference_mode(), cancellable(model, state):
+        cache = read_prompt(model, inputs, state)
+        state.progressed("generate", 0, max_new_tokens)
+        # generate takes the cache under the same name as the forward does.
+        prefilled = {} if cache is None else {cache_keyword(model): cache}
         output = model.generate(
             input_ids=inputs,
+            **prefilled,
             attention_mask=torch.ones_like(inputs),
             max_new_tokens=max_new_tokens,
             do_sample=False,

@@ -14,7 +14,8 @@ import threading
 from engine.errors import Cancelled
 
 # Every stage an engine task reports progress under, with the words a person reads.
-STAGES = {"load": "Loading model", "generate": "Generating answer", "attribute": "Attributing",
+STAGES = {"load": "Loading model", "read": "Reading the case",
+          "generate": "Generating answer", "attribute": "Attributing",
           "path": "Building paths", "curvature": "Hessian sensitivity",
           "information": "Masked forwards", "attention": "Attention gradients",
           "attention flow": "Attention flow", "evaluate": "Faithfulness metrics",

@@ -134,6 +134,15 @@ def cancellable(model: nn.Module, state: TaskState) -> Iterator[None]:
             handle.remove()
 
 
+def cache_keyword(model: nn.Module) -> str:
+    """The forward's name for a key/value cache: ``cache`` in newer transformers 5.x releases,
+    ``past_key_values`` before (still accepted there, with a deprecation warning)."""
+    import inspect
+
+    parameters = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, torch.OutOfMemoryError):
         return True

@@ -47,7 +47,6 @@ then per block O(L x heads x d) for each hop, and O(T x L x heads x d) for the p
 
 from __future__ import annotations
 
-import inspect
 import math
 import sys
 from dataclasses import dataclass
@@ -64,6 +63,7 @@ from engine.methods.base import (
     Cost,
     MethodSpec,
     Param,
+    cache_keyword,
     cancellable,
     decoder_layers,
 )
@@ -205,11 +205,9 @@ def _forward(model: nn.Module, ids: torch.Tensor, rows: torch.Tensor, answer_fro
         handles.append(layer.post_attention_layernorm.register_forward_pre_hook(before_mlp_norm))
     try:
         n_answer = ids.shape[0] - answer_from
-        # transformers renamed past_key_values to cache in 5.x; take whichever this one has.
-        name = "cache" if "cache" in inspect.signature(model.forward).parameters \
-            else "past_key_values"
         logits = model(input_ids=ids[start:].unsqueeze(0), use_cache=True,
-                       logits_to_keep=n_answer + 1, **{name: cache}).logits[0, :n_answer]
+                       logits_to_keep=n_answer + 1,
+                       **{cache_keyword(model): cache}).logits[0, :n_answer]
     finally:
         for handle in handles:
             handle.remove()

@@ -51,7 +51,8 @@ CASES = [
     (["explain", "ER positive", "--model", "{empty_dir}"], 3, "has no config.json"),
     (["explain", "ER positive", "--model", "{gguf}"], 3, "cannot read GGUF file"),
     (["explain", "ER positive", "--model", "{binary}"], 3, "is not a GGUF file"),
-    (["explain", "ER positive", "--model", "{folder}", "--baseline", "token:100000"], 2,
+    (["explain", "ER positive", "--model", "{folder}", "--method", "ig",
+      "--baseline", "token:100000"], 2,
      "the id must be an integer from 0 to"),
     (["explain", "ER positive " * 200, "--model", "{folder}"], 4,
      "more than this model's context of 256 tokens"),
@@ -94,7 +95,8 @@ def test_explain_prints_answer_words_and_figures(tiny_model_folder, tmp_path, ca
     assert "endocrine therapy" in text and "most influential words" in text
     assert "Completeness error" in text and "peak RSS" in text
     record = json.loads(out.read_text())
-    assert record["method"]["params"]["steps"] == 2
+    # The default method, chosen by evidence (docs/evaluation.md): single-pass FlashTrace.
+    assert record["method"]["name"] == "flashtrace" and record["method"]["params"]["hops"] == 1
     assert record["prompt"]["case_text"] == "52 year old woman , ER positive , HER2 negative ."
 
 
@@ -125,10 +127,12 @@ def test_methods_json_lists_ig_with_cost(capsys):
     entries = json.loads(capsys.readouterr().out)
     ig = next(e for e in entries if e["name"] == "ig")
     assert {p["name"] for p in ig["parameters"]} >= {"steps", "baseline", "matrix"}
-    assert ig["cost"]["example"]["forwards"] == 33
-    assert ig["cost"]["example"]["backwards"] == 32 * 64
+    # Converged IG is estimated at its budget of 128 points (an upper bound).
+    assert ig["cost"]["example"]["forwards"] == 129
+    assert ig["cost"]["example"]["backwards"] == 128 * 64
     assert {e["name"] for e in entries} == {"ig", "feature-ablation", "shapley", "dig", "udig",
-                                            "sig", "heta", "grad-ellm", "ca-lig"}
+                                            "sig", "heta", "grad-ellm", "ca-lig", "flashtrace",
+                                            "ifr", "input-x-gradient"}
     for entry in entries:
         assert entry["description"] and entry["cost"]["formula"], entry["name"]
         assert entry["cost"]["example"]["forwards"] >= 1, entry["name"]
@@ -151,7 +155,8 @@ def test_out_of_memory_is_reported_or_avoided(tiny_model_folder, fixed_batch):
     """A real allocation failure, under an address-space limit."""
     case = "ER positive , HER2 negative , grade 2 . " * 12
     argv = ["explain", case, "--model", str(tiny_model_folder), "--target",
-            "endocrine therapy " * 8, "--steps", "256", "--quiet", "--no-matrix"]
+            "endocrine therapy " * 8, "--method", "ig", "--steps", "256", "--quiet",
+            "--no-matrix"]
     if fixed_batch:
         argv += ["--batch-size", "256"]
     done = subprocess.run([sys.executable, "-c", OOM_SCRIPT, *argv], capture_output=True,

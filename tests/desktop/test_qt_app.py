@@ -44,9 +44,16 @@ def ready_window(make_window, qtbot, tiny_model_folder):
     return window
 
 
-def _explain(window, qtbot, steps=4, max_new_tokens=4, timeout=60_000, matrix=None):
+def _use(window, method: str) -> None:
+    panel = window.settings_panel
+    panel.method.setCurrentIndex(panel.method.findData(method))
+
+
+def _explain(window, qtbot, steps=4, max_new_tokens=4, timeout=60_000, matrix=None,
+             method="ig"):
     window.case_edit.clear()
     qtbot.keyClicks(window.case_edit, CASE)  # typed, as a clinician would
+    _use(window, method)
     window.settings_panel.steps.setValue(steps)
     window.settings_panel.max_new_tokens.setValue(max_new_tokens)
     if matrix is not None:
@@ -129,6 +136,37 @@ def test_without_the_matrix_a_clicked_answer_token_is_explained_on_its_own(ready
     assert window.rows == {}  # rows belong to the explanation they were computed for
 
 
+def test_the_default_is_single_pass_and_a_click_explains_its_token(ready_window, qtbot):
+    window = ready_window
+    panel = window.settings_panel
+    assert panel.method.currentData() == "flashtrace"
+    assert panel.steps.value() == 0 and panel.steps.text() == "auto"
+    assert not panel.steps.isEnabled()  # flashtrace has no steps
+    _use(window, "ig")
+    assert panel.steps.isEnabled() and panel.steps.text() == "auto"  # ig converges by default
+    assert panel.request(CASE).steps is None
+    window.case_edit.setPlainText(CASE)
+    _use(window, "flashtrace")
+    panel.max_new_tokens.setValue(4)
+    with qtbot.waitSignal(window.explanation_shown, timeout=60_000):
+        window.explain_button.click()
+    record = window.record
+    assert record.method.name == "flashtrace" and record.attribution.per_token is None
+    qtbot.waitUntil(lambda: window.record.reliability is not None, timeout=60_000)
+    assert window.record.reliability.second_method == "input-x-gradient"
+    with qtbot.waitSignal(window.row_shown, timeout=60_000):
+        _click_answer_token(window, qtbot, 2)
+    row = window.rows[2]
+    assert sum(window.chart.heights) == pytest.approx(sum(row))
+    # The row is that token's own single-sink flow: the matrix's row for the same answer.
+    panel.matrix.setChecked(True)
+    panel.target.setText(record.answer.text)
+    with qtbot.waitSignal(window.explanation_shown, timeout=60_000):
+        window.explain_button.click()
+    assert window.record.answer.token_ids == record.answer.token_ids
+    assert row == pytest.approx(window.record.attribution.per_token[2], rel=1e-5, abs=1e-8)
+
+
 def test_hover_links_chart_and_overlay(ready_window, qtbot):
     window = ready_window
     _explain(window, qtbot)
@@ -146,6 +184,7 @@ def test_hardware_panel_samples_while_visible(ready_window, qtbot):
 def test_cancel_mid_run_within_a_second(ready_window, qtbot):
     window = ready_window
     window.case_edit.setPlainText(CASE)
+    _use(window, "ig")
     window.settings_panel.steps.setValue(1024)
     window.settings_panel.max_new_tokens.setValue(16)
     # The worker's signals come from its thread; wait on what the GUI thread shows.
@@ -228,6 +267,7 @@ def test_estimate_updates_and_learns_from_a_run(ready_window, qtbot):
     window = ready_window
     window.case_edit.setPlainText(CASE)
     panel = window.settings_panel
+    _use(window, "ig")
     panel.matrix.setChecked(True)
     panel.steps.setValue(8)
     before = window.estimate_seconds()
@@ -249,6 +289,7 @@ def test_a_long_run_estimate_names_the_single_change_that_makes_it_short(ready_w
     window = ready_window
     window.case_edit.setPlainText(CASE)
     panel = window.settings_panel
+    _use(window, "ig")
     panel.steps.setValue(32)
     panel.max_new_tokens.setValue(64)
     panel.matrix.setChecked(True)
@@ -260,8 +301,8 @@ def test_a_long_run_estimate_names_the_single_change_that_makes_it_short(ready_w
     assert window.estimate_seconds() > 10 * LONG_RUN_SECONDS
     quicker = dict(window.quicker_settings())
     assert quicker["without the per-token matrix"] == pytest.approx(60)
-    assert quicker["with grad-ellm"] <= LONG_RUN_SECONDS
-    assert "a long run; without the per-token matrix: about 60 s; with grad-ellm" in \
+    assert quicker["with flashtrace"] <= LONG_RUN_SECONDS
+    assert "a long run; without the per-token matrix: about 60 s; with flashtrace" in \
         panel.estimate.text()
     panel.matrix.setChecked(False)
     assert "long run" not in panel.estimate.text()

@@ -56,3 +56,33 @@ def test_cancel_during_generation(tiny_model, tiny_tokenizer):
 def test_max_new_tokens_must_be_positive(tiny_model, tiny_tokenizer):
     with pytest.raises(InvalidSettingsError, match="at least 1"):
         generate_answer(tiny_model, tiny_tokenizer, _prompt(tiny_tokenizer), 0, TaskState())
+
+
+class _Progress(TaskState):
+    def __init__(self, cancel_on_read: bool = False) -> None:
+        super().__init__()
+        self.events: list[tuple[str, int, int]] = []
+        self.cancel_on_read = cancel_on_read
+
+    def progressed(self, stage: str, done: int, total: int) -> None:
+        self.events.append((stage, done, total))
+        if self.cancel_on_read and stage == "read" and done > 0:
+            self.cancel()
+
+
+def test_a_long_prompt_is_read_in_chunks_with_the_same_answer(tiny_model, tiny_tokenizer,
+                                                                monkeypatch):
+    import engine.generation as generation
+    from engine.generation import generate_with_cache
+
+    prompt = _prompt(tiny_tokenizer)
+    whole, _ = generate_with_cache(tiny_model, tiny_tokenizer, prompt, 6, _Progress())
+    monkeypatch.setattr(generation, "PREFILL_CHUNK", 7)  # "long" for this prompt
+    state = _Progress()
+    chunked, cache = generate_with_cache(tiny_model, tiny_tokenizer, prompt, 6, state)
+    assert chunked == whole
+    reads = [done for stage, done, _ in state.events if stage == "read"]
+    assert reads == [*range(0, len(prompt) - 1, 7), len(prompt)]
+    assert cache.get_seq_length() >= len(prompt) + len(chunked) - 1
+    with pytest.raises(Cancelled):  # cancelling while the case is read stops it there
+        generate_with_cache(tiny_model, tiny_tokenizer, prompt, 6, _Progress(True))

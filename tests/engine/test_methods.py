@@ -275,7 +275,8 @@ def test_ca_lig_fusion_and_rollout_keep_the_total(tiny_model, tiny_tokenizer):
 QUICK = {"ig": {"steps": 4}, "feature-ablation": {}, "shapley": {"samples": 2},
          "dig": {"steps": 3, "nbrs": 5, "upscale": 0}, "udig": {"steps": 3, "nbrs": 5},
          "sig": {"steps": 2}, "heta": {"samples": 1}, "grad-ellm": {"mode": "exact"},
-         "ca-lig": {"steps": 2, "layers": "all"}}
+         "ca-lig": {"steps": 2, "layers": "all"}, "flashtrace": {"matrix": True},
+         "ifr": {"matrix": True}, "input-x-gradient": {"matrix": True}}
 
 
 def test_every_method_is_registered_with_a_cost(tiny_tokenizer):
