@@ -70,6 +70,7 @@ from engine.methods.base import (
 from engine.task import TaskState
 
 SINKS = ("answer", "predicting")
+NORMALISE = ("block", "content")
 STOP_TOKENS = frozenset({",", "."})
 CHUNK_BYTES = 64 * 2**20  # working memory of one block's contribution tensor
 
@@ -228,9 +229,11 @@ def _chunk(heads: int, width: int, sinks: int = 1) -> int:
     return max(1, CHUNK_BYTES // (4 * heads * width * sinks))
 
 
-def span_importance(attn: nn.Module, block: _Block, weights: torch.Tensor) -> torch.Tensor:
+def span_importance(attn: nn.Module, block: _Block, weights: torch.Tensor,
+                    content: torch.Tensor | None = None) -> torch.Tensor:
     """One block's token importances [L] for the sink sum_s w_s (position s); see the module
-    docstring. ``weights`` [P] are normalised here (a zero vector gives zeros)."""
+    docstring. ``weights`` [P] are normalised here (a zero vector gives zeros). With ``content``
+    [L] bool, shares are of the flow from those positions alone (no residual, no template)."""
     w = weights.float() / (weights.float().sum() + 1e-12)
     y = (block.x_mid * w.view(-1, 1)).sum(0)
     resid = (block.x_prev * w.view(-1, 1)).sum(0)
@@ -247,11 +250,15 @@ def span_importance(attn: nn.Module, block: _Block, weights: torch.Tensor) -> to
         parts = parts * alpha[:, start:stop].T.unsqueeze(-1)
         prox = torch.clamp(y_l1 - (parts - y).abs().sum(-1), min=0.0)
         numer[start:stop] = prox.sum(-1)
+    if content is not None:
+        return numer / (numer[content].sum() + 1e-12)
     return numer / (numer.sum() + resid_prox + 1e-12)
 
 
-def row_importance(attn: nn.Module, block: _Block) -> torch.Tensor:
-    """One block's token importances [P, L] for every sink row on its own."""
+def row_importance(attn: nn.Module, block: _Block, content: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+    """One block's token importances [P, L] for every sink row on its own (``content`` as in
+    :func:`span_importance`)."""
     y = block.x_mid  # [P, d]
     y_l1 = y.abs().sum(-1)
     resid_prox = torch.clamp(y_l1 - (block.x_prev - y).abs().sum(-1), min=0.0)
@@ -265,6 +272,8 @@ def row_importance(attn: nn.Module, block: _Block) -> torch.Tensor:
         alpha = block.probs[:, :, start:stop].permute(1, 2, 0)  # [P, J, heads]
         dist = (alpha.unsqueeze(-1) * parts.unsqueeze(0) - y.view(rows, 1, 1, -1)).abs().sum(-1)
         numer[:, start:stop] = torch.clamp(y_l1.view(-1, 1, 1) - dist, min=0.0).sum(-1)
+    if content is not None:
+        return numer / (numer[:, content].sum(-1, keepdim=True) + 1e-12)
     return numer / (numer.sum(-1, keepdim=True) + resid_prox.view(-1, 1) + 1e-12)
 
 
@@ -293,6 +302,7 @@ def information_flow(
     stop_tokens: bool = True,
     sink: str = "answer",
     span: str = "all",
+    normalise: str = "block",
     matrix: bool = False,
     state: TaskState | None = None,
 ) -> AttributionOutput:
@@ -307,6 +317,9 @@ def information_flow(
         raise InvalidSettingsError(f"hops must be 0 or more (got {hops})")
     if sink not in SINKS:
         raise InvalidSettingsError(f"unknown sink {sink!r}; choose {' or '.join(SINKS)}")
+    if normalise not in NORMALISE:
+        raise InvalidSettingsError(
+            f"unknown normalise {normalise!r}; choose {' or '.join(NORMALISE)}")
     n, n_answer = problem.prompt_ids.shape[0], problem.answer_ids.shape[0]
     first, last = parse_span(span, n_answer)
     device = problem.prompt_ids.device
@@ -331,6 +344,10 @@ def information_flow(
         if not bool(flagged.all()):
             weights[flagged] = 0.0
 
+    content = None
+    if normalise == "content":  # the case and the answer; not the template, not the residual
+        content = torch.ones(length, dtype=torch.bool, device=device)
+        content[:n] = problem.attributable
     layers = decoder_layers(model)
     total_layers = len(layers)
     base_total = torch.zeros(length, dtype=torch.float32, device=device)
@@ -342,9 +359,9 @@ def information_flow(
         state.progressed("attribute", index + 1, total_layers * (1 + hops))
         attn = attention_module(layers[index])
         span_block = block.rows(span_in_rows)
-        base_total.add_(span_importance(attn, span_block, weights))
+        base_total.add_(span_importance(attn, span_block, weights, content))
         if per_token is not None:
-            per_token.add_(row_importance(attn, block))
+            per_token.add_(row_importance(attn, block, content))
         if hops:
             stored.append(span_block)
 
@@ -368,7 +385,8 @@ def information_flow(
             hop_total = torch.zeros(length, dtype=torch.float32, device=device)
             for index, block in enumerate(stored):
                 state.check()
-                hop_total.add_(span_importance(attention_module(layers[index]), block, through))
+                hop_total.add_(span_importance(attention_module(layers[index]), block, through,
+                                               content))
                 state.progressed("attribute", total_layers * (1 + hop) + index + 1,
                                  total_layers * (1 + hops))
             hop_total = torch.nan_to_num(hop_total) * keep
@@ -398,6 +416,9 @@ _PARAMS = (
     Param("sink", "answer", "answer (the package's: the answer tokens' positions) or predicting "
                             "(the positions that predict them)"),
     Param("span", "all", "answer tokens to explain: all or START:END (from 0, END included)"),
+    Param("normalise", "block", "block (the package's: shares of each block's whole update) or "
+                                "content (shares of the flow from the case and the answer "
+                                "only, so blocks where attention sinks dominate count alike)"),
     Param("matrix", False, "also compute the per-answer-token matrix (each token its own sink)"),
 )
 

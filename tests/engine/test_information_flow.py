@@ -188,3 +188,20 @@ def test_generations_cache_gives_the_same_flow_without_recomputing_the_prompt(
     assert relative_difference(reused.sequence, fresh.sequence) < 1e-6
     assert relative_difference(reused.per_token, fresh.per_token) < 1e-6
     torch.testing.assert_close(reused.f_input, fresh.f_input, rtol=1e-6, atol=1e-8)
+
+
+def test_content_normalisation_shares_each_block_over_case_and_answer(tiny_model,
+                                                                       tiny_tokenizer):
+    problem = _raw_problem(tiny_tokenizer)
+    # The first answer token's predicting position sees only the case: every block's shares
+    # over the case then add up to 1, so the scores add up to the number of blocks.
+    out = information_flow(tiny_model, tiny_tokenizer, problem, hops=0, stop_tokens=False,
+                           sink="predicting", span="0:0", normalise="content", matrix=True)
+    blocks = tiny_model.config.num_hidden_layers
+    assert float(out.sequence.sum()) == pytest.approx(blocks, rel=1e-5)
+    assert float(out.per_token[0].sum()) == pytest.approx(blocks, rel=1e-5)
+    package = information_flow(tiny_model, tiny_tokenizer, problem, hops=0, stop_tokens=False,
+                               sink="predicting", span="0:0")
+    assert float(package.sequence.sum()) < blocks  # the residual stream keeps a share
+    with pytest.raises(InvalidSettingsError, match="unknown normalise"):
+        information_flow(tiny_model, tiny_tokenizer, problem, normalise="layer")
