@@ -372,7 +372,7 @@ def information_flow(
 
     base_total = torch.nan_to_num(base_total) * keep
     observed = torch.zeros(length, dtype=torch.float32, device=device)
-    observed[:span_rows[0]] = 1.0
+    observed[:n] = 1.0  # the prompt, all of it (also the sink row of a "predicting" span)
     observed *= keep
     total = base_total * observed
     current = base_total
