@@ -51,6 +51,8 @@ bench: setup installer
 	$(BIN)/python -m benchmarks.ig_vs_captum --out docs/benchmarks.md
 	$(BIN)/python -m benchmarks.methods --out docs/benchmarks-methods.md
 	$(BIN)/python -m benchmarks.gpu --out docs/benchmarks.md
+	$(BIN)/python -m benchmarks.time_goals --out docs/benchmarks.md
+	$(BIN)/python -m benchmarks.single_pass --out docs/benchmarks.md
 	$(BIN)/python -m benchmarks.bundle --out docs/benchmarks.md
 
 # The self-contained bundle for this OS (PyInstaller, one folder, in dist/); see installers/README.md.

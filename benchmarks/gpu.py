@@ -44,6 +44,10 @@ TINY = dict(vocab_size=2000, hidden_size=64, intermediate_size=128, num_hidden_l
 TEMPLATE = 20  # leading prompt tokens that stand for the chat template (not attributable)
 STEPS = 32
 METHOD_RUNS = [
+    ("flashtrace", {}),
+    ("ifr", {}),
+    ("input-x-gradient", {}),
+    ("ig", {"matrix": False}),  # converged (the default)
     ("ig", {"steps": 32, "matrix": False}),
     ("ig", {"steps": 32, "matrix": True}),
     ("dig", {"matrix": False}),

@@ -77,9 +77,26 @@ class PeakMemory:
             self.peak_accelerator_mb = torch.mps.driver_allocated_memory() / 2**20
 
 
+# Accelerator memory the process may use in all (weights included), so that a run fits a laptop
+# GPU even on a larger card; TOKENTRACE_GPU_MEMORY_GB changes it.
+DEFAULT_GPU_BUDGET_GB = 8.0
+
+
+def gpu_budget_bytes() -> int:
+    import os
+
+    try:
+        gigabytes = float(os.environ.get("TOKENTRACE_GPU_MEMORY_GB", DEFAULT_GPU_BUDGET_GB))
+    except ValueError:
+        gigabytes = DEFAULT_GPU_BUDGET_GB
+    return int(gigabytes * 2**30)
+
+
 def available_memory_bytes(device: torch.device) -> int:
-    """Memory free for activations on ``device`` right now."""
+    """Memory free for activations on ``device`` right now: on a GPU, what is free and within
+    the budget (``gpu_budget_bytes`` minus what this process already holds)."""
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
+        within = gpu_budget_bytes() - torch.cuda.memory_reserved(device)
+        return int(max(0, min(free, within)))
     return int(psutil.virtual_memory().available)

@@ -1,0 +1,94 @@
+"""The window's time goals on this machine: the demo case with the window's defaults.
+
+Goals (the performance issue): Explain to a coloured case and a reliability badge in at most
+10 s including the answer; a clicked answer token in at most 2 s; the reliability check in at
+most 3 s; converged IG one click away. The same engine calls the window makes, in one process
+after the model is loaded (load time is reported apart), each once after a warm-up run.
+
+    python -m benchmarks.time_goals --out docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+import engine  # noqa: F401  (offline before transformers)
+from benchmarks.report import replace_section
+
+ROOT = Path(__file__).resolve().parent.parent
+HEADING = "## Time goals of the window (demo case, embedded SmolLM2-135M, CPU)"
+
+
+def measure() -> dict:
+    from engine.explain import ExplainRequest, answer_row, explain
+    from engine.models import ModelRequest, load_model
+    from engine.reliability import check_reliability
+
+    start = time.perf_counter()
+    loaded = load_model(ModelRequest("embedded", device="cpu"))
+    load_s = time.perf_counter() - start
+    case = (ROOT / "resources/cases/demo_case.txt").read_text()
+    request = ExplainRequest(case, matrix=False)  # the window's defaults
+    explain(ExplainRequest(case, max_new_tokens=4, matrix=False), loaded)  # warm-up
+    start = time.perf_counter()
+    record = explain(request, loaded)
+    explain_s = time.perf_counter() - start
+    start = time.perf_counter()
+    check = check_reliability(loaded.model, loaded.tokenizer, record)
+    reliability_s = time.perf_counter() - start
+    clicks = []
+    for row in (0, len(record.answer.token_ids) // 2, len(record.answer.token_ids) - 1):
+        start = time.perf_counter()
+        answer_row(record, row, loaded)
+        clicks.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    ig = explain(ExplainRequest(case, method="ig", matrix=False, target=record.answer.text),
+                 loaded)
+    ig_s = time.perf_counter() - start
+    return {"load_s": load_s, "explain_s": explain_s, "generate_s": record.timings.generate_s,
+            "attribute_s": record.timings.attribute_s, "reliability_s": reliability_s,
+            "verdict": check.verdict, "second": check.second_method,
+            "rho": check.rank_correlation, "clicks": clicks, "ig_s": ig_s,
+            "ig_points": ig.method.params.get("points"),
+            "ig_error": ig.attribution.completeness_error, "method": record.method.name,
+            "n": len(record.prompt.token_ids), "T": len(record.answer.token_ids)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, help="put the table in this markdown file")
+    args = parser.parse_args()
+    m = measure()
+    both = m["explain_s"] + m["reliability_s"]
+    lines = [
+        HEADING, "",
+        f"Run {datetime.now(UTC):%Y-%m-%d} with `python -m benchmarks.time_goals` (in `make "
+        f"bench`); torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} "
+        f"threads. The window's defaults: method {m['method']}, up to 64 answer tokens, no "
+        f"per-token matrix, reliability check on. Demo case: {m['n']} prompt tokens, "
+        f"{m['T']} answer tokens. Model load {m['load_s']:.1f} s (cached), not counted.", "",
+        "| step | seconds | goal |", "|---|---|---|",
+        f"| answer (generation) | {m['generate_s']:.1f} | |",
+        f"| attribution ({m['method']}, reusing generation's cache) | {m['attribute_s']:.2f} | |",
+        f"| Explain: coloured case | {m['explain_s']:.1f} | |",
+        f"| reliability check ({m['verdict']}; second opinion {m['second']}, rank correlation "
+        f"{m['rho']:.2f}) | {m['reliability_s']:.1f} | at most 3 |",
+        f"| Explain to coloured case and badge | {both:.1f} | at most 10 |",
+        "| a clicked answer token (first, middle, last) | "
+        + " / ".join(f"{c:.2f}" for c in m["clicks"]) + " | at most 2 |",
+        f"| converged IG on the answer's text ({m['ig_points']} points, completeness error "
+        f"{100 * m['ig_error']:.2f}%) | {m['ig_s']:.1f} | one click away |", ""]
+    report = "\n".join(lines)
+    print(report)
+    if args.out:
+        replace_section(args.out, HEADING, report)
+
+
+if __name__ == "__main__":
+    main()
