@@ -32,11 +32,11 @@ run: setup
 	fi
 
 screenshot: setup
-	QT_QPA_PLATFORM=offscreen $(BIN)/tokentrace app --case-file $(CASE) --max-new-tokens 12 --steps 16 \
+	QT_QPA_PLATFORM=offscreen $(BIN)/tokentrace app --case-file $(CASE) --max-new-tokens 48 \
 		--screenshot docs/screenshot.png
 
 demo: setup
-	$(BIN)/tokentrace explain --case-file $(CASE) --max-new-tokens 48 --steps 32 --no-matrix
+	$(BIN)/tokentrace explain --case-file $(CASE) --max-new-tokens 48 --no-matrix
 
 test: setup
 	$(BIN)/ruff check .

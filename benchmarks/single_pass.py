@@ -37,7 +37,9 @@ ANSWER = ("Neoadjuvant chemotherapy with carboplatin and pembrolizumab, then sur
           "genetic testing for BRCA.")
 ANSWER_TOKENS = 16
 PEERS = ("flashtrace (package)", "captum ig (16 steps)")
-OURS = (("flashtrace", {}), ("ifr", {}), ("input-x-gradient", {}), ("ig", {"matrix": False}))
+AFTER_GENERATION = "flashtrace, after generating the answer (its cache reused)"
+OURS = (("flashtrace", {}), (AFTER_GENERATION, {}), ("ifr", {}), ("input-x-gradient", {}),
+        ("ig", {"matrix": False}))
 HEADING = "## Single-pass attribution against prompt length (embedded SmolLM2-135M, CPU)"
 
 
@@ -101,9 +103,18 @@ def _run(method: str, settings: dict, loaded, prompt, problem) -> torch.Tensor:
 
 
 def _measure(method: str, settings: dict, length: int, metrics_up_to: int) -> dict:
+    from dataclasses import replace
+
+    from engine.generation import generate_with_cache
     from engine.metrics import deletion_aopc
+    from engine.task import TaskState
 
     loaded, prompt, problem = _problem(length)
+    if method == AFTER_GENERATION:  # as explain runs it: the answer generated, then attributed
+        answer, cache = generate_with_cache(loaded.model, loaded.tokenizer,
+                                            list(prompt.token_ids), ANSWER_TOKENS, TaskState())
+        problem = replace(problem, answer_ids=torch.tensor(answer), prompt_cache=cache)
+        method = "flashtrace"
     scores, seconds, peak = timed(lambda: _run(method, settings, loaded, prompt, problem),
                                   loaded.device)
     result = {"seconds": seconds, "peak_rss_mb": peak.peak_rss_mb,

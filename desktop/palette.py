@@ -29,11 +29,12 @@ def text_colour(score: float, scale: float) -> str:
     return "white" if scale > 0 and abs(score) > 0.55 * scale else "black"
 
 
-def completeness_hint(params: dict, error: float, steps_flag: str = "steps") -> str:
+def completeness_hint(params: dict, error: float, steps_flag: str | None = None) -> str:
     """What to do about a completeness error, in words ("" when nothing is needed).
 
     Converged IG says how many points it used and whether its budget ran out; a fixed rule with
-    a high error suggests twice the points (``steps_flag`` names the setting for the view).
+    a high error suggests twice the points (``steps_flag``, e.g. ``--steps``, names the setting
+    where the view has one).
     """
     if params.get("integration") == "adaptive-simpson":
         used = f" after {params.get('points')} points"
@@ -43,7 +44,8 @@ def completeness_hint(params: dict, error: float, steps_flag: str = "steps") -> 
                 " target; raise max_steps)")
     steps = params.get("steps")
     if error > HIGH_COMPLETENESS_ERROR and steps:
-        return f" (high: the path integral has not converged; try {steps_flag} {2 * steps})"
+        more = f"{steps_flag} {2 * steps}" if steps_flag else f"{2 * steps} steps"
+        return f" (high: the path integral has not converged; try {more})"
     if error > HIGH_COMPLETENESS_ERROR:
         return " (high: more integration steps would make the attribution more faithful)"
     return ""

@@ -51,7 +51,7 @@ class _Streamed(TaskState):
 def test_explain_generated_answer(embedded):
     _, loaded = embedded
     state = _Streamed()
-    record = explain(ExplainRequest(CASE, steps=4, max_new_tokens=8), loaded, state)
+    record = explain(ExplainRequest(CASE, method="ig", steps=4, max_new_tokens=8), loaded, state)
     n, t = len(record.prompt.token_ids), len(record.answer.token_ids)
     assert 1 <= t <= 8 and not record.answer.forced
     assert "".join(state.pieces).strip() == record.answer.text.strip()
@@ -69,11 +69,32 @@ def test_explain_generated_answer(embedded):
     assert Explanation.from_json(record.to_json()) == record
 
 
+def test_the_default_reuses_generations_cache_with_the_same_numbers(embedded):
+    """The window's default on the real model: FlashTrace after generation reads the prompt's
+    keys and values from generation's cache; the same numbers as a fresh forward."""
+    from engine.methods import AttributionInput, get_method
+    from engine.methods.information_flow import information_flow
+
+    _, loaded = embedded
+    record = explain(ExplainRequest(CASE, max_new_tokens=12, matrix=False), loaded)
+    assert record.method.name == "flashtrace" and record.attribution.completeness_error is None
+    seq = torch.tensor(record.attribution.sequence)
+    mask = torch.tensor(record.prompt.attributable)
+    assert torch.all(seq[~mask] == 0) and torch.all(seq >= 0) and seq[mask].sum() > 0
+    fresh = information_flow(loaded.model, loaded.tokenizer, AttributionInput(
+        torch.tensor(record.prompt.token_ids), mask, torch.tensor(record.answer.token_ids)),
+        **get_method("flashtrace").defaults())
+    fresh_seq = torch.where(mask, fresh.sequence, 0.0)
+    assert float((fresh_seq - seq).abs().max() / seq.abs().max()) < 1e-4
+    torch.testing.assert_close(torch.tensor(record.answer.log_probs), fresh.f_input,
+                               rtol=1e-4, atol=1e-4)
+
+
 def test_cli_forced_answer_round_trips(tmp_path, capsys):
     out = tmp_path / "record.json"
     target = "Endocrine therapy with an aromatase inhibitor."
-    code = main(["explain", CASE, "--target", target, "--steps", "8", "--json", str(out),
-                 "--quiet"])
+    code = main(["explain", CASE, "--target", target, "--method", "ig", "--steps", "8",
+                 "--json", str(out), "--quiet"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "Endocrine therapy" in printed and "Completeness error" in printed
@@ -93,6 +114,9 @@ QUICK = {
     "heta": (None, (("samples", "1"),)),
     "grad-ellm": (None, (("layers", "every:3"),)),
     "ca-lig": (2, (("layers", "0,-1"),)),
+    "flashtrace": (None, ()),
+    "ifr": (None, (("sink", "predicting"),)),
+    "input-x-gradient": (None, ()),
 }
 
 
