@@ -46,7 +46,7 @@ from engine.task import STAGES
 
 CASES_DIR = Path(__file__).resolve().parent.parent / "resources" / "cases"
 LONG_RUN_SECONDS = 120
-FALLBACK_METHOD = "flashtrace"  # quick: one forward pass, no backward
+FALLBACK_METHOD = DEFAULT_METHOD  # quick: one forward pass, no backward
 
 
 def _duration(seconds: float) -> str:

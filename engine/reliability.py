@@ -7,7 +7,7 @@ Three questions, each answered against chance:
    50%, against the mean of ``draws`` random rankings.)
 2. Sufficiency: does keeping only those words preserve the answer better than keeping random
    ones?
-3. Agreement: does a second, cheap method of another family (FlashTrace; input x gradient when
+3. Agreement: does a second, cheap method of another family (IFR; input x gradient when
    the explanation is FlashTrace's or IFR's) rank the case tokens alike (Spearman rank
    correlation)?
 
@@ -18,7 +18,7 @@ chance's value, so a tie within noise is not called a win.
 
 Cost: 1 + 10 x (1 + draws) forwards (each a perturbed prompt with the whole answer, batched
 longest first so that the short "keep only the top words" prompts cost little) plus the
-second method (one forward for FlashTrace; one forward and one backward for input x gradient).
+second method (one forward for IFR; one forward and one backward for input x gradient).
 """
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ def test_explain_prints_answer_words_and_figures(tiny_model_folder, tmp_path, ca
     assert "Completeness error" in text and "peak RSS" in text
     record = json.loads(out.read_text())
     # The default method, chosen by evidence (docs/evaluation.md): single-pass FlashTrace.
-    assert record["method"]["name"] == "flashtrace" and record["method"]["params"]["hops"] == 1
+    assert record["method"]["name"] == "ifr" and record["method"]["params"]["hops"] == 0
     assert record["prompt"]["case_text"] == "52 year old woman , ER positive , HER2 negative ."
 
 

@@ -140,19 +140,19 @@ def test_without_the_matrix_a_clicked_answer_token_is_explained_on_its_own(ready
 def test_the_default_is_single_pass_and_a_click_explains_its_token(ready_window, qtbot):
     window = ready_window
     panel = window.settings_panel
-    assert panel.method.currentData() == "flashtrace"
+    assert panel.method.currentData() == "ifr"
     assert panel.steps.value() == 0 and panel.steps.text() == "auto"
-    assert not panel.steps.isEnabled()  # flashtrace has no steps
+    assert not panel.steps.isEnabled()  # ifr has no steps
     _use(window, "ig")
     assert panel.steps.isEnabled() and panel.steps.text() == "auto"  # ig converges by default
     assert panel.request(CASE).steps is None
     window.case_edit.setPlainText(CASE)
-    _use(window, "flashtrace")
+    _use(window, "ifr")
     panel.max_new_tokens.setValue(4)
     with qtbot.waitSignal(window.explanation_shown, timeout=60_000):
         window.explain_button.click()
     record = window.record
-    assert record.method.name == "flashtrace" and record.attribution.per_token is None
+    assert record.method.name == "ifr" and record.attribution.per_token is None
     qtbot.waitUntil(lambda: window.record.reliability is not None, timeout=60_000)
     assert window.record.reliability.second_method == "input-x-gradient"
     with qtbot.waitSignal(window.row_shown, timeout=60_000):
@@ -302,8 +302,8 @@ def test_a_long_run_estimate_names_the_single_change_that_makes_it_short(ready_w
     assert window.estimate_seconds() > 10 * LONG_RUN_SECONDS
     quicker = dict(window.quicker_settings())
     assert quicker["without the per-token matrix"] == pytest.approx(60)
-    assert quicker["with flashtrace"] <= LONG_RUN_SECONDS
-    assert "a long run; without the per-token matrix: about 60 s; with flashtrace" in \
+    assert quicker["with ifr"] <= LONG_RUN_SECONDS
+    assert "a long run; without the per-token matrix: about 60 s; with ifr" in \
         panel.estimate.text()
     panel.matrix.setChecked(False)
     assert "long run" not in panel.estimate.text()

@@ -70,20 +70,20 @@ def test_explain_generated_answer(embedded):
 
 
 def test_the_default_reuses_generations_cache_with_the_same_numbers(embedded):
-    """The window's default on the real model: FlashTrace after generation reads the prompt's
+    """The window's default on the real model: IFR after generation reads the prompt's
     keys and values from generation's cache; the same numbers as a fresh forward."""
     from engine.methods import AttributionInput, get_method
     from engine.methods.information_flow import information_flow
 
     _, loaded = embedded
     record = explain(ExplainRequest(CASE, max_new_tokens=12, matrix=False), loaded)
-    assert record.method.name == "flashtrace" and record.attribution.completeness_error is None
+    assert record.method.name == "ifr" and record.attribution.completeness_error is None
     seq = torch.tensor(record.attribution.sequence)
     mask = torch.tensor(record.prompt.attributable)
     assert torch.all(seq[~mask] == 0) and torch.all(seq >= 0) and seq[mask].sum() > 0
     fresh = information_flow(loaded.model, loaded.tokenizer, AttributionInput(
         torch.tensor(record.prompt.token_ids), mask, torch.tensor(record.answer.token_ids)),
-        **get_method("flashtrace").defaults())
+        **get_method("ifr").defaults())
     fresh_seq = torch.where(mask, fresh.sequence, 0.0)
     assert float((fresh_seq - seq).abs().max() / seq.abs().max()) < 1e-4
     torch.testing.assert_close(torch.tensor(record.answer.log_probs), fresh.f_input,
@@ -115,7 +115,7 @@ QUICK = {
     "grad-ellm": (None, (("layers", "every:3"),)),
     "ca-lig": (2, (("layers", "0,-1"),)),
     "flashtrace": (None, ()),
-    "ifr": (None, (("sink", "predicting"),)),
+    "ifr": (None, (("sink", "predicting"), ("normalise", "content"))),
     "input-x-gradient": (None, ()),
 }
 

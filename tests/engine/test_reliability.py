@@ -43,8 +43,7 @@ def test_verdicts():
     assert verdict_of(0.30, 0.10, 0.3044, 0.3047, 0.9) == "fair"  # keeping them: a tie
 
 
-@pytest.mark.parametrize(("method", "second"), [("ig", "flashtrace"),
-                                                ("flashtrace", "input-x-gradient")])
+@pytest.mark.parametrize(("method", "second"), [("ig", "ifr"), ("ifr", "input-x-gradient")])
 def test_check_on_a_real_explanation(loaded, method, second):
     record = explain(ExplainRequest(CASE, method=method, steps=4 if method == "ig" else None,
                                     target="recommend endocrine therapy"), loaded)
