@@ -86,8 +86,8 @@ def test_the_default_reuses_generations_cache_with_the_same_numbers(embedded):
         **get_method("ifr").defaults())
     fresh_seq = torch.where(mask, fresh.sequence, 0.0)
     assert float((fresh_seq - seq).abs().max() / seq.abs().max()) < 1e-4
-    torch.testing.assert_close(torch.tensor(record.answer.log_probs), fresh.f_input,
-                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(torch.tensor(record.answer.log_probs, dtype=torch.float64),
+                               fresh.f_input, rtol=1e-4, atol=1e-4)
 
 
 def test_cli_forced_answer_round_trips(tmp_path, capsys):
