@@ -28,10 +28,16 @@ def captum_ig(model: Any, tokenizer: Any, prompt_ids: torch.Tensor, attributable
     inp = IdsTokenInput(prompt_ids, attributable, tokenizer, baseline_id)
     result = llm_attr.attribute(inp, target=answer_ids.detach().cpu(), n_steps=steps,
                                 internal_batch_size=internal_batch_size)
+    return _scattered(result, attributable, len(answer_ids))
+
+
+def _scattered(result: Any, attributable: torch.Tensor, n_answer: int
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Captum's scores of the attributable tokens at their places among all prompt tokens."""
     mask = attributable.detach().cpu().bool()
-    matrix = torch.zeros(len(answer_ids), len(prompt_ids), dtype=torch.float64)
+    matrix = torch.zeros(n_answer, len(mask), dtype=torch.float64)
     matrix[:, mask] = result.token_attr.detach().cpu().double()
-    sequence = torch.zeros(len(prompt_ids), dtype=torch.float64)
+    sequence = torch.zeros(len(mask), dtype=torch.float64)
     sequence[mask] = result.seq_attr.detach().cpu().double()
     return sequence, matrix
 
@@ -47,9 +53,4 @@ def captum_input_x_gradient(model: Any, tokenizer: Any, prompt_ids: torch.Tensor
     llm_attr = LLMGradientAttribution(method, tokenizer)
     inp = IdsTokenInput(prompt_ids, attributable, tokenizer, baseline_id)
     result = llm_attr.attribute(inp, target=answer_ids.detach().cpu())
-    mask = attributable.detach().cpu().bool()
-    matrix = torch.zeros(len(answer_ids), len(prompt_ids), dtype=torch.float64)
-    matrix[:, mask] = result.token_attr.detach().cpu().double()
-    sequence = torch.zeros(len(prompt_ids), dtype=torch.float64)
-    sequence[mask] = result.seq_attr.detach().cpu().double()
-    return sequence, matrix
+    return _scattered(result, attributable, len(answer_ids))

@@ -38,6 +38,7 @@ class HeadLayout:
 
 
 def head_layout(model: nn.Module) -> HeadLayout:
+    """The head geometry of ``model`` (or of one attention block: it carries the config too)."""
     config = model.config
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads

@@ -56,7 +56,7 @@ import torch
 from torch import nn
 
 from engine.errors import InvalidSettingsError
-from engine.methods.attention import HeadLayout, attention_module
+from engine.methods.attention import attention_module, head_layout
 from engine.methods.base import (
     AttributionInput,
     AttributionOutput,
@@ -110,18 +110,10 @@ def _rotary(attn: nn.Module) -> Any:
     return function
 
 
-def head_layout_of(attn: nn.Module) -> HeadLayout:
-    config = attn.config
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(attn, "head_dim", None) or config.hidden_size // heads
-    return HeadLayout(heads, kv_heads, head_dim)
-
-
 def sink_queries(attn: nn.Module, normed: torch.Tensor, position_embeddings: Any) -> torch.Tensor:
     """Queries [1, heads, P, head_dim] of the sink rows, as the block makes them: q projection,
     q norm where the block has one, its rotary embedding."""
-    layout = head_layout_of(attn)
+    layout = head_layout(attn)
     q = attn.q_proj(normed).view(1, normed.shape[0], -1, layout.head_dim).transpose(1, 2)
     if hasattr(attn, "q_norm"):
         q = attn.q_norm(q)
@@ -135,7 +127,7 @@ def sink_attention(attn: nn.Module, queries: torch.Tensor, keys: torch.Tensor,
     """Attention probabilities [heads, P, L] of query positions ``rows`` over the L cached keys
     (after rotary embedding, as the block's cache holds them): scaling, causal (and
     sliding-window) mask, float32 softmax."""
-    layout = head_layout_of(attn)
+    layout = head_layout(attn)
     keys = keys.repeat_interleave(layout.group, dim=1)
     scores = torch.matmul(queries, keys.transpose(2, 3)) * attn.scaling
     positions = torch.arange(keys.shape[2], device=rows.device).view(1, -1)
@@ -218,7 +210,7 @@ def _forward(model: nn.Module, ids: torch.Tensor, rows: torch.Tensor, answer_fro
 def _contributions(attn: nn.Module, values: torch.Tensor, start: int, stop: int
                    ) -> torch.Tensor:
     """(v_j with head h's values) W_O,h for tokens ``start:stop``: [J, heads, d], float32."""
-    layout = head_layout_of(attn)
+    layout = head_layout(attn)
     o_w = attn.o_proj.weight.float()
     chosen = values[start:stop].repeat_interleave(layout.group, dim=1)
     out_blocks = o_w.view(o_w.shape[0], layout.heads, layout.head_dim).permute(1, 2, 0)
