@@ -58,7 +58,7 @@ def test_interrupted_batch_resumes(tiny_model_folder, tmp_path, capsys):
     out = tmp_path / "out"
     command = [sys.executable, "-m", "desktop.cli", "batch", "--cases", str(cases), "--out",
                str(out), "--model", str(tiny_model_folder), "--max-new-tokens", "8",
-               "--steps", "600", "--quiet"]
+               "--method", "ig", "--steps", "600", "--quiet"]  # slow enough to interrupt
     # SIGINT at its default even when this suite runs as a background job (which ignores it, and
     # a child would inherit that).
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -77,7 +77,8 @@ def test_interrupted_batch_resumes(tiny_model_folder, tmp_path, capsys):
     first = (out / "records" / done[0]).read_text()
 
     code = main(["batch", "--cases", str(cases), "--out", str(out), "--model",
-                 str(tiny_model_folder), "--max-new-tokens", "8", "--steps", "2", "--quiet"])
+                 str(tiny_model_folder), "--max-new-tokens", "8", "--method", "ig", "--steps",
+                 "2", "--quiet"])
     assert code == 0
     assert f"{len(done)} already done" in capsys.readouterr().out
     assert len(list((out / "records").glob("*.json"))) == 4
