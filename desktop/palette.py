@@ -13,6 +13,18 @@ UNCOLOURED_BELOW = 0.05  # fraction of the scale under which a unit is left unco
 HIGH_COMPLETENESS_ERROR = 0.10  # above this, views suggest more integration steps
 
 
+# Methods whose scores are non-negative shares of what the answer drew on, with no direction.
+SHARE_METHODS = frozenset({"ifr", "flashtrace", "heta"})
+
+
+def legend_words(method: str) -> str:
+    """What the colours mean for ``method``'s scores, in one line."""
+    if method in SHARE_METHODS:
+        return ("red: what the answer drew on (darker: more) · shares of information flow, "
+                "with no direction")
+    return "red: pushed toward the answer · blue: pushed against it"
+
+
 def blend(score: float, scale: float) -> tuple[int, int, int]:
     """Background colour for ``score`` on a symmetric scale of +/- ``scale``."""
     if scale <= 0:

@@ -29,7 +29,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from desktop.palette import completeness_hint
+from desktop.palette import completeness_hint, legend_words
 from desktop.qt_chart import AttributionChart
 from desktop.qt_hardware import HardwarePanel
 from desktop.qt_overlay import Legend, TokenOverlay, scale_of, units_for
@@ -655,7 +655,7 @@ class MainWindow(QMainWindow):
         units = units_for(record, scores, self.granularity.currentText())
         self.overlay.show_units(record, units)
         self.chart.set_units(units)
-        self.legend.set_scale(scale_of(units))
+        self.legend.set_scale(scale_of(units), legend_words(record.method.name))
         what = ("the whole answer" if scores is None
                 else f"answer token {row + 1}: {record.answer.tokens[row]!r}")
         title = f"<b>Case, coloured by attribution to {html.escape(what)}</b>"

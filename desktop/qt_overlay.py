@@ -9,7 +9,7 @@ from PySide6.QtCore import QUrl, Signal
 from PySide6.QtGui import QColor, QCursor, QFont, QTextCursor
 from PySide6.QtWidgets import QLabel, QTextBrowser, QTextEdit, QToolTip
 
-from desktop.palette import UNCOLOURED_BELOW, blend, text_colour
+from desktop.palette import UNCOLOURED_BELOW, blend, legend_words, text_colour
 from engine.grouping import GROUPINGS, Span
 from engine.record import Explanation
 
@@ -121,7 +121,7 @@ class TokenOverlay(QTextBrowser):
 class Legend(QLabel):
     """The colour scale with its numbers."""
 
-    def set_scale(self, scale: float) -> None:
+    def set_scale(self, scale: float, words: str = legend_words("ig")) -> None:
         cells = []
         for w in (-1.0, -0.5, 0.0, 0.5, 1.0):
             r, g, b = blend(w * scale, scale)
@@ -129,4 +129,4 @@ class Legend(QLabel):
                          f'color:{text_colour(w * scale, scale)}; padding:2px 8px;">'
                          f"{w * scale:+.3g}</td>")
         self.setText('<table cellspacing="0"><tr>' + "".join(cells) + "</tr></table>"
-                     "&nbsp;red: pushed toward the answer · blue: pushed against it")
+                     f"&nbsp;{words}")

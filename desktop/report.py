@@ -15,7 +15,14 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from desktop.palette import NEGATIVE, POSITIVE, blend, completeness_hint, text_colour
+from desktop.palette import (
+    NEGATIVE,
+    POSITIVE,
+    blend,
+    completeness_hint,
+    legend_words,
+    text_colour,
+)
 from engine.fields import field_shares
 from engine.grouping import top_spans, word_scores
 from engine.record import Explanation
@@ -125,7 +132,7 @@ def report_html(record: Explanation, created: datetime | None = None) -> str:
 <h2>Case, coloured by attribution to the whole answer</h2>
 <p style="line-height:160%;">{case_html}</p>
 <table cellspacing="0" cellpadding="2"><tr>{legend}</tr></table>
-<p>Red: pushed the answer's probability up · blue: pushed it down. Scores are summed per word.</p>
+<p>{esc(legend_words(record.method.name).capitalize())}. Scores are summed per word.</p>
 <h2>Answer{' (forced)' if record.answer.forced else ''}</h2>
 <p>{esc(record.answer.text)}</p>
 {reliability_html}

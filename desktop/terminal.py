@@ -19,7 +19,13 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-from desktop.palette import UNCOLOURED_BELOW, blend, completeness_hint, text_colour
+from desktop.palette import (
+    UNCOLOURED_BELOW,
+    blend,
+    completeness_hint,
+    legend_words,
+    text_colour,
+)
 from engine.fields import field_shares
 from engine.grouping import top_spans, word_scores
 from engine.record import Explanation
@@ -91,7 +97,7 @@ def render_explanation(record: Explanation, top: int = 10, console: Console | No
         r, g, b = blend(w * scale, scale)
         legend.append(f" {w * scale:+.3g} ", Style(bgcolor=Color.from_rgb(r, g, b),
                                                   color=text_colour(w * scale, scale)))
-    legend.append("   red: pushed toward the answer · blue: pushed against it · "
+    legend.append(f"   {legend_words(record.method.name)} · "
                   f"under {UNCOLOURED_BELOW:.0%} of the scale: uncoloured")
     console.print(legend)
 

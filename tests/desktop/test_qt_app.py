@@ -153,6 +153,8 @@ def test_the_default_is_single_pass_and_a_click_explains_its_token(ready_window,
         window.explain_button.click()
     record = window.record
     assert record.method.name == "ifr" and record.attribution.per_token is None
+    # Shares have no direction, and the legend says so (signed methods: pushed toward/against).
+    assert "drew on" in window.legend.text() and "against" not in window.legend.text()
     qtbot.waitUntil(lambda: window.record.reliability is not None, timeout=60_000)
     assert window.record.reliability.second_method == "input-x-gradient"
     with qtbot.waitSignal(window.row_shown, timeout=60_000):
@@ -219,6 +221,7 @@ def test_empty_case_is_refused_without_running(ready_window):
 def test_closing_while_running_quits_cleanly(ready_window, qtbot):
     window = ready_window
     window.case_edit.setPlainText(CASE)
+    _use(window, "ig")  # long enough to close the window during it
     window.settings_panel.steps.setValue(1024)
     window.explain_button.click()
     qtbot.waitUntil(lambda: window.stage_label.text().startswith("Attributing"), timeout=30_000)
