@@ -6,6 +6,8 @@ probability up, blue pushed it down, near-white is neutral.
 
 from __future__ import annotations
 
+from engine.methods import METHODS
+
 NEGATIVE = (33, 102, 172)
 POSITIVE = (178, 24, 43)
 NEUTRAL = (247, 247, 247)
@@ -13,13 +15,10 @@ UNCOLOURED_BELOW = 0.05  # fraction of the scale under which a unit is left unco
 HIGH_COMPLETENESS_ERROR = 0.10  # above this, views suggest more integration steps
 
 
-# Methods whose scores are non-negative shares of what the answer drew on, with no direction.
-SHARE_METHODS = frozenset({"ifr", "flashtrace", "heta"})
-
-
 def legend_words(method: str) -> str:
     """What the colours mean for ``method``'s scores, in one line."""
-    if method in SHARE_METHODS:
+    spec = METHODS.get(method)
+    if spec is not None and not spec.signed:
         return ("red: what the answer drew on (darker: more) · shares of information flow, "
                 "with no direction")
     return "red: pushed toward the answer · blue: pushed against it"

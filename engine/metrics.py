@@ -35,7 +35,13 @@ from dataclasses import dataclass, field
 import torch
 
 from engine.errors import InvalidSettingsError
-from engine.methods.base import AttributionInput, auto_batch_size, cancellable, run_in_batches
+from engine.methods.base import (
+    AttributionInput,
+    auto_batch_size,
+    cache_keyword,
+    cancellable,
+    run_in_batches,
+)
 from engine.task import TaskState
 
 PERCENTS = (1, 5, 10, 20, 50)
@@ -124,38 +130,76 @@ class _Scorer:
                        work, "the faithfulness check")
 
     def log_probs_of_ids(self, prompts: Sequence[torch.Tensor]) -> torch.Tensor:
-        """log p(y_t | prompt', y_<t) [B, T] for prompts of any lengths (left-padded).
+        """log p(y_t | prompt', y_<t) [B, T] for prompts of any lengths.
 
-        Prompts run longest first, so each batch is padded only to its own longest prompt
+        Every prompt shares with the unperturbed prompt the tokens before its first change (the
+        chat template's head at least); those keys and values come from one forward over the
+        unperturbed prompt, so each perturbed prompt runs only from its first change on. Rows
+        run longest remainder first, so each batch is padded only to its own longest remainder
         (deleting or keeping the top words makes prompts of very different lengths).
         """
         device = self.answer.device
         tails = self.answer[:-1]
-        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-        length = len(prompts[order[0]]) + len(tails)
+        reference = self.problem.prompt_ids.cpu()
+        prompts = [prompt.cpu() for prompt in prompts]
+        # The first position that differs from the reference; at least the last prompt token
+        # runs, since its logits predict the first answer token.
+        shared = [min(_common_prefix(prompt, reference), len(prompt) - 1) for prompt in prompts]
+        cache = self._prefix_cache(max(shared)) if max(shared) > 0 else None
+        if cache is None:
+            shared = [0] * len(prompts)
+        order = sorted(range(len(prompts)), key=lambda i: -(len(prompts[i]) - shared[i]))
+        longest = len(prompts[order[0]]) - shared[order[0]] + len(tails)
         out = torch.empty(len(prompts), self.n_answer, dtype=torch.float64)
 
         def work(start: int, stop: int) -> None:
-            chunk = [prompts[i] for i in order[start:stop]]
-            length = len(chunk[0]) + len(tails)
-            ids = torch.zeros(len(chunk), length, dtype=torch.long, device=device)
-            mask = torch.zeros_like(ids)
-            for row, prompt in enumerate(chunk):
-                sequence = torch.cat([prompt.to(device), tails])
-                ids[row, length - len(sequence):] = sequence
-                mask[row, length - len(sequence):] = 1
-            positions = (mask.cumsum(-1) - 1).clamp_min(0)
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                use_cache=False, logits_to_keep=self.n_answer).logits
+            rows = order[start:stop]
+            length = len(prompts[rows[0]]) - shared[rows[0]] + len(tails)
+            past = max(shared[i] for i in rows)
+            ids = torch.zeros(len(rows), length, dtype=torch.long)
+            mask = torch.zeros(len(rows), past + length, dtype=torch.long)
+            positions = torch.zeros(len(rows), length, dtype=torch.long)
+            for row, i in enumerate(rows):
+                rest = torch.cat([prompts[i][shared[i]:], tails.cpu()])
+                ids[row, length - len(rest):] = rest
+                # The reference's keys before this prompt's first change, then its own tokens
+                # (right-aligned so that every row's answer sits at the same positions).
+                mask[row, :shared[i]] = 1
+                mask[row, past + length - len(rest):] = 1
+                positions[row, length - len(rest):] = shared[i] + torch.arange(len(rest))
+            extra = {}
+            if cache is not None and past > 0:
+                extra[cache_keyword(self.model)] = _expanded(cache, past, len(rows),
+                                                             self.model.config)
+            logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                position_ids=positions.to(device), use_cache=cache is not None,
+                                logits_to_keep=self.n_answer, **extra).logits
             logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype,
                                                                    torch.float32)), -1)
-            index = self.answer.view(1, -1, 1).expand(len(chunk), -1, 1)
-            out[order[start:stop]] = logp.gather(-1, index).squeeze(-1).double().cpu()
+            index = self.answer.view(1, -1, 1).expand(len(rows), -1, 1)
+            out[rows] = logp.gather(-1, index).squeeze(-1).double().cpu()
             self.state.check()
 
         with torch.no_grad():
-            self._batched(len(prompts), length, work)
+            self._batched(len(prompts), longest + max(shared), work)
         return out
+
+    def _prefix_cache(self, length: int):
+        """Keys and values of the unperturbed prompt's first ``length`` tokens, or None for a
+        model whose cache is not one plain tensor per layer (sliding windows, for one)."""
+        from transformers import DynamicCache, PreTrainedModel
+        from transformers.cache_utils import DynamicLayer
+
+        if not isinstance(self.model, PreTrainedModel):
+            return None
+        cache = DynamicCache(config=self.model.config)
+        if any(type(layer) is not DynamicLayer for layer in cache.layers):
+            return None
+        ids = self.problem.prompt_ids[:length].view(1, -1)
+        with torch.no_grad():
+            self.model(input_ids=ids, use_cache=True, logits_to_keep=1,
+                       **{cache_keyword(self.model): cache})
+        return cache
 
     def distributions(self, count: int, length: int,
                       embeds_for: Callable[[int, int], torch.Tensor],
@@ -267,6 +311,25 @@ def deletion_aopc(model, problem: AttributionInput, rankings: Sequence[torch.Ten
     drops = (p - logp[1:].exp()).view(len(rankings), len(percents), 2, -1)  # [R, K, 2, T]
     aopc = drops.mean(1).mean(-1)  # [R, 2]
     return [(float(comp), float(suff)) for comp, suff in aopc]
+
+
+def _common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
+    """How many leading tokens ``a`` and ``b`` share."""
+    n = min(len(a), len(b))
+    differ = torch.nonzero(a[:n] != b[:n])
+    return int(differ[0]) if len(differ) else n
+
+
+def _expanded(cache, length: int, batch: int, config):
+    """A fresh cache holding ``cache``'s first ``length`` positions for each of ``batch`` rows
+    (views: the shared prefix is not copied, and ``cache`` itself is never extended)."""
+    from transformers import DynamicCache
+
+    rows = DynamicCache(config=config)
+    for index, layer in enumerate(cache.layers):
+        rows.update(layer.keys[..., :length, :].expand(batch, -1, -1, -1),
+                    layer.values[..., :length, :].expand(batch, -1, -1, -1), index)
+    return rows
 
 
 def _picker(shared: bool) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -9,16 +9,24 @@ Three questions, each answered against chance:
    ones?
 3. Agreement: does a second, cheap method of another family (IFR; input x gradient when
    the explanation is FlashTrace's or IFR's) rank the case tokens alike (Spearman rank
-   correlation)?
+   correlation)? When one of the two gives shares with no direction (IFR, FlashTrace, HETA),
+   the other's magnitudes are compared: on the 20 demo cases IFR against signed input x
+   gradient averages rho = -0.04, against its magnitude 0.33.
 
 Verdict: ``strong`` when the explanation beats chance on both 1 and 2 (comprehensiveness at
 least twice chance's) and agrees with the second method (rho >= 0.3); ``weak`` when it does not
 beat chance on comprehensiveness; ``fair`` otherwise. Beating chance means by at least 10% of
 chance's value, so a tie within noise is not called a win.
 
-Cost: 1 + 10 x (1 + draws) forwards (each a perturbed prompt with the whole answer, batched
-longest first so that the short "keep only the top words" prompts cost little) plus the
-second method (one forward for IFR; one forward and one backward for input x gradient).
+Cost: 1 + 10 x (1 + draws) perturbed prompts, each with the whole answer. Every one runs only
+from its first changed token on, on the unperturbed prompt's keys and values (one forward over
+the prompt), and they are batched by the length left to run. Then the second method (one
+forward for IFR; one forward and one backward for input x gradient). Demo case (180 prompt and
+64 answer tokens, 2-core CPU): 4,900 tokens run instead of 7,500, about 10 s in all (16 s
+before the prefix was shared); the answer's 64 tokens in each of the 41 prompts are half of
+that, so a check of the same strength cannot reach 3 s on this CPU. With one random draw the
+verdict matched six draws' on 117 of 120 (case, draw) pairs of the 20 demo cases; with three,
+on all 40 checked, so three stays the default.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from typing import Any
 
 import torch
 
-from engine.methods import AttributionInput, get_method, second_opinion
+from engine.methods import METHODS, AttributionInput, get_method, second_opinion
 from engine.metrics import deletion_aopc, random_scores
 from engine.record import Explanation, Reliability
 from engine.task import SubTask, TaskState
@@ -49,6 +57,16 @@ def _ranks(x: torch.Tensor) -> torch.Tensor:
     _, inverse, counts = torch.unique(x, return_inverse=True, return_counts=True)
     last = counts.cumsum(0).double()
     return (last - (counts.double() - 1) / 2)[inverse]
+
+
+def comparable(a: torch.Tensor, a_signed: bool, b: torch.Tensor, b_signed: bool
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two methods' scores made comparable: when one of them gives shares with no direction, a
+    signed score's magnitude is what ranks alike (a word that pushes hard against the answer
+    carries a large share too)."""
+    if a_signed == b_signed:
+        return a, b
+    return a.abs(), b.abs()
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -80,7 +98,8 @@ def check_reliability(model: Any, tokenizer: Any, record: Explanation, *, draws:
     other = spec.run(model, tokenizer, problem, state=SubTask(state, "reliability", 1, 2),
                      **params)
     case = problem.attributable.cpu()
-    rho = spearman(scores[case], other.sequence[case])
+    rho = spearman(*comparable(scores[case], METHODS[record.method.name].signed,
+                               other.sequence[case], spec.signed))
     state.progressed("reliability", 2, 2)
 
     verdict = verdict_of(comp, chance_comp, suff, chance_suff, rho)

@@ -84,6 +84,9 @@ class MethodSpec:
     run: Callable[..., AttributionOutput] = field(repr=False)
     # True when the method reads AttributionInput.prompt_cache (explain then keeps generation's).
     reuses_prompt_cache: bool = False
+    # False when scores are non-negative shares of what the answer drew on, with no direction
+    # (information flow, HETA); True when a sign says toward or against the answer.
+    signed: bool = True
 
     def defaults(self) -> dict[str, Any]:
         return {p.name: p.default for p in self.params}

@@ -211,4 +211,5 @@ SPEC = MethodSpec(
                  "over n + T - 1 tokens",
     cost=_cost,
     run=heta,
+    signed=False,
 )

@@ -425,6 +425,7 @@ FLASHTRACE_SPEC = MethodSpec(
     cost=_cost,
     run=information_flow,
     reuses_prompt_cache=True,
+    signed=False,
 )
 
 IFR_SPEC = MethodSpec(
@@ -438,4 +439,5 @@ IFR_SPEC = MethodSpec(
     cost=_cost,
     run=information_flow,
     reuses_prompt_cache=True,
+    signed=False,
 )

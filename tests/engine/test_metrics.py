@@ -148,3 +148,28 @@ def test_impossible_metric_settings(tiny_tokenizer, tiny_model):
                               (MetricSettings(pis=(1.0,)), "pi")):
         with pytest.raises(InvalidSettingsError, match=message):
             faithfulness(tiny_model, problem, scores, 0, settings)
+
+
+def test_perturbed_prompts_reuse_the_unchanged_prefix_exactly(tiny_tokenizer, tiny_model):
+    """Each perturbed prompt runs only from its first change, on the unperturbed prompt's
+    keys and values: the log-probabilities equal a plain forward over each whole prompt."""
+    from engine.metrics import _perturbed, _Scorer
+    from engine.task import TaskState
+
+    problem, _ = _problem(tiny_tokenizer)
+    case = torch.nonzero(problem.attributable, as_tuple=True)[0]
+    prompt = problem.prompt_ids
+    order = case[random_scores((len(prompt),), seed=3)[case].argsort(descending=True)]
+    prompts = [prompt, prompt[:-1].clone()]
+    for count in (1, 3, len(case) // 2):
+        prompts += [_perturbed(prompt, order[:count], case, kind, 0)
+                    for kind in ("replace", "delete", "keep")]
+    prompts.append(_perturbed(prompt, case[-1:], case, "delete", 0))  # changes late
+    shared = _Scorer(tiny_model, problem, None, TaskState()).log_probs_of_ids(prompts)
+    for row, ids in enumerate(prompts):
+        sequence = torch.cat([ids, problem.answer_ids[:-1]])
+        with torch.no_grad():
+            logits = tiny_model(input_ids=sequence[None], use_cache=False).logits[0]
+        logp = torch.log_softmax(logits[len(ids) - 1:].double(), -1)
+        expected = logp.gather(-1, problem.answer_ids.view(-1, 1)).squeeze(-1)
+        assert torch.allclose(shared[row], expected, atol=1e-5), row

@@ -8,11 +8,18 @@ from tiny import CASE
 
 from engine.errors import Cancelled
 from engine.explain import ExplainRequest, explain
+from engine.methods import get_method
 from engine.methods.base import parse_baseline
 from engine.metrics import MetricSettings, faithfulness, random_scores
 from engine.models import ModelRequest, load_model
 from engine.record import Explanation
-from engine.reliability import check_reliability, problem_of, spearman, verdict_of
+from engine.reliability import (
+    check_reliability,
+    comparable,
+    problem_of,
+    spearman,
+    verdict_of,
+)
 from engine.task import TaskState
 
 
@@ -31,6 +38,15 @@ def test_spearman():
     expected = (torch.tensor([-1.5, 0, 0, 1.5]) @ torch.tensor([-1.5, -0.5, 0.5, 1.5])) / (
         torch.tensor([-1.5, 0, 0, 1.5]).norm() * torch.tensor([-1.5, -0.5, 0.5, 1.5]).norm())
     assert spearman(tied, torch.arange(4.0)) == pytest.approx(float(expected))
+
+
+def test_shares_are_compared_with_magnitudes():
+    shares = torch.tensor([0.1, 0.7, 0.05, 0.15])
+    signed = torch.tensor([0.2, -1.4, 0.1, -0.3])  # the same ranking by size, mixed signs
+    assert spearman(*comparable(shares, False, signed, True)) == pytest.approx(1.0)
+    assert spearman(shares, signed) < 0.5
+    # Two signed (or two share) methods keep their signs: opposite directions disagree.
+    assert spearman(*comparable(signed, True, -signed, True)) == pytest.approx(-1.0)
 
 
 def test_verdicts():
@@ -68,6 +84,15 @@ def test_check_on_a_real_explanation(loaded, method, second):
         sum(c.values["comprehensiveness"] for c in chance) / 3, abs=1e-7)
     assert check.random_sufficiency == pytest.approx(
         sum(c.values["sufficiency"] for c in chance) / 3, abs=1e-7)
+    # Agreement: IFR's shares against the signed method's magnitudes (and the other way).
+    spec = get_method(second)
+    other = spec.run(loaded.model, loaded.tokenizer, problem_of(record, "cpu"),
+                     **{**spec.defaults(), "matrix": False})
+    case = torch.tensor(record.prompt.attributable)
+    ours_case = torch.tensor(record.attribution.sequence, dtype=torch.float64)[case]
+    theirs = other.sequence[case]
+    assert check.rank_correlation == pytest.approx(spearman(ours_case.abs(), theirs.abs()),
+                                                   abs=1e-9)
     assert check.verdict == verdict_of(check.comprehensiveness, check.random_comprehensiveness,
                                        check.sufficiency, check.random_sufficiency,
                                        check.rank_correlation)
