@@ -117,10 +117,10 @@ class SettingsPanel(QWidget):
         self.method.setCurrentIndex(self.method.findData(DEFAULT_METHOD))
         self.steps = QSpinBox()
         self.steps.setRange(0, 1024)
-        # 0 is the method's default; for IG that is "refine until converged".
+        # 0 is the method's default; for IG and SIG that is "refine until converged".
         self.steps.setSpecialValueText("auto")
-        self.steps.setToolTip("auto: the method's default (IG refines its integral until the "
-                              "completeness error is below 5%); N: exactly N points")
+        self.steps.setToolTip("auto: the method's default (IG and SIG refine their integrals "
+                              "until the completeness error is below 5%); N: exactly N points")
         self.steps.setValue(0)
         self.max_new_tokens = QSpinBox()
         self.max_new_tokens.setRange(1, 4096)

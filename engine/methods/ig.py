@@ -30,12 +30,10 @@ puts the points on the spikes. An explicit ``steps`` keeps Captum's Gauss-Legend
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import torch
 
-from engine.errors import InvalidSettingsError
 from engine.methods.base import (
     AttributionInput,
     AttributionOutput,
@@ -47,13 +45,17 @@ from engine.methods.base import (
     run_in_batches,
 )
 from engine.methods.paths import (
+    INITIAL_INTERVALS,
+    NestedSimpson,
     accumulation_dtype,
+    check_convergence,
     embed_problem,
     embedding_estimate,
     embedding_forward,
     endpoint_log_probs,
     gauss_legendre,
     integrate,
+    refine,
     relative_completeness_error,
 )
 from engine.task import TaskState
@@ -112,9 +114,6 @@ def integrated_gradients(
                              details={"integration": "gausslegendre"})
 
 
-INITIAL_INTERVALS = 4
-
-
 def converged_integrated_gradients(
     model: Any,
     tokenizer: Any,
@@ -130,11 +129,7 @@ def converged_integrated_gradients(
     """IG refined by adaptive composite Simpson until the completeness error is at most
     ``target_error`` or ``max_steps`` points are used (see the module docstring)."""
     state = state or TaskState()
-    if not 0 < target_error < 1:
-        raise InvalidSettingsError(f"target error must be between 0 and 1 (got {target_error})")
-    if max_steps < 2 * INITIAL_INTERVALS + 1:
-        raise InvalidSettingsError(
-            f"max steps must be at least {2 * INITIAL_INTERVALS + 1} (got {max_steps})")
+    check_convergence(target_error, max_steps, 2 * INITIAL_INTERVALS + 1)
     check_steps(max_steps, batch_size)
     emb = embed_problem(model, tokenizer, problem, baseline)
     n, device, dtype = emb.n, emb.real.device, emb.real.dtype
@@ -142,14 +137,13 @@ def converged_integrated_gradients(
     delta_n = emb.delta[:n].to(acc)
     n_answer = len(emb.answer_ids)
     forward = embedding_forward(model, emb.answer_ids)
-    # Per point: F summed over the answer, and dF/dalpha contracted per prompt token [rows, n].
-    f_at: dict[float, float] = {}
-    grad_at: dict[float, torch.Tensor] = {}
+    rule = NestedSimpson(paths=1)
     estimate = embedding_estimate(model, emb, max_steps)
 
-    def evaluate(alphas: list[float]) -> None:
+    def evaluate(points: list[tuple[int, float]]) -> None:
         def work(start: int, stop: int) -> None:
-            chosen = torch.tensor(alphas[start:stop], dtype=torch.float64)
+            chosen = torch.tensor([alpha for _, alpha in points[start:stop]],
+                                  dtype=torch.float64)
             x = (emb.base + chosen.to(device, dtype).view(-1, 1, 1) * emb.delta)
             x = x.detach().requires_grad_(True)
             f = forward(x)  # [B, T]
@@ -160,52 +154,21 @@ def converged_integrated_gradients(
                 rows.append((grad[:, :n].to(acc) * delta_n).sum(-1).cpu())
                 state.check()
             contracted = torch.stack(rows, dim=1).double()  # [B, rows, n]
-            for k, alpha in enumerate(alphas[start:stop]):
-                f_at[alpha] = float(f[k].detach().double().sum())
-                grad_at[alpha] = contracted[k]
-            state.progressed("attribute", len(grad_at), max_steps)
+            for k, point in enumerate(points[start:stop]):
+                rule.add(point, float(f[k].detach().double().sum()), contracted[k])
+            state.progressed("attribute", rule.used, max_steps)
 
         with cancellable(model, state), torch.enable_grad():
-            run_in_batches(len(alphas), batch_size, estimate, work, "Integrated Gradients")
+            run_in_batches(len(points), batch_size, estimate, work, "Integrated Gradients")
 
-    def simpson(a: float, b: float, what: dict[float, Any]) -> Any:
-        return (b - a) / 6 * (what[a] + 4 * what[(a + b) / 2] + what[b])
-
-    edges = [k / INITIAL_INTERVALS for k in range(INITIAL_INTERVALS + 1)]
-    intervals = list(itertools.pairwise(edges))
-    evaluate(sorted({x for a, b in intervals for x in (a, (a + b) / 2, b)}))
     f_input, f_baseline = endpoint_log_probs(model, emb)
     expected = float((f_input - f_baseline).sum())
-    scale = max(abs(expected), 1e-12)
-    slope = {alpha: float(g.sum()) for alpha, g in grad_at.items()}
-
-    def local_error(interval: tuple[float, float]) -> float:
-        a, b = interval
-        return simpson(a, b, slope) - (f_at[b] - f_at[a])
-
-    def completeness() -> float:
-        total = sum(simpson(a, b, slope) for a, b in intervals)
-        return abs(total - expected) / scale
-
-    error = completeness()
-    while error > target_error and len(grad_at) + 2 <= max_steps:
-        # Split the worst intervals, as many as fill about one batch of new points.
-        room = (max_steps - len(grad_at)) // 2
-        per_round = max(1, min(room, (batch_size or estimate()) // 2))
-        worst = sorted(intervals, key=lambda iv: abs(local_error(iv)), reverse=True)[:per_round]
-        new_points = []
-        for a, b in worst:
-            m = (a + b) / 2
-            intervals.remove((a, b))
-            intervals += [(a, m), (m, b)]
-            new_points += [(a + m) / 2, (m + b) / 2]
-        evaluate(new_points)
-        slope.update({alpha: float(grad_at[alpha].sum()) for alpha in new_points})
-        error = completeness()
-    sums = sum(simpson(a, b, grad_at) for a, b in intervals)
+    refine(rule, evaluate, lambda: relative_completeness_error(rule.totals()[0], expected),
+           target_error, max_steps, batch_size or estimate())
+    sums = rule.integral(0)
     sequence = sums.sum(0)
     error = relative_completeness_error(float(sequence.sum()), expected)
-    details = {"integration": "adaptive-simpson", "points": len(grad_at),
+    details = {"integration": "adaptive-simpson", "points": rule.used,
                "converged": error <= target_error}
     return AttributionOutput(sequence, sums if matrix else None, f_input, f_baseline, error,
                              details=details)

@@ -9,6 +9,7 @@ for T backwards. Points are batched to memory and the batch is halved on out-of-
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 from captum.attr._utils.approximation_methods import approximation_parameters
 
+from engine.errors import InvalidSettingsError
 from engine.methods.base import (
     AttributionInput,
     answer_log_probs,
@@ -144,3 +146,87 @@ def endpoint_log_probs(model: Any, emb: EmbeddedProblem) -> tuple[torch.Tensor, 
 
 def relative_completeness_error(total: float, expected: float) -> float:
     return abs(total - expected) / max(abs(expected), 1e-12)
+
+
+INITIAL_INTERVALS = 4  # the first grid: 4 Simpson intervals, 9 points per path
+
+
+class NestedSimpson:
+    """Adaptive composite Simpson on [0, 1] for one or more straight paths, nested.
+
+    Every interval [a, b] of a path holds a, its midpoint and b; splitting it reuses all three,
+    so no point is computed twice. A point is ``(path, alpha)`` and carries F there (summed over
+    the answer) and the gradient contracted with the path's direction (any shape, summed by
+    ``integral``). Each point's forward gives F on the path, so each interval's own error,
+    Simpson(dF/dalpha) - (F(b) - F(a)), is known exactly; :meth:`split_worst` splits the
+    intervals with the largest error.
+    """
+
+    def __init__(self, paths: int, initial: int = INITIAL_INTERVALS) -> None:
+        edges = [k / initial for k in range(initial + 1)]
+        self.intervals = [(path, a, b) for path in range(paths)
+                          for a, b in itertools.pairwise(edges)]
+        self.f: dict[tuple[int, float], float] = {}
+        self.g: dict[tuple[int, float], torch.Tensor] = {}
+        self._slope: dict[tuple[int, float], float] = {}
+
+    @property
+    def used(self) -> int:
+        return len(self.g)
+
+    def first_points(self) -> list[tuple[int, float]]:
+        return sorted({(p, x) for p, a, b in self.intervals for x in (a, (a + b) / 2, b)})
+
+    def add(self, point: tuple[int, float], f: float, g: torch.Tensor) -> None:
+        self.f[point], self.g[point], self._slope[point] = f, g, float(g.sum())
+
+    @staticmethod
+    def _simpson(path: int, a: float, b: float, what: dict) -> Any:
+        return (b - a) / 6 * (what[path, a] + 4 * what[path, (a + b) / 2] + what[path, b])
+
+    def local_error(self, interval: tuple[int, float, float]) -> float:
+        path, a, b = interval
+        return self._simpson(path, a, b, self._slope) - (self.f[path, b] - self.f[path, a])
+
+    def totals(self) -> dict[int, float]:
+        """Per path, the integral of dF/dalpha (to compare with F(1) - F(0))."""
+        out: dict[int, float] = {}
+        for path, a, b in self.intervals:
+            out[path] = out.get(path, 0.0) + self._simpson(path, a, b, self._slope)
+        return out
+
+    def integral(self, path: int) -> torch.Tensor:
+        """The contracted gradient integrated along ``path``."""
+        return sum(self._simpson(p, a, b, self.g) for p, a, b in self.intervals if p == path)
+
+    def split_worst(self, count: int) -> list[tuple[int, float]]:
+        """Split the ``count`` intervals with the largest error; the new points to evaluate."""
+        worst = sorted(self.intervals, key=lambda iv: abs(self.local_error(iv)),
+                       reverse=True)[:count]
+        new = []
+        for path, a, b in worst:
+            m = (a + b) / 2
+            self.intervals.remove((path, a, b))
+            self.intervals += [(path, a, m), (path, m, b)]
+            new += [(path, (a + m) / 2), (path, (m + b) / 2)]
+        return new
+
+
+def refine(rule: NestedSimpson, evaluate: Callable[[list[tuple[int, float]]], None],
+           error: Callable[[], float], target: float, max_points: int, per_round: int) -> float:
+    """Evaluate the first grid, then split the worst intervals (about ``per_round`` new
+    points at a time) until ``error()`` is at most ``target`` or ``max_points`` are used."""
+    evaluate(rule.first_points())
+    current = error()
+    while current > target and rule.used + 2 <= max_points:
+        room = (max_points - rule.used) // 2
+        evaluate(rule.split_worst(max(1, min(room, per_round // 2))))
+        current = error()
+    return current
+
+
+def check_convergence(target_error: float, max_steps: int, least: int) -> None:
+    if not 0 < target_error < 1:
+        raise InvalidSettingsError(f"target error must be between 0 and 1 (got {target_error})")
+    if max_steps < least:
+        raise InvalidSettingsError(f"max steps must be at least {least} (got {max_steps})")

@@ -142,6 +142,42 @@ def test_sig_per_token_completeness(tiny_model, tiny_tokenizer):
     assert coarse.completeness_error > out.completeness_error
 
 
+def test_converged_sig_meets_its_target_with_each_point_once(tiny_tokenizer):
+    model = make_tiny_model("qwen2", len(tiny_tokenizer), torch.float64, seed=3)
+    problem = _problem(tiny_tokenizer)
+    n_case = int(problem.attributable.sum())
+    sequences = []
+    handle = model.register_forward_pre_hook(
+        lambda module, args, kwargs: sequences.append(len(kwargs["inputs_embeds"])),
+        with_kwargs=True)
+    try:
+        out = sequential_integrated_gradients(model, tiny_tokenizer, problem, matrix=False,
+                                              target_error=0.001, batch_size=16)
+    finally:
+        handle.remove()
+    assert out.details["integration"] == "adaptive-simpson" and out.details["converged"]
+    assert out.completeness_error <= 0.001
+    # Nested: every (token, point) once, plus the two endpoints; no extra forwards for drops.
+    assert sum(sequences) == out.details["points"] + 2
+    assert out.details["points"] >= 9 * n_case
+    # The same attribution as a fine fixed rule, and the identity it checks holds.
+    fine = sequential_integrated_gradients(model, tiny_tokenizer, problem, steps=64,
+                                           matrix=False)
+    assert fine.completeness_error < 1e-4
+    assert relative_difference(out.sequence, fine.sequence) < 0.01
+    starved = sequential_integrated_gradients(model, tiny_tokenizer, problem, matrix=False,
+                                              target_error=1e-9, max_steps=9)
+    assert starved.details == {"integration": "adaptive-simpson", "points": 9 * n_case,
+                               "converged": False}
+
+
+def test_converged_sig_matrix_rows_add_up(tiny_model, tiny_tokenizer):
+    problem = _problem(tiny_tokenizer)
+    out = sequential_integrated_gradients(tiny_model, tiny_tokenizer, problem, max_steps=9)
+    torch.testing.assert_close(out.per_token.sum(0), out.sequence)
+    assert out.per_token.shape == (len(problem.answer_ids), len(problem.prompt_ids))
+
+
 # ---- HETA ----------------------------------------------------------------------------------
 
 
