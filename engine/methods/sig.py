@@ -11,7 +11,7 @@ is that identity's relative error over all case tokens (n_case extra forwards, n
 
 By default (``steps=None``) each token's path is refined by the nested adaptive Simpson rule
 of converged IG until that identity's error is at most ``target_error`` (5%), within
-``max_steps`` points per token on average: the first grid is 9 points per token, and the
+``max_steps`` (16) points per token on average: the first grid is 9 points per token, and the
 intervals with the largest exact local error, over all tokens, are split first. A path's ends
 give the token's drop, so the check costs no extra forward.
 
@@ -65,7 +65,7 @@ def sequential_integrated_gradients(
     matrix: bool = True,
     batch_size: int | None = None,
     target_error: float = 0.05,
-    max_steps: int = 32,
+    max_steps: int = 16,
     state: TaskState | None = None,
 ) -> AttributionOutput:
     """SIG of log p(y_t | x, y_<t) per attributable prompt token; see the module docstring."""
@@ -207,7 +207,7 @@ def _single_token_drops(model: Any, emb: Any, positions: torch.Tensor, f_input: 
 
 def _cost(n: int, n_answer: int, params: dict[str, Any]) -> Cost:
     # Converged SIG is estimated at its budget: an upper bound the window can promise.
-    steps = int(params.get("steps") or params.get("max_steps", 32))
+    steps = int(params.get("steps") or params.get("max_steps", 16))
     backwards = n * steps * (n_answer if params.get("matrix", True) else 1)
     return Cost(forwards=n * steps + n + 1, backwards=backwards, tokens=n + n_answer - 1)
 
@@ -222,7 +222,7 @@ SPEC = MethodSpec(
         Param("matrix", True, "also compute the per-answer-token matrix"),
         Param("batch_size", None, "paths per forward (None: fit to memory)"),
         Param("target_error", 0.05, "converged SIG: the per-token completeness error to reach"),
-        Param("max_steps", 32, "converged SIG: the most points per case token, on average"),
+        Param("max_steps", 16, "converged SIG: the most points per case token, on average"),
     ),
     cost_formula="n_case x steps + n_case + 1 forwards; n_case x steps x T backwards "
                  "(n_case x steps with --no-matrix); over n + T - 1 tokens; converged: at "
