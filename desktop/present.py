@@ -1,0 +1,291 @@
+"""What an explanation shows, decided once: the presentation model of a record.
+
+The terminal (rich), the window (Qt) and the PDF report render an :class:`ExplanationView`;
+none of them decides a colour, a legend, a ranking, a share or a sentence on its own, so a
+display feature is added here once. No Qt and no rich in this module.
+
+The colour scale is diverging and colour-blind-safe (the ends of ColorBrewer's RdBu): red pushed
+the answer's probability up, blue pushed it down, near-white is neutral. For methods whose
+scores are shares with no direction (information flow, HETA) red means "drawn on".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from engine.fields import field_shares
+from engine.grouping import GROUPINGS, Span, top_spans
+from engine.methods import METHODS
+from engine.record import Explanation, Reliability
+
+NEGATIVE = (33, 102, 172)
+POSITIVE = (178, 24, 43)
+NEUTRAL = (247, 247, 247)
+UNCOLOURED_BELOW = 0.05  # fraction of the scale under which a unit is left uncoloured
+HIGH_COMPLETENESS_ERROR = 0.10  # above this, views suggest more integration steps
+LEGEND_STEPS = (-1.0, -0.5, 0.0, 0.5, 1.0)
+# Record parameters that describe how a run went rather than what was asked.
+RUN_DETAILS = ("batch_size", "integration", "points", "converged")
+
+Colour = tuple[int, int, int]
+
+
+def blend(score: float, scale: float) -> Colour:
+    """Background colour for ``score`` on a symmetric scale of +/- ``scale``."""
+    if scale <= 0:
+        return NEUTRAL
+    weight = max(-1.0, min(1.0, score / scale))
+    end = POSITIVE if weight > 0 else NEGATIVE
+    w = abs(weight)
+    r, g, b = (round(n + (e - n) * w) for n, e in zip(NEUTRAL, end, strict=True))
+    return r, g, b
+
+
+def text_colour(score: float, scale: float) -> str:
+    """Black on light backgrounds, white on dark ones."""
+    return "white" if scale > 0 and abs(score) > 0.55 * scale else "black"
+
+
+def legend_words(method: str) -> str:
+    """What the colours mean for ``method``'s scores, in one line."""
+    spec = METHODS.get(method)
+    if spec is not None and not spec.signed:
+        return ("red: what the answer drew on (darker: more) · shares of information flow, "
+                "with no direction")
+    return "red: pushed toward the answer · blue: pushed against it"
+
+
+def completeness_hint(params: dict, error: float, steps_flag: str | None = None) -> str:
+    """What to do about a completeness error, in words ("" when nothing is needed).
+
+    Converged methods say how many points they used and whether the budget ran out; a fixed
+    rule with a high error suggests twice the points (``steps_flag``, e.g. ``--steps``, names
+    the setting where the view has one).
+    """
+    if params.get("integration") == "adaptive-simpson":
+        used = f" after {params.get('points')} points"
+        if params.get("converged"):
+            return f" (converged{used})"
+        return (f" (the budget ran out{used} before the {100 * params.get('target_error', 0):.0f}%"
+                " target; raise max_steps)")
+    steps = params.get("steps")
+    if error > HIGH_COMPLETENESS_ERROR and steps:
+        more = f"{steps_flag} {2 * steps}" if steps_flag else f"{2 * steps} steps"
+        return f" (high: the path integral has not converged; try {more})"
+    if error > HIGH_COMPLETENESS_ERROR:
+        return " (high: more integration steps would make the attribution more faithful)"
+    return ""
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A stretch of the case text: a scored unit (``index`` into the units) or the plain text
+    between units (``index`` -1). ``background`` is None for text left uncoloured."""
+
+    text: str
+    index: int = -1
+    score: float = 0.0
+    background: Colour | None = None
+    ink: str = "black"
+
+
+@dataclass(frozen=True)
+class LegendStep:
+    value: float
+    background: Colour
+    ink: str
+
+
+@dataclass(frozen=True)
+class TopWord:
+    rank: int
+    text: str
+    score: float
+    share: float  # of the summed magnitude of all listed words
+
+
+@dataclass(frozen=True)
+class FieldShare:
+    label: str
+    score: float
+    share: float
+
+
+@dataclass(frozen=True)
+class VerdictView:
+    verdict: str  # strong, fair or weak
+    name: str  # Strong, Fair, Weak
+    summary: str
+    background: str  # CSS colour
+    ink: str
+    details: tuple[str, ...]  # one figure per line
+    seconds: float
+
+
+VERDICT_NAMES = {"strong": "Strong", "fair": "Fair", "weak": "Weak"}
+VERDICT_COLOURS = {"strong": ("#1a9850", "white"), "fair": ("#fee08b", "#3a2c00"),
+                   "weak": ("#d73027", "white")}
+
+
+def verdict_view(check: Reliability) -> VerdictView:
+    back, ink = VERDICT_COLOURS.get(check.verdict, ("#e0e0e0", "black"))
+    details = (
+        f"Comprehensiveness (AOPC) {check.comprehensiveness:+.4f} vs random "
+        f"{check.random_comprehensiveness:+.4f} (higher is better)",
+        f"Sufficiency (AOPC) {check.sufficiency:+.4f} vs random "
+        f"{check.random_sufficiency:+.4f} (lower is better)",
+        f"Rank correlation with {check.second_method}: {check.rank_correlation:.2f}",
+        f"{check.random_draws} random rankings; checked in {check.seconds:.1f} s")
+    return VerdictView(check.verdict, VERDICT_NAMES.get(check.verdict, check.verdict),
+                       check.summary, back, ink, details, check.seconds)
+
+
+def units_of(record: Explanation, scores: Sequence[float] | None = None,
+             granularity: str = "word") -> list[Span]:
+    """Scored units of the case: one answer token's row ``scores``, or (None) the attribution
+    to the whole answer, grouped by ``granularity`` (token, word or sentence)."""
+    prompt = record.prompt
+    if scores is None:
+        scores = record.attribution.sequence
+    return GROUPINGS[granularity](prompt.text, prompt.offsets, scores, prompt.attributable)
+
+
+def scale_of(units: Sequence[Span]) -> float:
+    return max((abs(u.score) for u in units), default=0.0)
+
+
+def case_bounds(record: Explanation) -> tuple[int, int]:
+    """Where the case text sits in the prompt text."""
+    prompt = record.prompt
+    start = max(prompt.text.rfind(prompt.case_text), 0)
+    return start, start + len(prompt.case_text)
+
+
+def case_pieces(record: Explanation, units: Sequence[Span]) -> list[Piece]:
+    """The case text cut into plain stretches and coloured units, in reading order. Units
+    under ``UNCOLOURED_BELOW`` of the scale stay plain, so the words that matter stand out."""
+    text = record.prompt.text
+    scale = scale_of(units)
+    start, end = case_bounds(record)
+    pieces, cursor = [], start
+    for index, unit in enumerate(units):
+        if unit.start > cursor:
+            pieces.append(Piece(text[cursor:unit.start]))
+        coloured = scale > 0 and abs(unit.score) >= UNCOLOURED_BELOW * scale
+        pieces.append(Piece(unit.text, index, unit.score,
+                            blend(unit.score, scale) if coloured else None,
+                            text_colour(unit.score, scale) if coloured else "black"))
+        cursor = unit.end
+    if end > cursor:
+        pieces.append(Piece(text[cursor:end]))
+    return pieces
+
+
+def legend(scale: float) -> tuple[LegendStep, ...]:
+    return tuple(LegendStep(w * scale, blend(w * scale, scale), text_colour(w * scale, scale))
+                 for w in LEGEND_STEPS)
+
+
+def listed_words(units: Sequence[Span]) -> list[Span]:
+    """The units worth listing: punctuation is coloured, not listed."""
+    return [u for u in units if any(c.isalnum() for c in u.text)]
+
+
+def top_words(units: Sequence[Span], k: int) -> tuple[TopWord, ...]:
+    words = listed_words(units)
+    total = sum(abs(w.score) for w in words) or 1.0
+    return tuple(TopWord(rank, w.text, w.score, abs(w.score) / total)
+                 for rank, w in enumerate(top_spans(words, k), 1))
+
+
+def completeness_text(record: Explanation, steps_flag: str | None = None) -> str:
+    error = record.attribution.completeness_error
+    if error is None:
+        return "not defined for this method"
+    return f"{100 * error:.2f}%{completeness_hint(record.method.params, error, steps_flag)}"
+
+
+def method_summary(record: Explanation) -> str:
+    """The method, its settings and (for path methods) the completeness error, in one line."""
+    shown = {k: v for k, v in record.method.params.items()
+             if k not in RUN_DETAILS and v is not None}
+    text = f"Method {record.method.name} (" + ", ".join(
+        f"{k}={v}" for k, v in shown.items()) + ")"
+    error = record.attribution.completeness_error
+    if error is not None:
+        text += (f" · completeness error {100 * error:.1f}%"
+                 f"{completeness_hint(record.method.params, error)}")
+    return text
+
+
+@dataclass(frozen=True)
+class ExplanationView:
+    """Everything the views show about one record, already decided."""
+
+    record: Explanation
+    units: tuple[Span, ...]  # the words of the case, scored for the whole answer
+    pieces: tuple[Piece, ...]
+    scale: float
+    legend: tuple[LegendStep, ...]
+    legend_words: str
+    top_words: tuple[TopWord, ...]
+    fields: tuple[FieldShare, ...]
+    answer: str
+    answer_title: str
+    heading: str  # model, device, precision, method
+    method_line: str
+    parameters: str
+    completeness: str  # the error with its hint, or "not defined for this method"
+    completeness_hint: str  # what to do about the error ("" when nothing is needed)
+    tokens: str
+    time: str
+    memory: str
+    device: str
+    verdict: VerdictView | None
+
+    @classmethod
+    def from_record(cls, record: Explanation, top: int = 10,
+                    steps_flag: str | None = None) -> ExplanationView:
+        units = units_of(record)
+        scale = scale_of(units)
+        model, t, hw = record.model, record.timings, record.hardware
+        prompt = record.prompt
+        generate = "answer forced" if record.answer.forced else f"generate {t.generate_s:.1f} s"
+        memory = f"peak RSS {hw.peak_rss_mb:,.0f} MiB"
+        if hw.peak_accelerator_mb is not None:
+            memory += f" · peak accelerator {hw.peak_accelerator_mb:,.0f} MiB"
+        return cls(
+            record=record, units=tuple(units), pieces=tuple(case_pieces(record, units)),
+            scale=scale, legend=legend(scale), legend_words=legend_words(record.method.name),
+            top_words=top_words(units, top),
+            fields=tuple(FieldShare(label, score, share) for label, score, share
+                         in field_shares(record.attribution.per_field or {})),
+            answer=record.answer.text, answer_title="Answer" + (
+                " (forced)" if record.answer.forced else ""),
+            heading=f"{model.name} · {model.device} · {model.dtype} · method "
+                    f"{record.method.name} · offline",
+            method_line=method_summary(record),
+            parameters=", ".join(f"{k}={v}" for k, v in record.method.params.items()),
+            completeness=completeness_text(record, steps_flag),
+            completeness_hint=completeness_hint(
+                record.method.params, record.attribution.completeness_error or 0.0, steps_flag)
+            if record.attribution.completeness_error is not None else "",
+            tokens=f"{sum(prompt.attributable)} case tokens of {len(prompt.token_ids)} prompt "
+                   f"tokens ({prompt.format}); {len(record.answer.token_ids)} answer tokens",
+            time=f"load {t.load_s:.1f} s · {generate} · attribute {t.attribute_s:.1f} s",
+            memory=memory, device=hw.device_name,
+            verdict=verdict_view(record.reliability) if record.reliability else None)
+
+    def answer_token_rows(self, rows: int, words: int) -> list[tuple[str, float, str]]:
+        """(answer token, log p, its top case words) for the first ``rows`` answer tokens."""
+        record = self.record
+        matrix = record.attribution.per_token or ()
+        log_probs = record.answer.log_probs or (float("nan"),) * len(matrix)
+        out = []
+        for token, log_p, row in list(zip(record.answer.tokens, log_probs, matrix,
+                                          strict=True))[:rows]:
+            best = top_words(units_of(record, row), words)
+            out.append((repr(token)[1:-1], log_p,
+                        ", ".join(f"{w.text} ({w.score:+.2f})" for w in best)))
+        return out

@@ -1,0 +1,196 @@
+"""Faithfulness of several methods over a case file, resumably.
+
+Writes the JSON (``summary[method][metric]`` means, ``spread`` standard deviations, every
+per-case result), the CSV (one row per method) and a Markdown table, as asked. Each finished
+(case, method) is appended to ``<first output>.progress.jsonl``; a rerun with the same model and
+settings skips what is there and goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from engine.cases import load_cases
+from engine.errors import Cancelled, InvalidSettingsError, TokenTraceError
+from engine.evaluation import RANDOM, CaseResult, EvaluationSettings, evaluate_case, summarise
+from engine.metrics import HIGHER_IS_BETTER, METRICS
+from engine.models import LoadedModel
+from engine.record import write_text_atomic
+from engine.task import TaskState
+
+LABELS = {"log_odds": "log-odds", "comprehensiveness": "compr.", "sufficiency": "suff.",
+          "soft_nc": "Soft-NC", "soft_ns": "Soft-NS", "pi_soft_nc": "pi-Soft-NC",
+          "pi_soft_ns": "pi-Soft-NS"}
+
+
+@dataclass(frozen=True)
+class EvaluateSettings:
+    cases_file: Path
+    evaluation: EvaluationSettings
+    json: Path | None = None
+    csv: Path | None = None
+    markdown: Path | None = None
+    limit: int | None = None  # only the first N cases
+
+    def validate(self) -> None:
+        if self.json is None and self.csv is None:
+            raise InvalidSettingsError("give --json OUT and/or --csv OUT: the results (and the "
+                                       "progress that a rerun resumes from) are written there")
+        self.evaluation.validate()
+        load_cases(self.cases_file)
+
+    @property
+    def progress_path(self) -> Path:
+        main = self.json or self.csv
+        assert main is not None
+        return main.with_name(main.name + ".progress.jsonl")
+
+
+def parse_method_options(pairs: list[tuple[str, str]]) -> dict[str, dict[str, str]]:
+    """``method.key=value`` pairs grouped by method."""
+    options: dict[str, dict[str, str]] = {}
+    for key, value in pairs:
+        method, dot, name = key.partition(".")
+        if not dot or not name:
+            raise InvalidSettingsError(
+                f"evaluate options name their method: METHOD.KEY=VALUE (got {key}={value})")
+        options.setdefault(method, {})[name.replace("-", "_")] = value
+    return options
+
+
+def fingerprint(model_sha: str, settings: EvaluationSettings, method: str) -> str:
+    """What a stored result depends on: model, answer length, prompt, metrics, method settings
+    (not the batch size, which changes no result)."""
+    params = {} if method == RANDOM else settings.method_params(method)
+    params.pop("batch_size", None)
+    text = json.dumps([model_sha, settings.max_new_tokens, settings.system_prompt,
+                       settings.baseline, repr(settings.metrics), method, params],
+                      sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _load_progress(path: Path) -> dict[tuple[str, str, str], CaseResult]:
+    done: dict[tuple[str, str, str], CaseResult] = {}
+    if not path.is_file():
+        return done
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            data = json.loads(line)
+            result = CaseResult.from_dict(data)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by an interruption
+        done[(data.get("fingerprint", ""), result.case, result.method)] = result
+    return done
+
+
+def run_evaluation(settings: EvaluateSettings, loaded: LoadedModel,
+                   state: TaskState | None = None,
+                   log: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
+    """Evaluate every (case, method) not yet done, write the outputs and return the report.
+    ``Cancelled`` (or Ctrl-C) keeps every finished result in the progress file."""
+    state = state or TaskState()
+    evaluation = settings.evaluation
+    methods = evaluation.methods
+    cases = load_cases(settings.cases_file)[: settings.limit]
+    progress_path = settings.progress_path
+    keys = {m: fingerprint(loaded.info.sha256, evaluation, m) for m in methods}
+    stored = _load_progress(progress_path)
+    results: list[CaseResult] = []
+    failures: list[dict[str, str]] = []
+    progress_path.parent.mkdir(parents=True, exist_ok=True)
+    with progress_path.open("a", encoding="utf-8") as progress:
+        def keep(result: CaseResult) -> None:
+            results.append(result)
+            progress.write(json.dumps({**result.to_dict(), "fingerprint": keys[result.method]})
+                           + "\n")
+            progress.flush()
+
+        for number, case in enumerate(cases):
+            state.progressed("cases", number, len(cases))
+            done = [m for m in methods if (keys[m], case.id, m) in stored]
+            results += [stored[(keys[m], case.id, m)] for m in done]
+            try:
+                evaluate_case(loaded, case, evaluation, skip=done, state=state, on_result=keep)
+            except (Cancelled, KeyboardInterrupt):
+                raise
+            except TokenTraceError as exc:
+                failures.append({"case": case.id, "reason": str(exc)})
+                log(f"case {case.id} skipped: {exc}")
+        state.progressed("cases", len(cases), len(cases))
+    report = {"created_at": datetime.now(UTC).isoformat(), "model": {
+        "name": loaded.info.name, "sha256": loaded.info.sha256, "device": loaded.info.device,
+        "dtype": loaded.info.dtype},
+        "cases_file": str(settings.cases_file), "settings": {
+            "methods": list(methods), "options": evaluation.options,
+            "max_new_tokens": evaluation.max_new_tokens, "baseline": evaluation.baseline,
+            "samples": evaluation.metrics.samples, "seed": evaluation.metrics.seed,
+            "granularity": evaluation.metrics.granularity,
+            "percents": list(evaluation.metrics.percents), "pis": list(evaluation.metrics.pis)},
+        **summarise(results), "failures": failures,
+        "results": [r.to_dict() for r in results]}
+    curves = report["curves"]
+    report["curves"] = {m: {k: {str(pi): v for pi, v in c.items()} for k, c in cs.items()}
+                        for m, cs in curves.items()}
+    if settings.json:
+        write_text_atomic(settings.json, json.dumps(report, indent=1))
+    if settings.csv:
+        write_csv(settings.csv, report)
+    if settings.markdown:
+        write_text_atomic(settings.markdown, markdown_table(report))
+    report["cases_evaluated"] = len(cases) - len(failures)
+    return report
+
+
+def write_csv(path: Path, report: dict[str, Any]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["method", "cases", "seconds_mean",
+                     *[f"{m}_{s}" for m in METRICS for s in ("mean", "std")]])
+    for method, values in report["summary"].items():
+        spread = report["spread"][method]
+        writer.writerow([method, report["cases"][method], f"{report['seconds'][method]:.3f}",
+                         *[x for m in METRICS for x in (
+                             _number(values.get(m)), _number(spread.get(m)))]])
+    write_text_atomic(path, buffer.getvalue())
+
+
+def best_methods(summary: dict[str, dict[str, float]]) -> dict[str, str]:
+    """For each metric, the method with the best mean (highest or lowest, as the metric wants)."""
+    best = {}
+    for metric in METRICS:
+        scored = [(values[metric], method) for method, values in summary.items()
+                  if metric in values]
+        if scored:
+            best[metric] = (max if HIGHER_IS_BETTER[metric] else min)(scored)[1]
+    return best
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """The summary as a Markdown table: mean ± standard deviation, the best value in bold."""
+    summary, spread = report["summary"], report["spread"]
+    head = ["method", "cases", "s/case",
+            *[f"{LABELS[m]} {'↑' if HIGHER_IS_BETTER[m] else '↓'}" for m in METRICS]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    best = best_methods(summary)
+    for method, values in summary.items():
+        cells = [method, str(report["cases"][method]), f"{report['seconds'][method]:.1f}"]
+        for metric in METRICS:
+            if metric not in values:
+                cells.append("")
+                continue
+            text = f"{values[metric]:.3f} ± {spread[method][metric]:.3f}"
+            cells.append(f"**{text}**" if best.get(metric) == method else text)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.6g}"
