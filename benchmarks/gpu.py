@@ -33,7 +33,7 @@ from benchmarks.peers import captum_ig
 from benchmarks.report import replace_section
 from engine.hardware import PeakMemory, device_name
 from engine.methods import METHODS, AttributionInput
-from engine.methods.base import parse_baseline
+from engine.methods.base import Size, parse_baseline
 
 QWEN_1_5B = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960,
                  num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
@@ -177,7 +177,8 @@ def every_method(model: Any, tokenizer: Any, device: torch.device, n: int, answe
         spec = METHODS[name]
         params = {**spec.defaults(), **settings}
         shown = ", ".join(f"{k}={v}" for k, v in settings.items())
-        cost = spec.cost(int(problem.attributable.sum()), answer, params)
+        cost = spec.cost(Size(prompt=len(problem.prompt_ids), case=int(problem.attributable.sum()),
+                              answer=answer), params)
         passes = cost.forwards + cost.backwards
         try:
             out, seconds, memory = timed(lambda s=spec, p=params: s.run(

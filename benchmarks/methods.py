@@ -22,6 +22,7 @@ import torch
 import engine  # noqa: F401  (offline before transformers)
 from benchmarks.ig_vs_captum import _cpu_problem, timed
 from engine.methods import METHODS
+from engine.methods.base import Size
 
 RUNS = [
     ("ig", {"steps": 32, "matrix": False}),
@@ -48,7 +49,8 @@ def _measure(name: str, settings: dict) -> dict:
     scores = torch.where(problem.attributable, out.sequence, torch.zeros_like(out.sequence))
     top = scores.abs().topk(3).indices.tolist()
     words = [repr(loaded.tokenizer.decode([int(problem.prompt_ids[i])])) for i in top]
-    cost = spec.cost(int(problem.attributable.sum()), len(problem.answer_ids), params)
+    cost = spec.cost(Size(prompt=len(problem.prompt_ids), case=int(problem.attributable.sum()),
+                          answer=len(problem.answer_ids)), params)
     return {"seconds": seconds, "peak_rss_mb": peak.peak_rss_mb,
             "error": out.completeness_error, "top": words,
             "passes": cost.forwards + cost.backwards,

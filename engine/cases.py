@@ -1,5 +1,7 @@
-"""Case files: one case per JSONL line or CSV row, with an id, the text and optional fields.
+"""Reading cases: one case from text or a file, a fields file, case files of many cases, and
+the bundled demo cases.
 
+Case files hold one case per JSONL line or CSV row, with an id, the text and optional fields.
 JSONL: ``{"id": ..., "text": ..., "title": ..., "fields": {...}}``.
 CSV: columns ``id`` and ``text`` (``title`` optional); every other column is a field.
 """
@@ -13,6 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import InvalidInputError
+from engine.prompting import validate_case_text
+
+MAX_CASE_FILE_BYTES = 1_000_000
+DEMO_CASES = Path(__file__).resolve().parent.parent / "resources" / "cases"
 
 
 @dataclass(frozen=True)
@@ -70,3 +76,55 @@ def _from_csv_row(row: dict[str, str]) -> dict[str, Any]:
     known = {"id", "text", "title"}
     return {"id": row.get("id"), "text": row.get("text"), "title": row.get("title"),
             "fields": {k: v for k, v in row.items() if k not in known and k}}
+
+
+def read_case(text: str | None, case_file: Path | None) -> str:
+    """The case text from the argument or the file, checked for emptiness and binary content."""
+    if text is not None and case_file is not None:
+        raise InvalidInputError("give the case either as TEXT or with --case-file, not both")
+    if case_file is not None:
+        try:
+            size = case_file.stat().st_size
+            if case_file.is_dir():
+                raise InvalidInputError(f"{case_file} is a folder, not a case file")
+            if size > MAX_CASE_FILE_BYTES:
+                raise InvalidInputError(f"{case_file} is {size / 1e6:.1f} MB; a case file may "
+                                        f"be at most {MAX_CASE_FILE_BYTES / 1e6:.0f} MB of text")
+            data = case_file.read_bytes()
+        except FileNotFoundError:
+            raise InvalidInputError(f"case file not found: {case_file}") from None
+        except OSError as exc:
+            raise InvalidInputError(f"cannot read {case_file}: {exc.strerror}") from None
+        if b"\x00" in data:
+            raise InvalidInputError(f"{case_file} looks binary (it contains NUL bytes); give a "
+                                    "plain-text case")
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise InvalidInputError(f"{case_file} is not UTF-8 text (is it a binary or a Word "
+                                    "file?); save the case as plain text") from None
+    if text is None:
+        raise InvalidInputError("no case given: pass the case TEXT or --case-file FILE")
+    return validate_case_text(text)
+
+
+def read_fields(path: Path) -> dict[str, Any]:
+    """A JSON object of clinical fields (name -> value)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidInputError(f"fields file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInputError(f"{path} is not a JSON object of fields ({exc})") from None
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"{path} must hold a JSON object of fields")
+    return data
+
+
+def demo_cases(folder: Path = DEMO_CASES) -> list[tuple[str, str]]:
+    """(menu title, case text) for the bundled synthetic cases."""
+    entries = [(p.stem.replace("_", " ").capitalize(), p.read_text(encoding="utf-8").strip())
+               for p in sorted(folder.glob("*.txt"))]
+    for path in sorted(folder.glob("*.jsonl")):
+        entries += [(case.title or case.id, case.text) for case in load_cases(path)]
+    return entries

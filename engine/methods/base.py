@@ -66,6 +66,16 @@ class AttributionOutput:
 
 
 @dataclass(frozen=True)
+class Size:
+    """How big one explanation is, in tokens: the whole prompt (chat template included), the
+    case part of it (what is attributed) and the answer."""
+
+    prompt: int
+    case: int
+    answer: int
+
+
+@dataclass(frozen=True)
 class Cost:
     """Model passes one explanation needs; each pass runs over ``tokens`` tokens per sequence."""
 
@@ -79,8 +89,9 @@ class MethodSpec:
     name: str
     description: str
     params: tuple[Param, ...]
-    cost_formula: str  # in terms of n (prompt tokens), T (answer tokens) and the parameters
-    cost: Callable[[int, int, dict[str, Any]], Cost]  # (n, T, params) -> passes
+    # In terms of n (prompt tokens), n_case (case tokens), T (answer tokens), the parameters.
+    cost_formula: str
+    cost: Callable[[Size, dict[str, Any]], Cost]  # (size, params) -> passes
     run: Callable[..., AttributionOutput] = field(repr=False)
     # True when the method reads AttributionInput.prompt_cache (explain then keeps generation's).
     reuses_prompt_cache: bool = False

@@ -43,6 +43,7 @@ from engine.methods.base import (
     Cost,
     MethodSpec,
     Param,
+    Size,
     answer_log_probs,
     auto_batch_size,
     cancellable,
@@ -170,8 +171,8 @@ def fuse_and_roll(lig: dict[int, torch.Tensor], relevance: dict[int, torch.Tenso
 
 def context_aware_lig(model: Any, tokenizer: Any, problem: AttributionInput, *, steps: int = 8,
                       layers: str = "every:4", mix: float = 0.5, baseline: str = "pad",
-                      batch_size: int | None = None, state: TaskState | None = None,
-                      **_unused: Any) -> AttributionOutput:
+                      batch_size: int | None = None, state: TaskState | None = None
+                      ) -> AttributionOutput:
     """CA-LIG per answer token over the prompt; see the module docstring."""
     state = state or TaskState()
     check_steps(steps, batch_size)
@@ -204,11 +205,11 @@ def _layer_count(spec: str, blocks: int = 30) -> int:
     return max(1, len([part for part in text.split(",") if part.strip()]))
 
 
-def _cost(n: int, n_answer: int, params: dict[str, Any]) -> Cost:
+def _cost(size: Size, params: dict[str, Any]) -> Cost:
     chosen = _layer_count(str(params.get("layers", "every:4")))
     steps = int(params.get("steps", 8))
-    return Cost(forwards=chosen * steps + 3, backwards=chosen * steps * n_answer + n_answer,
-                tokens=n + n_answer - 1)
+    return Cost(forwards=chosen * steps + 3, backwards=chosen * steps * size.answer + size.answer,
+                tokens=size.prompt + size.answer - 1)
 
 
 SPEC = MethodSpec(

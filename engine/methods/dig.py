@@ -42,6 +42,7 @@ from engine.methods.base import (
     Cost,
     MethodSpec,
     Param,
+    Size,
     check_steps,
 )
 from engine.methods.paths import (
@@ -223,10 +224,10 @@ def udig(model: Any, tokenizer: Any, problem: AttributionInput, **kwargs: Any
     return _discretized("udig", model, tokenizer, problem, **kwargs)
 
 
-def _cost(n: int, n_answer: int, params: dict[str, Any]) -> Cost:
+def _cost(size: Size, params: dict[str, Any]) -> Cost:
     points = 2 ** int(params.get("upscale", 1)) * (int(params.get("steps", 30)) + 1)
-    backwards = points * (n_answer if params.get("matrix", True) else 1)
-    return Cost(forwards=points + 1, backwards=backwards, tokens=n + n_answer - 1)
+    backwards = points * (size.answer if params.get("matrix", True) else 1)
+    return Cost(forwards=points + 1, backwards=backwards, tokens=size.prompt + size.answer - 1)
 
 
 _PARAMS = (

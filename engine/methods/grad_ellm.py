@@ -42,6 +42,7 @@ from engine.methods.base import (
     Cost,
     MethodSpec,
     Param,
+    Size,
     answer_log_probs,
     cancellable,
     decoder_layers,
@@ -117,7 +118,7 @@ def raw_scores(model: Any, problem: AttributionInput, layers: list[int], mode: s
 
 
 def grad_ellm(model: Any, tokenizer: Any, problem: AttributionInput, *, mode: str = "paper",
-              layers: str = "last", state: TaskState | None = None, **_unused: Any
+              layers: str = "last", state: TaskState | None = None
               ) -> AttributionOutput:
     """Grad-ELLM heatmaps per answer token over the prompt; see the module docstring."""
     state = state or TaskState()
@@ -129,8 +130,9 @@ def grad_ellm(model: Any, tokenizer: Any, problem: AttributionInput, *, mode: st
     return AttributionOutput(per_token.sum(0), per_token, f_input)
 
 
-def _cost(n: int, n_answer: int, params: dict[str, Any]) -> Cost:
-    return Cost(forwards=1, backwards=n_answer, tokens=n + n_answer - 1)
+def _cost(size: Size, params: dict[str, Any]) -> Cost:
+    return Cost(forwards=1, backwards=size.answer,
+                tokens=size.prompt + size.answer - 1)
 
 
 SPEC = MethodSpec(

@@ -37,6 +37,7 @@ from engine.methods.base import (
     Cost,
     MethodSpec,
     Param,
+    Size,
     answer_log_probs,
     auto_batch_size,
     cancellable,
@@ -172,7 +173,7 @@ def information(model: Any, problem: AttributionInput, x: torch.Tensor,
 
 def heta(model: Any, tokenizer: Any, problem: AttributionInput, *, samples: int = 10,
          beta: float = 0.5, gamma: float = 0.5, seed: int = 0, batch_size: int | None = None,
-         state: TaskState | None = None, **_unused: Any) -> AttributionOutput:
+         state: TaskState | None = None) -> AttributionOutput:
     """HETA per answer token over the prompt; see the module docstring."""
     state = state or TaskState()
     if samples < 1:
@@ -191,10 +192,11 @@ def heta(model: Any, tokenizer: Any, problem: AttributionInput, *, samples: int 
     return AttributionOutput(per_token.sum(0), per_token, f_input)
 
 
-def _cost(n: int, n_answer: int, params: dict[str, Any]) -> Cost:
+def _cost(size: Size, params: dict[str, Any]) -> Cost:
     m = int(params.get("samples", 10))
     # A double backward costs about two backwards.
-    return Cost(forwards=n + 3, backwards=2 * n * m + 1, tokens=n + n_answer - 1)
+    return Cost(forwards=size.case + 3, backwards=2 * size.case * m + 1,
+                tokens=size.prompt + size.answer - 1)
 
 
 SPEC = MethodSpec(

@@ -40,6 +40,7 @@ from engine.methods.base import (
     Cost,
     MethodSpec,
     Param,
+    Size,
     cancellable,
     check_steps,
     run_in_batches,
@@ -174,11 +175,11 @@ def converged_integrated_gradients(
                              details=details)
 
 
-def _cost(n: int, n_answer: int, params: dict[str, Any]) -> Cost:
+def _cost(size: Size, params: dict[str, Any]) -> Cost:
     # Converged IG is estimated at its budget: an upper bound the window can promise.
     steps = int(params.get("steps") or params.get("max_steps", 128))
-    backwards = steps * (n_answer if params.get("matrix", True) else 1)
-    return Cost(forwards=steps + 1, backwards=backwards, tokens=n + n_answer - 1)
+    backwards = steps * (size.answer if params.get("matrix", True) else 1)
+    return Cost(forwards=steps + 1, backwards=backwards, tokens=size.prompt + size.answer - 1)
 
 
 SPEC = MethodSpec(

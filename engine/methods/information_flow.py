@@ -63,6 +63,7 @@ from engine.methods.base import (
     Cost,
     MethodSpec,
     Param,
+    Size,
     cache_keyword,
     cancellable,
     decoder_layers,
@@ -398,10 +399,10 @@ def _through_span(total: torch.Tensor, span_rows: torch.Tensor) -> float:
     return float(total[span_rows].sum()) / (denominator + 1e-12) if denominator > 0 else 0.0
 
 
-def _cost(n: int, n_answer: int, params: dict[str, Any]) -> Cost:
+def _cost(size: Size, params: dict[str, Any]) -> Cost:
     # The block-wise contributions cost about one attention pass per hop (and T for the matrix).
-    extra = int(params.get("hops", 0)) + (n_answer if params.get("matrix") else 0)
-    return Cost(forwards=1 + math.ceil(extra / 8), backwards=0, tokens=n + n_answer)
+    extra = int(params.get("hops", 0)) + (size.answer if params.get("matrix") else 0)
+    return Cost(forwards=1 + math.ceil(extra / 8), backwards=0, tokens=size.prompt + size.answer)
 
 
 _PARAMS = (

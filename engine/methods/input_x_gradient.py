@@ -23,6 +23,7 @@ from engine.methods.base import (
     Cost,
     MethodSpec,
     Param,
+    Size,
     answer_log_probs,
 )
 from engine.methods.paths import (
@@ -65,9 +66,9 @@ def input_x_gradient(
     return AttributionOutput(sums.sum(0), sums if matrix else None, f_input.double().cpu())
 
 
-def _cost(n: int, n_answer: int, params: dict[str, Any]) -> Cost:
-    backwards = n_answer if params.get("matrix", False) else 1
-    return Cost(forwards=2, backwards=backwards, tokens=n + n_answer - 1)
+def _cost(size: Size, params: dict[str, Any]) -> Cost:
+    backwards = size.answer if params.get("matrix", False) else 1
+    return Cost(forwards=2, backwards=backwards, tokens=size.prompt + size.answer - 1)
 
 
 SPEC = MethodSpec(

@@ -27,6 +27,7 @@ from engine.methods.base import (
     Cost,
     MethodSpec,
     Param,
+    Size,
     answer_log_probs,
     auto_batch_size,
     cancellable,
@@ -58,8 +59,8 @@ class IdsTokenInput(TextTokenInput):
 
 def _perturbation(kind: str, model: Any, tokenizer: Any, problem: AttributionInput, *,
                   baseline: str = "pad", samples: int = 25, fused: bool = True, seed: int = 0,
-                  batch_size: int | None = None, state: TaskState | None = None,
-                  **_unused: Any) -> AttributionOutput:
+                  batch_size: int | None = None, state: TaskState | None = None
+                  ) -> AttributionOutput:
     state = state or TaskState()
     if samples < 1:
         raise InvalidSettingsError(f"samples must be at least 1 (got {samples})")
@@ -173,12 +174,13 @@ def shapley(model: Any, tokenizer: Any, problem: AttributionInput,
     return _perturbation("shapley", model, tokenizer, problem, **kwargs)
 
 
-def _cost_ablation(n: int, n_answer: int, params: dict[str, Any]) -> Cost:
-    return Cost(forwards=n + 1, backwards=0, tokens=n + n_answer)
+def _cost_ablation(size: Size, params: dict[str, Any]) -> Cost:
+    return Cost(forwards=size.case + 1, backwards=0, tokens=size.prompt + size.answer)
 
 
-def _cost_shapley(n: int, n_answer: int, params: dict[str, Any]) -> Cost:
-    return Cost(forwards=int(params.get("samples", 25)) * n + 1, backwards=0, tokens=n + n_answer)
+def _cost_shapley(size: Size, params: dict[str, Any]) -> Cost:
+    return Cost(forwards=int(params.get("samples", 25)) * size.case + 1, backwards=0,
+                tokens=size.prompt + size.answer)
 
 
 _COMMON = (Param("baseline", "pad", "token that replaces a removed case token: pad or token:ID"),

@@ -34,6 +34,7 @@ from engine.methods.base import (
     Cost,
     MethodSpec,
     Param,
+    Size,
     answer_log_probs,
     cancellable,
     check_steps,
@@ -205,11 +206,12 @@ def _single_token_drops(model: Any, emb: Any, positions: torch.Tensor, f_input: 
     return torch.cat(drops)
 
 
-def _cost(n: int, n_answer: int, params: dict[str, Any]) -> Cost:
+def _cost(size: Size, params: dict[str, Any]) -> Cost:
     # Converged SIG is estimated at its budget: an upper bound the window can promise.
     steps = int(params.get("steps") or params.get("max_steps", 16))
-    backwards = n * steps * (n_answer if params.get("matrix", True) else 1)
-    return Cost(forwards=n * steps + n + 1, backwards=backwards, tokens=n + n_answer - 1)
+    backwards = size.case * steps * (size.answer if params.get("matrix", True) else 1)
+    return Cost(forwards=size.case * steps + size.case + 1, backwards=backwards,
+                tokens=size.prompt + size.answer - 1)
 
 
 SPEC = MethodSpec(

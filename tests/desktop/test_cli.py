@@ -105,7 +105,8 @@ def test_explain_prints_answer_words_and_figures(tiny_model_folder, tmp_path, ca
      {"mode": "exact", "layers": "all"}),
     ("udig", ["--steps", "3", "--option", "nbrs=4", "--option", "upscale=0"],
      {"steps": 3, "nbrs": 4, "upscale": 0, "strategy": "greedy"}),
-    ("sig", [], {"steps": 8}),  # the method's own default, not ig's 32
+    # The method's own defaults: SIG converges, within its own budget (not IG's 128 points).
+    ("sig", [], {"steps": None, "max_steps": 16, "integration": "adaptive-simpson"}),
 ])
 def test_explain_with_a_method_and_its_options(tiny_model_folder, tmp_path, capsys, method,
                                                options, expected):
@@ -143,7 +144,7 @@ OOM_SCRIPT = textwrap.dedent("""
     import engine, torch, transformers
     from transformers import LlamaForCausalLM  # import everything before the limit
     from desktop.cli import main
-    import engine.explain, desktop.terminal
+    import engine.explain, desktop.cli.terminal
     rss = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
     resource.setrlimit(resource.RLIMIT_AS, (rss + 200 * 2**20, resource.RLIM_INFINITY))
     sys.exit(main(sys.argv[1:]))

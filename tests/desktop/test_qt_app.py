@@ -11,8 +11,8 @@ from dataclasses import replace
 import pytest
 from PySide6.QtCore import QSettings
 
-from desktop.palette import blend
-from desktop.qt_main_window import LONG_RUN_SECONDS, MainWindow
+from desktop.present import blend
+from desktop.qt.main_window import LONG_RUN_SECONDS, MainWindow
 from engine.models import ModelRequest
 
 CASE = "52 year old woman , left breast mass 2 cm , ER positive , HER2 negative ."
@@ -389,8 +389,11 @@ def test_method_picker_shows_defaults_options_and_runs_the_method(ready_window, 
     panel = window.settings_panel
     window.case_edit.setPlainText(CASE)
     panel.method.setCurrentText("sig")
-    assert panel.steps.value() == 8 and panel.steps.isEnabled()
+    assert panel.steps.value() == 0 and panel.steps.isEnabled()  # "auto": SIG converges
+    assert panel.steps.text() == "auto"
     ig_like = window.estimate_seconds()
+    panel.method.setCurrentText("ca-lig")
+    assert panel.steps.value() == 8  # the method's own default
     panel.method.setCurrentText("grad-ellm")
     assert not panel.steps.isEnabled() and not panel.matrix.isEnabled()
     assert "mode=paper" in panel.options.placeholderText()

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from desktop.palette import blend
-from desktop.qt_overlay import TokenOverlay, scale_of, units_for
+from desktop.present import blend, scale_of, units_of
+from desktop.qt.overlay import TokenOverlay
 from engine.record import (
     Answer,
     Attribution,
@@ -56,7 +56,7 @@ def test_long_case_renders_exactly_and_highlights_without_rebuilding(qtbot):
     record = long_record()
     overlay = TokenOverlay()
     qtbot.addWidget(overlay)
-    units = units_for(record, None, "word")
+    units = units_of(record, None, "word")
     assert len(units) > 2900
     overlay.show_units(record, units)
     assert overlay.toPlainText() == record.prompt.case_text
@@ -77,6 +77,6 @@ def test_long_case_renders_exactly_and_highlights_without_rebuilding(qtbot):
 
 def test_sentence_granularity_on_long_case(qtbot):
     record = long_record(600)
-    sentences = units_for(record, record.attribution.per_token[0], "sentence")
+    sentences = units_of(record, record.attribution.per_token[0], "sentence")
     assert len(sentences) == 40
     assert sum(u.score for u in sentences) == pytest.approx(sum(record.attribution.per_token[0]))

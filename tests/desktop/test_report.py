@@ -10,7 +10,7 @@ from pypdf import PdfReader
 from test_qt_overlay import long_record
 
 from desktop.cli import main
-from desktop.palette import NEGATIVE, POSITIVE
+from desktop.present import NEGATIVE, POSITIVE
 from desktop.report import write_pdf
 
 

@@ -13,6 +13,7 @@ from benchmarks.peers import captum_ig
 from engine.errors import Cancelled, InvalidSettingsError
 from engine.generation import generate_answer
 from engine.methods import AttributionInput, integrated_gradients
+from engine.methods.base import Size
 from engine.prompting import build_prompt
 from engine.task import TaskState
 
@@ -146,8 +147,8 @@ def test_estimate_scales_with_the_work_and_uses_measured_throughput():
     from engine.methods.base import estimate_seconds, measured_throughput
 
     spec = get_method("ig")
-    small = spec.cost(100, 10, {"steps": 16, "matrix": False})
-    large = spec.cost(100, 10, {"steps": 16, "matrix": True})
+    small = spec.cost(Size(100, 80, 10), {"steps": 16, "matrix": False})
+    large = spec.cost(Size(100, 80, 10), {"steps": 16, "matrix": True})
     assert (small.forwards, small.backwards, small.tokens) == (17, 16, 109)
     assert large.backwards == 160
     guess = estimate_seconds(small, 135_000_000, "cpu")

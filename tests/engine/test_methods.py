@@ -9,7 +9,7 @@ from tiny import CASE, make_tiny_model, relative_difference
 from engine.errors import Cancelled, InvalidSettingsError
 from engine.methods import METHODS, AttributionInput, integrated_gradients
 from engine.methods.attention import eager_attention, parse_layers
-from engine.methods.base import answer_log_probs
+from engine.methods.base import Size, answer_log_probs
 from engine.methods.ca_lig import (
     attention_relevance,
     block_inputs,
@@ -152,7 +152,7 @@ def test_converged_sig_meets_its_target_with_each_point_once(tiny_tokenizer):
         with_kwargs=True)
     try:
         out = sequential_integrated_gradients(model, tiny_tokenizer, problem, matrix=False,
-                                              target_error=0.001, batch_size=16)
+                                              target_error=0.001, max_steps=64, batch_size=16)
     finally:
         handle.remove()
     assert out.details["integration"] == "adaptive-simpson" and out.details["converged"]
@@ -319,8 +319,8 @@ def test_every_method_is_registered_with_a_cost(tiny_tokenizer):
     assert set(METHODS) == set(QUICK)
     for name, spec in METHODS.items():
         assert spec.description and spec.cost_formula, name
-        cost = spec.cost(100, 10, spec.defaults())
-        longer = spec.cost(200, 10, spec.defaults())
+        cost = spec.cost(Size(prompt=100, case=80, answer=10), spec.defaults())
+        longer = spec.cost(Size(prompt=200, case=180, answer=10), spec.defaults())
         assert cost.forwards >= 1 and cost.tokens == longer.tokens - 100, name
         assert (longer.forwards + longer.backwards) >= (cost.forwards + cost.backwards), name
 
@@ -344,3 +344,20 @@ def test_every_method_runs_reports_progress_and_cancels(tiny_tokenizer, name):
         spec.run(model, tiny_tokenizer, problem, state=_Cancelling(),
                  **{**spec.defaults(), **QUICK[name]})
     assert model.config._attn_implementation != "eager"  # eager only ever temporarily
+
+
+def test_every_method_takes_exactly_its_declared_options():
+    """A method's keyword arguments are its Params (and the task state): a misspelled option
+    is an error, never swallowed."""
+    import inspect
+
+    for name, spec in METHODS.items():
+        signature = inspect.signature(spec.run)
+        kinds = {p.kind for p in signature.parameters.values()}
+        declared = {p.name for p in spec.params}
+        if inspect.Parameter.VAR_KEYWORD in kinds:  # a thin wrapper: check what it forwards
+            with pytest.raises(TypeError):
+                spec.run(None, None, None, no_such_option=1)
+            continue
+        taken = set(list(signature.parameters)[3:]) - {"state"}
+        assert declared <= taken, (name, declared - taken)

@@ -7,7 +7,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QSpinBox, QVBoxLayout, QWidget
 
-from desktop.palette import NEGATIVE, POSITIVE
+from desktop.present import NEGATIVE, POSITIVE
 from engine.grouping import Span
 
 

@@ -12,7 +12,7 @@ NO_DISPLAY = (
 )
 
 
-RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+RESOURCES = Path(__file__).resolve().parents[2] / "resources"
 
 
 def apply_style(app) -> None:
@@ -43,17 +43,19 @@ def run_app(case_file: Path | None, model: str, method: str, steps: int | None,
         os.environ["QT_QPA_PLATFORM"] = "offscreen"
     case = None
     if case_file is not None:
-        from desktop.cli import read_case
+        from engine.cases import read_case
 
         case = read_case(None, case_file)
 
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
 
-    from desktop.qt_main_window import MainWindow
+    from desktop.qt.errors import start_logging
+    from desktop.qt.main_window import MainWindow
     from engine.models import ModelRequest
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
+    start_logging()  # unexpected errors are logged with their traceback
     app.setApplicationName("TokenTrace")
     app.setOrganizationName("TokenTrace")
     apply_style(app)

@@ -3,29 +3,14 @@
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
 
 from PySide6.QtCore import QUrl, Signal
 from PySide6.QtGui import QColor, QCursor, QFont, QTextCursor
 from PySide6.QtWidgets import QLabel, QTextBrowser, QTextEdit, QToolTip
 
-from desktop.palette import UNCOLOURED_BELOW, blend, legend_words, text_colour
-from engine.grouping import GROUPINGS, Span
+from desktop.present import case_bounds, case_pieces, legend, legend_words
+from engine.grouping import Span
 from engine.record import Explanation
-
-
-def units_for(record: Explanation, scores: Sequence[float] | None, granularity: str
-              ) -> list[Span]:
-    """Scored units of the case: one answer token's row of ``scores``, or (None) the sequence
-    attribution of the whole answer."""
-    prompt = record.prompt
-    if scores is None:
-        scores = record.attribution.sequence
-    return GROUPINGS[granularity](prompt.text, prompt.offsets, scores, prompt.attributable)
-
-
-def scale_of(units: Sequence[Span]) -> float:
-    return max((abs(u.score) for u in units), default=0.0)
 
 
 class TokenOverlay(QTextBrowser):
@@ -81,23 +66,19 @@ class TokenOverlay(QTextBrowser):
         if record is None:
             self.clear()
             return
-        prompt = record.prompt
-        scale = scale_of(self._units)
-        case_start = self._case_start = max(prompt.text.rfind(prompt.case_text), 0)
-        case_end = case_start + len(prompt.case_text)
+        self._case_start = case_bounds(record)[0]
         parts = ['<div style="line-height:150%; white-space:pre-wrap;">']
-        cursor = case_start
-        for index, unit in enumerate(self._units):
-            parts.append(html.escape(prompt.text[cursor:unit.start]))
+        for piece in case_pieces(record, self._units):
+            text = html.escape(piece.text)
+            if piece.index < 0:
+                parts.append(text)
+                continue
             style = "text-decoration:none; color:black;"
-            if abs(unit.score) >= UNCOLOURED_BELOW * scale:
-                r, g, b = blend(unit.score, scale)
+            if piece.background is not None:
+                r, g, b = piece.background
                 style = (f"text-decoration:none; background-color:rgb({r},{g},{b}); "
-                         f"color:{text_colour(unit.score, scale)};")
-            parts.append(f'<a href="unit:{index}" style="{style}">'
-                         f"{html.escape(unit.text)}</a>")
-            cursor = unit.end
-        parts.append(html.escape(prompt.text[cursor:case_end]))
+                         f"color:{piece.ink};")
+            parts.append(f'<a href="unit:{piece.index}" style="{style}">{text}</a>')
         parts.append("</div>")
         scroll = self.verticalScrollBar().value()
         self.setHtml("".join(parts))
@@ -121,12 +102,11 @@ class TokenOverlay(QTextBrowser):
 class Legend(QLabel):
     """The colour scale with its numbers."""
 
-    def set_scale(self, scale: float, words: str = legend_words("ig")) -> None:
+    def set_scale(self, scale: float, method: str = "ig") -> None:
         cells = []
-        for w in (-1.0, -0.5, 0.0, 0.5, 1.0):
-            r, g, b = blend(w * scale, scale)
+        for step in legend(scale):
+            r, g, b = step.background
             cells.append(f'<td style="background-color:rgb({r},{g},{b}); '
-                         f'color:{text_colour(w * scale, scale)}; padding:2px 8px;">'
-                         f"{w * scale:+.3g}</td>")
+                         f'color:{step.ink}; padding:2px 8px;">{step.value:+.3g}</td>')
         self.setText('<table cellspacing="0"><tr>' + "".join(cells) + "</tr></table>"
-                     f"&nbsp;{words}")
+                     f"&nbsp;{html.escape(legend_words(method))}")

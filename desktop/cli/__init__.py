@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
 from engine.defaults import DEFAULT_METHOD
 
-MAX_CASE_FILE_BYTES = 1_000_000
 EXIT_INTERNAL = 70
 EXIT_CANCELLED = 130
 
@@ -179,57 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def read_case(text: str | None, case_file: Path | None) -> str:
-    """The case text from the argument or the file, checked for emptiness and binary content."""
-    from engine.errors import InvalidInputError
-
-    if text is not None and case_file is not None:
-        raise InvalidInputError("give the case either as TEXT or with --case-file, not both")
-    if case_file is not None:
-        try:
-            size = case_file.stat().st_size
-            if case_file.is_dir():
-                raise InvalidInputError(f"{case_file} is a folder, not a case file")
-            if size > MAX_CASE_FILE_BYTES:
-                raise InvalidInputError(f"{case_file} is {size / 1e6:.1f} MB; a case file may "
-                                        f"be at most {MAX_CASE_FILE_BYTES / 1e6:.0f} MB of text")
-            data = case_file.read_bytes()
-        except FileNotFoundError:
-            raise InvalidInputError(f"case file not found: {case_file}") from None
-        except OSError as exc:
-            raise InvalidInputError(f"cannot read {case_file}: {exc.strerror}") from None
-        if b"\x00" in data:
-            raise InvalidInputError(f"{case_file} looks binary (it contains NUL bytes); give a "
-                                    "plain-text case")
-        try:
-            text = data.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            raise InvalidInputError(f"{case_file} is not UTF-8 text (is it a binary or a Word "
-                                    "file?); save the case as plain text") from None
-    if text is None:
-        raise InvalidInputError("no case given: pass the case TEXT or --case-file FILE")
-    from engine.prompting import validate_case_text
-
-    return validate_case_text(text)
-
-
-def read_fields(path: Path) -> dict[str, Any]:
-    from engine.errors import InvalidInputError
-
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InvalidInputError(f"fields file not found: {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidInputError(f"{path} is not a JSON object of fields ({exc})") from None
-    if not isinstance(data, dict):
-        raise InvalidInputError(f"{path} must hold a JSON object of fields")
-    return data
-
-
 def run_explain(args: argparse.Namespace) -> int:
-    from engine.explain import ExplainRequest
-    from engine.prompting import DEFAULT_SYSTEM_PROMPT
+    from engine.cases import read_case, read_fields
 
     if args.fields_file is not None:
         from engine.errors import InvalidInputError
@@ -243,16 +194,10 @@ def run_explain(args: argparse.Namespace) -> int:
     else:
         case, spans = read_case(args.text, args.case_file), ()
 
-    request = ExplainRequest(
-        case_text=case, fields=spans, method=args.method, steps=args.steps,
-        max_new_tokens=args.max_new_tokens, target=args.target, baseline=args.baseline,
-        raw_prompt=args.raw_prompt,
-        system_prompt=DEFAULT_SYSTEM_PROMPT if args.system is None else args.system,
-        matrix=not args.no_matrix, batch_size=args.batch_size,
-        options=tuple((key.replace("-", "_"), value) for key, value in args.option))
+    request = replace(_request(args, case), fields=spans)
     request.validate()  # bad settings fail before a model is loaded
 
-    from desktop.terminal import RichTaskState, render_explanation
+    from desktop.cli.terminal import RichTaskState, render_explanation
     from engine.explain import explain
     from engine.models import ModelRequest, load_model
 
@@ -260,8 +205,6 @@ def run_explain(args: argparse.Namespace) -> int:
         loaded = load_model(ModelRequest(args.model, args.device, args.dtype), state)
         record = explain(request, loaded, state)
         if args.reliability:
-            from dataclasses import replace
-
             from engine.reliability import check_reliability
 
             record = replace(record, reliability=check_reliability(
@@ -280,52 +223,120 @@ def run_explain(args: argparse.Namespace) -> int:
 
 
 def run_app_command(args: argparse.Namespace) -> int:
-    from desktop.app import run_app
+    from desktop.qt.app import run_app
 
     return run_app(args.case_file, args.model, args.method, args.steps, args.max_new_tokens,
                    args.screenshot)
 
 
 def run_batch_command(args: argparse.Namespace) -> int:
-    from desktop.batch import main_batch
-    from desktop.terminal import RichTaskState
-    from engine.prompting import DEFAULT_SYSTEM_PROMPT
+    from desktop.cli.terminal import RichTaskState
+    from desktop.report import PdfReports
+    from engine.errors import Cancelled
+    from engine.jobs.batch import BatchSettings, run_batch
+    from engine.models import ModelRequest, load_model
 
-    args.system_prompt = DEFAULT_SYSTEM_PROMPT if args.system is None else args.system
+    settings = BatchSettings(
+        cases_file=args.cases, out=args.out, template=_request(args, "placeholder"),
+        from_fields=args.from_fields, pdf=args.pdf)
+    settings.validate()  # bad settings and a broken case file fail before the model loads
     with RichTaskState(quiet=args.quiet) as state:
-        return main_batch(args, state)
+        loaded = load_model(ModelRequest(args.model, args.device, args.dtype), state)
+        try:
+            result = run_batch(settings, loaded, state, PdfReports(), log=_stderr)
+        except (KeyboardInterrupt, Cancelled):
+            _stderr(f"tokentrace: batch stopped; what finished is in {args.out}. Run the same "
+                    "command again to resume.")
+            return EXIT_CANCELLED
+    print(f"{result.explained} cases explained, {result.resumed} already done, "
+          f"{result.failed} skipped; summary in {args.out / 'summary.csv'}")
+    return 0
 
 
 def run_evaluate_command(args: argparse.Namespace) -> int:
-    from desktop.evaluate import main_evaluate
-    from desktop.terminal import RichTaskState
+    from desktop.cli.terminal import RichTaskState, render_evaluation
+    from engine.errors import Cancelled
+    from engine.evaluation import EvaluationSettings
+    from engine.jobs.evaluate import EvaluateSettings, parse_method_options, run_evaluation
+    from engine.metrics import MetricSettings
+    from engine.models import ModelRequest, load_model
     from engine.prompting import DEFAULT_SYSTEM_PROMPT
 
-    args.system_prompt = DEFAULT_SYSTEM_PROMPT if args.system is None else args.system
+    settings = EvaluateSettings(
+        cases_file=args.cases, json=args.json, csv=args.csv, markdown=args.markdown,
+        limit=args.limit, evaluation=EvaluationSettings(
+            methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+            options=parse_method_options(args.option), max_new_tokens=args.max_new_tokens,
+            baseline=args.baseline,
+            system_prompt=DEFAULT_SYSTEM_PROMPT if args.system is None else args.system,
+            metrics=MetricSettings(samples=args.samples, seed=args.seed,
+                                   granularity=args.granularity, soft=not args.no_soft)))
+    settings.validate()
+    main_out = args.json or args.csv
+    plot = None if args.no_soft else (args.plot or main_out.with_name(
+        main_out.stem + "-pi-curves.png"))
     with RichTaskState(quiet=args.quiet) as state:
-        return main_evaluate(args, state)
+        loaded = load_model(ModelRequest(args.model, args.device, args.dtype), state)
+        try:
+            report = run_evaluation(settings, loaded, state,
+                                    log=lambda line: _stderr(f"tokentrace: {line}"))
+        except (KeyboardInterrupt, Cancelled):
+            _stderr(f"tokentrace: evaluation stopped; finished results are in "
+                    f"{settings.progress_path}. Run the same command again to resume.")
+            return EXIT_CANCELLED
+    if plot is not None:
+        from desktop.report.charts import write_plot
+
+        write_plot(plot, report["curves"])
+    if not args.quiet:
+        render_evaluation(report)
+    written = [str(p) for p in (args.json, args.csv, args.markdown, plot) if p]
+    print(f"{report['cases_evaluated']} cases, {len(settings.evaluation.methods)} methods; "
+          f"wrote {', '.join(written)}")
+    return 0
+
+
+def _request(args: argparse.Namespace, case: str):
+    """The ExplainRequest the explain-like options describe, for ``case``."""
+    from engine.explain import ExplainRequest
+    from engine.prompting import DEFAULT_SYSTEM_PROMPT
+
+    return ExplainRequest(
+        case_text=case, method=args.method, steps=args.steps,
+        max_new_tokens=args.max_new_tokens, target=args.target, baseline=args.baseline,
+        raw_prompt=args.raw_prompt,
+        system_prompt=DEFAULT_SYSTEM_PROMPT if args.system is None else args.system,
+        matrix=not args.no_matrix, batch_size=args.batch_size,
+        options=tuple((key.replace("-", "_"), value) for key, value in args.option))
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def run_methods(args: argparse.Namespace) -> int:
     from engine.methods import METHODS
+    from engine.methods.base import Size
 
-    example = {"n": 200, "T": 64}
+    example = Size(prompt=200, case=150, answer=64)
     entries: list[dict[str, Any]] = []
     for spec in METHODS.values():
-        cost = spec.cost(example["n"], example["T"], spec.defaults())
+        cost = spec.cost(example, spec.defaults())
         entries.append({
             "name": spec.name,
             "description": spec.description,
             "parameters": [{"name": p.name, "default": p.default, "help": p.help}
                            for p in spec.params],
             "cost": {"formula": spec.cost_formula,
-                     "example": {**example, "forwards": cost.forwards,
+                     "example": {"prompt_tokens": example.prompt,
+                                 "case_tokens": example.case,
+                                 "answer_tokens": example.answer, "forwards": cost.forwards,
                                  "backwards": cost.backwards, "tokens_per_pass": cost.tokens}},
         })
     if args.json:
         print(json.dumps(entries, indent=2))
         return 0
-    from desktop.terminal import render_methods
+    from desktop.cli.terminal import render_methods
 
     render_methods(entries)
     return 0
@@ -353,6 +364,3 @@ def main(argv: list[str] | None = None) -> int:
               "(run with --debug for the traceback)", file=sys.stderr)
         return EXIT_INTERNAL
 
-
-if __name__ == "__main__":
-    sys.exit(main())

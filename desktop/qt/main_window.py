@@ -29,22 +29,28 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from desktop.palette import completeness_hint, legend_words
-from desktop.qt_chart import AttributionChart
-from desktop.qt_hardware import HardwarePanel
-from desktop.qt_overlay import Legend, TokenOverlay, scale_of, units_for
-from desktop.qt_worker import EngineThread
+from desktop.present import (
+    ExplanationView,
+    method_summary,
+    scale_of,
+    units_of,
+    verdict_view,
+)
+from desktop.qt.chart import AttributionChart
+from desktop.qt.hardware import HardwarePanel
+from desktop.qt.overlay import Legend, TokenOverlay
+from desktop.qt.requests import Kind, Request, Requests
+from desktop.qt.worker import EngineThread
 from desktop.session import ViewState, load_session, save_session
+from engine.cases import DEMO_CASES, demo_cases, read_case
 from engine.defaults import DEFAULT_METHOD
 from engine.errors import TokenTraceError
 from engine.explain import ExplainRequest
-from engine.fields import field_shares
 from engine.models import ModelRequest
 from engine.prompting import DEFAULT_SYSTEM_PROMPT
 from engine.record import Explanation
 from engine.task import STAGES
 
-CASES_DIR = Path(__file__).resolve().parent.parent / "resources" / "cases"
 LONG_RUN_SECONDS = 120
 FALLBACK_METHOD = DEFAULT_METHOD  # quick: one forward pass, no backward
 
@@ -53,52 +59,11 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
-def demo_cases() -> list[tuple[str, str]]:
-    """(menu title, case text) for the bundled synthetic cases."""
-    from engine.cases import load_cases
-
-    entries = [(p.stem.replace("_", " ").capitalize(), p.read_text(encoding="utf-8").strip())
-               for p in sorted(CASES_DIR.glob("*.txt"))]
-    for path in sorted(CASES_DIR.glob("*.jsonl")):
-        entries += [(case.title or case.id, case.text) for case in load_cases(path)]
-    return entries
+PENDING_STYLE = "background:#e0e0e0; color:#333333; border-radius:6px; padding:6px;"
 
 
-BADGE_STYLE = {
-    "strong": "background:#1a9850; color:white; border-radius:6px; padding:6px;",
-    "fair": "background:#fee08b; color:#3a2c00; border-radius:6px; padding:6px;",
-    "weak": "background:#d73027; color:white; border-radius:6px; padding:6px;",
-    "pending": "background:#e0e0e0; color:#333333; border-radius:6px; padding:6px;",
-}
-VERDICT_NAMES = {"strong": "Strong", "fair": "Fair", "weak": "Weak"}
-
-
-def badge_html(check) -> str:
-    """The badge: the verdict, then the plain-language sentence with its numbers."""
-    return (f"<b>Reliability: {VERDICT_NAMES.get(check.verdict, check.verdict)}</b> — "
-            f"{html.escape(check.summary)}")
-
-
-def badge_details(check) -> str:
-    return (f"Comprehensiveness (AOPC) {check.comprehensiveness:+.4f} vs random "
-            f"{check.random_comprehensiveness:+.4f}\n"
-            f"Sufficiency (AOPC) {check.sufficiency:+.4f} vs random "
-            f"{check.random_sufficiency:+.4f} (lower is better)\n"
-            f"Rank correlation with {check.second_method}: {check.rank_correlation:.2f}\n"
-            f"{check.random_draws} random rankings; checked in {check.seconds:.1f} s")
-
-
-def method_summary(record: Explanation) -> str:
-    """The method, its settings and (for path methods) the completeness error, in one line."""
-    shown = {k: v for k, v in record.method.params.items()
-             if k not in ("batch_size", "integration", "points", "converged") and v is not None}
-    text = f"Method {record.method.name} (" + ", ".join(
-        f"{k}={v}" for k, v in shown.items()) + ")"
-    error = record.attribution.completeness_error
-    if error is not None:
-        hint = completeness_hint(record.method.params, error)
-        text += f" · completeness error {100 * error:.1f}%{hint}"
-    return text
+def badge_style(background: str, ink: str) -> str:
+    return f"background:{background}; color:{ink}; border-radius:6px; padding:6px;"
 
 
 class SettingsPanel(QWidget):
@@ -229,7 +194,7 @@ class MainWindow(QMainWindow):
         self.selected_row: int | None = None
         self.rows: dict[int, tuple[float, ...]] = {}  # answer rows computed on click
         self._pending_row: int | None = None  # clicked while the reliability check ran
-        self._task: str | None = None  # what the engine thread was last asked to do
+        self.requests = Requests()  # what the engine thread runs; whether a result applies
         self.last_error: str | None = None
         self.error_box: QMessageBox | None = None
         self._settings = settings or QSettings("TokenTrace", "TokenTrace")
@@ -423,8 +388,7 @@ class MainWindow(QMainWindow):
         self._model_request = request
         self.model_label.setText(f"Loading {request.source}…")
         self._set_busy(True)
-        self._task = "load"
-        self.engine.load_model(request)
+        self.requests.issued(Request(self.engine.load_model(request), Kind.LOAD))
 
     def explain(self) -> None:
         text = self.case_edit.toPlainText()
@@ -440,8 +404,7 @@ class MainWindow(QMainWindow):
         self._answer_pieces = []
         self.answer_view.setPlainText("")
         self._set_busy(True)
-        self._task = "explain"
-        self.engine.explain(request)
+        self.requests.issued(Request(self.engine.explain(request), Kind.EXPLAIN))
 
     def cancel(self) -> None:
         self.engine.cancel()
@@ -452,12 +415,12 @@ class MainWindow(QMainWindow):
         self.selected_row = row
         self._pending_row = None
         if row is not None and self.record is not None and self._row_scores(row) is None:
-            if self._task == "reliability":
+            if self.requests.is_running(Kind.RELIABILITY):
                 self._pending_row = row  # explained once the check has finished
             else:
-                self._task = "row"
                 self.cancel_button.setEnabled(True)
-                self.engine.answer_row(self.record, row)
+                self.requests.issued(Request(self.engine.answer_row(self.record, row), Kind.ROW,
+                                             self.record.created_at, row))
         self._show_selection()
 
     def _row_scores(self, row: int | None) -> tuple[float, ...] | None:
@@ -472,13 +435,15 @@ class MainWindow(QMainWindow):
     def _row_estimate(self, row: int) -> float | None:
         """Seconds to explain answer token ``row`` of the record on its own."""
         from engine.methods import get_method
-        from engine.methods.base import estimate_seconds
+        from engine.methods.base import Size, estimate_seconds
 
         record, info = self.record, self.model_info
         if record is None or info is None:
             return None
         params = {**record.method.params, "matrix": False}
-        cost = get_method(record.method.name).cost(len(record.prompt.token_ids) + row, 1, params)
+        size = Size(prompt=len(record.prompt.token_ids) + row,
+                    case=sum(record.prompt.attributable), answer=1)
+        cost = get_method(record.method.name).cost(size, params)
         return estimate_seconds(cost, info.parameters, info.device.split(":")[0],
                                 self._measured_rate())
 
@@ -496,12 +461,12 @@ class MainWindow(QMainWindow):
     # ---- engine signals -----------------------------------------------------------------
 
     def _on_started(self, request_id: int, what: str) -> None:
-        if self.engine.is_current(request_id):
+        if self.requests.applies(request_id, self._on_screen()):
             self.stage_label.setText("Loading model" if what == "load" else "Starting")
 
     def _on_progressed(self, request_id: int, stage: str, done: int, total: int,
                        remaining: float) -> None:
-        if not self.engine.is_current(request_id):
+        if not self.requests.applies(request_id, self._on_screen()):
             return
         self.progress.setRange(0, max(total, 1))
         self.progress.setValue(done)
@@ -509,12 +474,12 @@ class MainWindow(QMainWindow):
         self.stage_label.setText(f"{STAGES.get(stage, stage)}{left}")
 
     def _on_token_generated(self, request_id: int, piece: str) -> None:
-        if self.engine.is_current(request_id):
+        if self.requests.applies(request_id):
             self._answer_pieces.append(piece)
             self.answer_view.setPlainText("".join(self._answer_pieces))
 
     def _on_model_loaded(self, request_id: int, info) -> None:
-        if not self.engine.is_current(request_id):
+        if not self.requests.settle(request_id):
             return
         self._set_busy(False)
         self.model_label.setText(f"{info.name} · {info.parameters / 1e6:,.0f}M parameters · "
@@ -526,9 +491,8 @@ class MainWindow(QMainWindow):
         self.model_ready.emit(info)
 
     def _on_finished(self, request_id: int, record: Explanation) -> None:
-        if not self.engine.is_current(request_id):
+        if not self.requests.settle(request_id):
             return
-        self._task = None
         self._set_busy(False)
         self.stage_label.setText(f"Done in {record.timings.attribute_s:.1f} s")
         self._remember_throughput(record)
@@ -542,16 +506,18 @@ class MainWindow(QMainWindow):
             return
         self.cancel_button.setEnabled(True)  # Explain stays enabled: a new run supersedes it
         self.badge.setText("Checking how far this explanation can be trusted…")
-        self.badge.setStyleSheet(BADGE_STYLE["pending"])
+        self.badge.setStyleSheet(PENDING_STYLE)
         self.badge.show()
-        self._task = "reliability"
-        self.engine.check_reliability(self.record)
+        self.requests.issued(Request(self.engine.check_reliability(self.record),
+                                     Kind.RELIABILITY, self.record.created_at))
 
     def _on_checked(self, request_id: int, record: Explanation) -> None:
-        if not self.engine.is_current(request_id):
+        request = self.requests.settle(request_id)
+        if request is None:
             return
-        self._task = None
         self._set_busy(False)
+        if not request.about(self._on_screen()):
+            return  # the check of an explanation no longer on screen
         self.record = record
         self.stage_label.setText(f"Reliability checked in {record.reliability.seconds:.1f} s")
         self._show_badge(record)
@@ -564,11 +530,11 @@ class MainWindow(QMainWindow):
             self.select_answer_token(row)
 
     def _on_row_ready(self, request_id: int, found) -> None:
-        if not self.engine.is_current(request_id):
+        request = self.requests.settle(request_id)
+        if request is None:
             return
-        self._task = None
         self._set_busy(False)
-        if self.record is None or found.created_at != self.record.created_at:
+        if not request.about(self._on_screen()) or found.created_at != request.explanation:
             return  # a row of an explanation no longer on screen
         self.rows[found.row] = found.scores
         self.stage_label.setText(f"Answer token {found.row + 1} explained")
@@ -581,20 +547,21 @@ class MainWindow(QMainWindow):
         if check is None:
             self.badge.hide()
             return
-        self.badge.setText(badge_html(check))
-        self.badge.setToolTip(badge_details(check))
-        self.badge.setStyleSheet(BADGE_STYLE[check.verdict])
+        view = verdict_view(check)
+        self.badge.setText(f"<b>Reliability: {view.name}</b> — {html.escape(view.summary)}")
+        self.badge.setToolTip("\n".join(view.details))
+        self.badge.setStyleSheet(badge_style(view.background, view.ink))
         self.badge.show()
 
     def _on_errored(self, request_id: int, message: str) -> None:
-        if not self.engine.is_current(request_id):
+        request = self.requests.settle(request_id)
+        if request is None:
             return
-        task, self._task = self._task, None
         self._set_busy(False)
         self.stage_label.setText("Error")
-        if task == "row":
+        if request.kind is Kind.ROW:
             self.select_answer_token(None)
-        elif task == "reliability":
+        elif request.kind is Kind.RELIABILITY:
             self._run_pending_row()
         if self.model_label.text().startswith("Loading"):
             self.model_label.setText("No model loaded")
@@ -602,17 +569,21 @@ class MainWindow(QMainWindow):
         self.failed.emit(message)
 
     def _on_cancelled(self, request_id: int) -> None:
-        if self.engine.is_current(request_id):
-            task, self._task = self._task, None
+        request = self.requests.settle(request_id)
+        if request is not None:
             self._set_busy(False)
             self.stage_label.setText("Cancelled")
-            if task == "row":
+            if request.kind is Kind.ROW:
                 self.select_answer_token(None)
-            elif task == "reliability":
+            elif request.kind is Kind.RELIABILITY:
                 self.badge.setText("Reliability check cancelled (Explain again, or turn the "
                                    "check on in Settings, to run it)")
-                self.badge.setStyleSheet(BADGE_STYLE["pending"])
+                self.badge.setStyleSheet(PENDING_STYLE)
                 self._run_pending_row()
+
+    def _on_screen(self) -> str | None:
+        """The explanation on screen (its created_at), to match results about one."""
+        return self.record.created_at if self.record is not None else None
 
     # ---- showing a result ---------------------------------------------------------------
 
@@ -627,8 +598,8 @@ class MainWindow(QMainWindow):
         self.hardware.show_run(record)
         self.field_label.setVisible(bool(record.attribution.per_field))
         self.field_label.setText("Per clinical field: " + " · ".join(
-            f"{label} {100 * share:.0f}% ({score:+.3f})"
-            for label, score, share in field_shares(record.attribution.per_field)))
+            f"{field.label} {100 * field.share:.0f}% ({field.score:+.3f})"
+            for field in ExplanationView.from_record(record).fields))
         self.completeness.setText(method_summary(record))
         self._show_badge(record)
         self.explanation_shown.emit()
@@ -652,10 +623,10 @@ class MainWindow(QMainWindow):
             return
         row = self.selected_row
         scores = self._row_scores(row)
-        units = units_for(record, scores, self.granularity.currentText())
+        units = units_of(record, scores, self.granularity.currentText())
         self.overlay.show_units(record, units)
         self.chart.set_units(units)
-        self.legend.set_scale(scale_of(units), legend_words(record.method.name))
+        self.legend.set_scale(scale_of(units), record.method.name)
         what = ("the whole answer" if scores is None
                 else f"answer token {row + 1}: {record.answer.tokens[row]!r}")
         title = f"<b>Case, coloured by attribution to {html.escape(what)}</b>"
@@ -681,11 +652,12 @@ class MainWindow(QMainWindow):
 
     def _remember_throughput(self, record: Explanation) -> None:
         from engine.methods import get_method
-        from engine.methods.base import measured_throughput
+        from engine.methods.base import Size, measured_throughput
 
         spec = get_method(record.method.name)
-        cost = spec.cost(len(record.prompt.token_ids), len(record.answer.token_ids),
-                         record.method.params)
+        cost = spec.cost(Size(prompt=len(record.prompt.token_ids),
+                              case=sum(record.prompt.attributable),
+                              answer=len(record.answer.token_ids)), record.method.params)
         if record.timings.attribute_s > 0 and self.model_info is not None:
             self._settings.setValue(self._throughput_key(),
                                     measured_throughput(cost, record.timings.attribute_s))
@@ -699,7 +671,7 @@ class MainWindow(QMainWindow):
         """Attribution time for the current case and settings (or ``request``), or None
         without a model."""
         from engine.methods import get_method
-        from engine.methods.base import estimate_seconds
+        from engine.methods.base import Size, estimate_seconds
 
         info = self.model_info
         if info is None:
@@ -707,12 +679,13 @@ class MainWindow(QMainWindow):
         panel = self.settings_panel
         # The GUI never tokenizes (the tokenizer belongs to the engine thread): about four
         # characters a token, plus the chat template.
-        n = len(self.case_edit.toPlainText()) // 4 + 60
+        case = len(self.case_edit.toPlainText()) // 4
         target = panel.target.text().strip()
         answer = max(1, len(target) // 4) if target else panel.max_new_tokens.value()
         request = request or panel.request(self.case_edit.toPlainText())
         params = request.method_params()  # raises on an unknown or malformed option
-        cost = get_method(request.method).cost(n, answer, params)
+        cost = get_method(request.method).cost(Size(prompt=case + 60, case=case, answer=answer),
+                                               params)
         return estimate_seconds(cost, info.parameters, info.device.split(":")[0],
                                 self._measured_rate())
 
@@ -774,11 +747,9 @@ class MainWindow(QMainWindow):
         self.error_box = box
 
     def _open_case(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open case", str(CASES_DIR),
+        path, _ = QFileDialog.getOpenFileName(self, "Open case", str(DEMO_CASES),
                                               "Text (*.txt);;All files (*)")
         if path:
-            from desktop.cli import read_case
-
             try:
                 self.case_edit.setPlainText(read_case(None, Path(path)))
             except Exception as exc:

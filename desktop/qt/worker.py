@@ -14,7 +14,8 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
-from engine.errors import Cancelled, TokenTraceError
+from desktop.qt.errors import message_for
+from engine.errors import Cancelled
 from engine.task import TaskState
 
 
@@ -167,10 +168,8 @@ class EngineWorker(QObject):
     def _fail(self, request_id: int, exc: Exception) -> None:
         if isinstance(exc, Cancelled):
             self.cancelled.emit(request_id)
-        elif isinstance(exc, TokenTraceError):
-            self.errored.emit(request_id, str(exc))
         else:
-            self.errored.emit(request_id, f"Unexpected error: {type(exc).__name__}: {exc}")
+            self.errored.emit(request_id, message_for(exc))
 
 
 class EngineThread(QObject):

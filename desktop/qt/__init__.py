@@ -1,0 +1,1 @@
+"""The desktop window (Qt): layout and wiring, the engine thread, the views."""

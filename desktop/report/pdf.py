@@ -1,0 +1,175 @@
+"""The PDF report: built from the explanation record with QTextDocument, printed by QPdfWriter.
+
+No web engine. A bundled font (DejaVu Sans, resources/fonts) makes it render the same headless.
+Built from the record's presentation model (desktop.present), like the terminal and the window.
+The report holds: title, date and the decision-support notice; the case coloured by attribution
+with a legend; the answer; a chart of the most influential words; the top words as a table; the
+method, its parameters and the completeness error; model provenance and software versions; the
+hardware profile.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from datetime import datetime
+from pathlib import Path
+
+from desktop.present import UNCOLOURED_BELOW, ExplanationView
+from desktop.report.charts import chart_image
+from desktop.report.qt import ensure_gui_application, font_family
+from engine.record import Explanation
+
+NOTICE = ("Decision support, not a diagnosis. The colours show what the language model's answer "
+          "rested on, not whether the answer is right.")
+
+
+def _css(colour: tuple[int, int, int]) -> str:
+    return "rgb({},{},{})".format(*colour)
+
+
+def report_html(record: Explanation, created: datetime | None = None) -> str:
+    """The report as Qt rich text. Images are referenced as ``chart`` (see :func:`write_pdf`)."""
+    created = created or datetime.now()
+    esc = html.escape
+    view = ExplanationView.from_record(record, top=15)
+    case_html = "".join(
+        esc(piece.text) if piece.background is None else
+        f'<span style="background-color:{_css(piece.background)}; color:{piece.ink};">'
+        f"{esc(piece.text)}</span>" for piece in view.pieces).replace("\n", "<br/>")
+    legend = "".join(
+        f'<td style="background-color:{_css(step.background)}; color:{step.ink};">'
+        f"&nbsp;{step.value:+.3g}&nbsp;</td>" for step in view.legend)
+    rows = "".join(
+        f"<tr><td>{w.rank}</td><td>{esc(w.text)}</td><td align='right'>{w.score:+.4f}</td>"
+        f"<td align='right'>{100 * w.share:.1f}%</td></tr>" for w in view.top_words)
+    fields_html = ""
+    if view.fields:
+        field_rows = "".join(
+            f"<tr><td>{esc(f.label)}</td><td align='right'>{f.score:+.4f}</td>"
+            f"<td align='right'>{100 * f.share:.0f}%</td></tr>" for f in view.fields)
+        fields_html = ("<h2>Attribution per clinical field</h2><table border='1' "
+                       "cellspacing='0' cellpadding='3'><tr><th>field</th><th>attribution</th>"
+                       f"<th>share</th></tr>{field_rows}</table>")
+    model, versions = record.model, record.versions
+
+    def table(items: list[tuple[str, str]]) -> str:
+        return ("<table cellspacing='0' cellpadding='3'>" + "".join(
+            f"<tr><td width='28%'><b>{esc(k)}</b></td><td>{esc(v)}</td></tr>"
+            for k, v in items) + "</table>")
+
+    return f"""
+<h1>TokenTrace explanation report</h1>
+<p>{esc(created.strftime('%Y-%m-%d %H:%M'))} · explanation recorded {esc(record.created_at)}</p>
+<p style="background-color:#fff4d6; padding:6px;"><b>{esc(NOTICE)}</b></p>
+<h2>Case, coloured by attribution to the whole answer</h2>
+<p style="line-height:160%;">{case_html}</p>
+<table cellspacing="0" cellpadding="2"><tr>{legend}</tr></table>
+<p>{esc(view.legend_words.capitalize())}. Scores are summed per word; words under
+{UNCOLOURED_BELOW:.0%} of the scale are left uncoloured.</p>
+<h2>{esc(view.answer_title)}</h2>
+<p>{esc(view.answer)}</p>
+{_reliability_html(view)}
+<h2>Most influential words</h2>
+<p><img src="chart" width="620"/></p>
+<table border="1" cellspacing="0" cellpadding="3">
+<tr><th>#</th><th>word</th><th>attribution</th><th>share</th></tr>{rows}</table>
+{fields_html}
+<h2>Method</h2>
+{table([("Method", record.method.name), ("Parameters", view.parameters.replace("=", " = ")),
+        ("Completeness error", view.completeness), ("Prompt", view.tokens)])}
+<h2>Model and software</h2>
+{table([("Model", model.name), ("Source", model.source), ("sha256", model.sha256),
+        ("Precision and device", f"{model.dtype} on {model.device}"),
+        ("Parameters", f"{model.parameters:,}"),
+        ("Software", f"TokenTrace {versions.tokentrace}, torch {versions.torch}, "
+                     f"transformers {versions.transformers}, captum {versions.captum}")])}
+<h2>Hardware profile</h2>
+{table([("Device", view.device), ("Peak memory", view.memory),
+        ("Time", view.time), ("Network", "none: TokenTrace runs offline")])}
+"""
+
+
+def _reliability_html(view: ExplanationView) -> str:
+    esc = html.escape
+    verdict, check = view.verdict, view.record.reliability
+    if verdict is None or check is None:
+        return ("<h2>How far to trust this explanation</h2><p>Not checked. Run "
+                "<i>tokentrace explain --reliability</i>, or keep <i>Check reliability</i> on "
+                "in the window, to add the check.</p>")
+    rows = "".join(
+        f"<tr><td>{esc(what)}</td><td align='right'>{ours}</td><td align='right'>{chance}</td>"
+        f"</tr>" for what, ours, chance in (
+            ("Comprehensiveness, AOPC (higher is better)", f"{check.comprehensiveness:+.4f}",
+             f"{check.random_comprehensiveness:+.4f}"),
+            ("Sufficiency, AOPC (lower is better)", f"{check.sufficiency:+.4f}",
+             f"{check.random_sufficiency:+.4f}")))
+    return (f"<h2>How far to trust this explanation</h2>"
+            f"<p style='background-color:{verdict.background}; color:{verdict.ink}; "
+            f"padding:6px;'><b>Reliability: {esc(verdict.name)}</b> — {esc(verdict.summary)}</p>"
+            "<table border='1' cellspacing='0' cellpadding='3'><tr><th>check</th>"
+            f"<th>this explanation</th><th>random words (mean of {check.random_draws})</th></tr>"
+            f"{rows}</table><p>Rank correlation with {esc(check.second_method)} over the case "
+            f"words: {check.rank_correlation:.2f}. Checked in {check.seconds:.1f} s.</p>")
+
+
+def write_pdf(record: Explanation, path: str | os.PathLike[str]) -> Path:
+    """Write the report as an A4 PDF (atomically) and return its path."""
+    ensure_gui_application()
+    from PySide6.QtCore import QMarginsF, QUrl
+    from PySide6.QtGui import QFont, QPageLayout, QPageSize, QPdfWriter, QTextDocument
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.partial")
+    writer = QPdfWriter(str(tmp))
+    writer.setResolution(300)
+    writer.setPageLayout(QPageLayout(QPageSize(QPageSize.PageSizeId.A4),
+                                     QPageLayout.Orientation.Portrait,
+                                     QMarginsF(18, 18, 18, 18), QPageLayout.Unit.Millimeter))
+    writer.setTitle(f"TokenTrace report: {record.answer.text[:60]}")
+    writer.setCreator(f"TokenTrace {record.versions.tokentrace}")
+    document = QTextDocument()
+    document.setDefaultFont(QFont(font_family(), 10))
+    chart = chart_image(record)
+    document.addResource(QTextDocument.ResourceType.ImageResource, QUrl("chart"),
+                         chart.scaledToWidth(900))
+    document.setHtml(report_html(record))
+    document.print_(writer)  # lays the document out again for the page, and paginates
+    del writer  # flushes and closes the file
+    os.replace(tmp, target)
+    return target
+
+
+def write_summary_pdf(rows: list[dict[str, object]], path: Path) -> None:
+    """One table of every case with its time and memory: the hardware profile across cases."""
+    ensure_gui_application()
+    from PySide6.QtGui import QFont, QPageLayout, QPageSize, QPdfWriter, QTextDocument
+
+    def mean(key: str) -> float:
+        return sum(float(r[key]) for r in rows) / len(rows)
+
+    body = "".join(
+        f"<tr><td>{html.escape(str(r['case']))}</td><td>{html.escape(str(r['answer'])[:80])}"
+        f"</td><td align='right'>{float(r['attribute_s']):.1f}</td>"
+        f"<td align='right'>{float(r['peak_rss_mb']):,.0f}</td>"
+        f"<td align='right'>{'' if r['completeness_error'] is None else format(100 * float(r['completeness_error']), '.1f')}</td></tr>"  # noqa: E501
+        for r in rows)
+    document = QTextDocument()
+    document.setDefaultFont(QFont(font_family(), 9))
+    document.setHtml(f"""
+<h1>TokenTrace batch summary</h1>
+<p><b>{html.escape(NOTICE)}</b></p>
+<p>{len(rows)} cases on {html.escape(str(rows[0]['device']))}. Mean attribution time
+{mean('attribute_s'):.1f} s (max {max(float(r['attribute_s']) for r in rows):.1f} s); mean peak
+RSS {mean('peak_rss_mb'):,.0f} MiB (max {max(float(r['peak_rss_mb']) for r in rows):,.0f} MiB).</p>
+<table border="1" cellspacing="0" cellpadding="3">
+<tr><th>case</th><th>answer</th><th>attribute s</th><th>peak RSS MiB</th>
+<th>completeness %</th></tr>{body}</table>""")
+    writer = QPdfWriter(str(path))
+    writer.setPageSize(QPageSize(QPageSize.PageSizeId.A4))
+    writer.setPageOrientation(QPageLayout.Orientation.Landscape)
+    writer.setTitle("TokenTrace batch summary")
+    writer.setCreator("TokenTrace")
+    document.print_(writer)
+    del writer
