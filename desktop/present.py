@@ -25,6 +25,7 @@ NEUTRAL = (247, 247, 247)
 UNCOLOURED_BELOW = 0.05  # fraction of the scale under which a unit is left uncoloured
 HIGH_COMPLETENESS_ERROR = 0.10  # above this, views suggest more integration steps
 LEGEND_STEPS = (-1.0, -0.5, 0.0, 0.5, 1.0)
+SHARE_STEPS = (0.0, 0.25, 0.5, 0.75, 1.0)
 # Record parameters that describe how a run went rather than what was asked.
 RUN_DETAILS = ("batch_size", "integration", "points", "converged")
 
@@ -49,8 +50,7 @@ def text_colour(score: float, scale: float) -> str:
 
 def legend_words(method: str) -> str:
     """What the colours mean for ``method``'s scores, in one line."""
-    spec = METHODS.get(method)
-    if spec is not None and not spec.signed:
+    if not signed(method):
         return ("red: what the answer drew on (darker: more) · shares of information flow, "
                 "with no direction")
     return "red: pushed toward the answer · blue: pushed against it"
@@ -182,9 +182,18 @@ def case_pieces(record: Explanation, units: Sequence[Span]) -> list[Piece]:
     return pieces
 
 
-def legend(scale: float) -> tuple[LegendStep, ...]:
+def signed(method: str) -> bool:
+    """Whether ``method``'s scores have a direction (toward or against the answer)."""
+    spec = METHODS.get(method)
+    return spec is None or spec.signed
+
+
+def legend(scale: float, method: str = "") -> tuple[LegendStep, ...]:
+    """The colour scale's steps: -scale to +scale, or 0 to +scale for shares (a blue end that
+    no score can reach would mislead)."""
+    steps = LEGEND_STEPS if signed(method) else SHARE_STEPS
     return tuple(LegendStep(w * scale, blend(w * scale, scale), text_colour(w * scale, scale))
-                 for w in LEGEND_STEPS)
+                 for w in steps)
 
 
 def listed_words(units: Sequence[Span]) -> list[Span]:
@@ -257,7 +266,8 @@ class ExplanationView:
             memory += f" · peak accelerator {hw.peak_accelerator_mb:,.0f} MiB"
         return cls(
             record=record, units=tuple(units), pieces=tuple(case_pieces(record, units)),
-            scale=scale, legend=legend(scale), legend_words=legend_words(record.method.name),
+            scale=scale, legend=legend(scale, record.method.name),
+            legend_words=legend_words(record.method.name),
             top_words=top_words(units, top),
             fields=tuple(FieldShare(label, score, share) for label, score, share
                          in field_shares(record.attribution.per_field or {})),

@@ -104,7 +104,7 @@ class Legend(QLabel):
 
     def set_scale(self, scale: float, method: str = "ig") -> None:
         cells = []
-        for step in legend(scale):
+        for step in legend(scale, method):
             r, g, b = step.background
             cells.append(f'<td style="background-color:rgb({r},{g},{b}); '
                          f'color:{step.ink}; padding:2px 8px;">{step.value:+.3g}</td>')
