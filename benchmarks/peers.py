@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from captum.attr import LayerIntegratedGradients, LLMGradientAttribution
 
-from engine.methods.perturbation import IdsTokenInput
+from engine.methods._perturbation import IdsTokenInput
 
 
 def captum_ig(model: Any, tokenizer: Any, prompt_ids: torch.Tensor, attributable: torch.Tensor,

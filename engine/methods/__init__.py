@@ -1,4 +1,6 @@
-"""Attribution methods, registered by name. One method per module."""
+"""Attribution methods, registered by name: one public module per method name (its SPEC), the
+shared machinery in private modules (``_paths``, ``_attention``, ``_information_flow``,
+``_perturbation``, ``_discretized``)."""
 
 from __future__ import annotations
 
@@ -7,22 +9,23 @@ from engine.errors import InvalidSettingsError
 from engine.methods import (
     ca_lig,
     dig,
+    feature_ablation,
+    flashtrace,
     grad_ellm,
     heta,
+    ifr,
     ig,
-    information_flow,
     input_x_gradient,
-    perturbation,
+    shapley,
     sig,
+    udig,
 )
 from engine.methods.base import AttributionInput, AttributionOutput, MethodSpec
 from engine.methods.ig import integrated_gradients
-from engine.methods.perturbation import feature_ablation, shapley
 
-METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
-    ig.SPEC, perturbation.ABLATION_SPEC, perturbation.SHAPLEY_SPEC, dig.DIG_SPEC, dig.UDIG_SPEC,
-    sig.SPEC, heta.SPEC, grad_ellm.SPEC, ca_lig.SPEC, information_flow.FLASHTRACE_SPEC,
-    information_flow.IFR_SPEC, input_x_gradient.SPEC)}
+METHODS: dict[str, MethodSpec] = {module.SPEC.name: module.SPEC for module in (
+    ig, feature_ablation, shapley, dig, udig, sig, heta, grad_ellm, ca_lig, flashtrace, ifr,
+    input_x_gradient)}
 
 
 def get_method(name: str) -> MethodSpec:
@@ -34,4 +37,4 @@ def get_method(name: str) -> MethodSpec:
 
 
 __all__ = ["DEFAULT_METHOD", "METHODS", "AttributionInput", "AttributionOutput", "MethodSpec",
-           "feature_ablation", "get_method", "integrated_gradients", "second_opinion", "shapley"]
+           "get_method", "integrated_gradients", "second_opinion"]

@@ -36,7 +36,16 @@ from typing import Any
 import torch
 
 from engine.errors import InvalidSettingsError
-from engine.methods.attention import capture_attention, eager_attention, parse_layers
+from engine.methods._attention import capture_attention, eager_attention, parse_layers
+from engine.methods._paths import (
+    EmbeddedProblem,
+    accumulation_dtype,
+    embed_problem,
+    endpoint_log_probs,
+    gauss_legendre,
+    integrate,
+    relative_completeness_error,
+)
 from engine.methods.base import (
     AttributionInput,
     AttributionOutput,
@@ -49,15 +58,6 @@ from engine.methods.base import (
     cancellable,
     check_steps,
     decoder_layers,
-)
-from engine.methods.paths import (
-    EmbeddedProblem,
-    accumulation_dtype,
-    embed_problem,
-    endpoint_log_probs,
-    gauss_legendre,
-    integrate,
-    relative_completeness_error,
 )
 from engine.task import SubTask, TaskState
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as nnf
 
 from engine.errors import InvalidSettingsError
-from engine.methods.attention import (
+from engine.methods._attention import (
     capture_attention,
     eager_attention,
     head_layout,

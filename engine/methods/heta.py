@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from engine.errors import InvalidSettingsError
-from engine.methods.attention import capture_attention, eager_attention, head_layout
+from engine.methods._attention import capture_attention, eager_attention, head_layout
 from engine.methods.base import (
     AttributionInput,
     AttributionOutput,

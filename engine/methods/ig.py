@@ -34,18 +34,7 @@ from typing import Any
 
 import torch
 
-from engine.methods.base import (
-    AttributionInput,
-    AttributionOutput,
-    Cost,
-    MethodSpec,
-    Param,
-    Size,
-    cancellable,
-    check_steps,
-    run_in_batches,
-)
-from engine.methods.paths import (
+from engine.methods._paths import (
     INITIAL_INTERVALS,
     NestedSimpson,
     accumulation_dtype,
@@ -58,6 +47,17 @@ from engine.methods.paths import (
     integrate,
     refine,
     relative_completeness_error,
+)
+from engine.methods.base import (
+    AttributionInput,
+    AttributionOutput,
+    Cost,
+    MethodSpec,
+    Param,
+    Size,
+    cancellable,
+    check_steps,
+    run_in_batches,
 )
 from engine.task import TaskState
 

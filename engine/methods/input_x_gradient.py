@@ -17,6 +17,13 @@ from typing import Any
 
 import torch
 
+from engine.methods._paths import (
+    accumulation_dtype,
+    embed_problem,
+    embedding_estimate,
+    embedding_forward,
+    integrate,
+)
 from engine.methods.base import (
     AttributionInput,
     AttributionOutput,
@@ -25,13 +32,6 @@ from engine.methods.base import (
     Param,
     Size,
     answer_log_probs,
-)
-from engine.methods.paths import (
-    accumulation_dtype,
-    embed_problem,
-    embedding_estimate,
-    embedding_forward,
-    integrate,
 )
 from engine.task import TaskState
 

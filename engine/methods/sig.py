@@ -28,19 +28,7 @@ from typing import Any
 
 import torch
 
-from engine.methods.base import (
-    AttributionInput,
-    AttributionOutput,
-    Cost,
-    MethodSpec,
-    Param,
-    Size,
-    answer_log_probs,
-    cancellable,
-    check_steps,
-    run_in_batches,
-)
-from engine.methods.paths import (
+from engine.methods._paths import (
     INITIAL_INTERVALS,
     NestedSimpson,
     accumulation_dtype,
@@ -52,6 +40,18 @@ from engine.methods.paths import (
     gauss_legendre,
     integrate,
     refine,
+)
+from engine.methods.base import (
+    AttributionInput,
+    AttributionOutput,
+    Cost,
+    MethodSpec,
+    Param,
+    Size,
+    answer_log_probs,
+    cancellable,
+    check_steps,
+    run_in_batches,
 )
 from engine.task import TaskState
 

@@ -73,7 +73,7 @@ def test_the_default_reuses_generations_cache_with_the_same_numbers(embedded):
     """The window's default on the real model: IFR after generation reads the prompt's
     keys and values from generation's cache; the same numbers as a fresh forward."""
     from engine.methods import AttributionInput, get_method
-    from engine.methods.information_flow import information_flow
+    from engine.methods._information_flow import information_flow
 
     _, loaded = embedded
     record = explain(ExplainRequest(CASE, max_new_tokens=12, matrix=False), loaded)

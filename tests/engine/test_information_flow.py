@@ -12,7 +12,7 @@ from benchmarks.peers import captum_input_x_gradient
 from engine.errors import Cancelled, InvalidSettingsError
 from engine.generation import generate_with_cache
 from engine.methods import METHODS, AttributionInput
-from engine.methods.information_flow import _forward, information_flow, is_stop_token
+from engine.methods._information_flow import _forward, information_flow, is_stop_token
 from engine.methods.input_x_gradient import input_x_gradient
 from engine.prompting import build_prompt
 from engine.task import TaskState

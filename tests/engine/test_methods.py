@@ -8,7 +8,16 @@ from tiny import CASE, make_tiny_model, relative_difference
 
 from engine.errors import Cancelled, InvalidSettingsError
 from engine.methods import METHODS, AttributionInput, integrated_gradients
-from engine.methods.attention import eager_attention, parse_layers
+from engine.methods._attention import eager_attention, parse_layers
+from engine.methods._discretized import (
+    build_paths,
+    dig,
+    nearest,
+    path_attribution,
+    udig,
+    word_piece_ids,
+)
+from engine.methods._paths import embed_problem, endpoint_log_probs
 from engine.methods.base import Size, answer_log_probs
 from engine.methods.ca_lig import (
     attention_relevance,
@@ -17,7 +26,6 @@ from engine.methods.ca_lig import (
     fuse_and_roll,
     layer_integrated_gradients,
 )
-from engine.methods.dig import build_paths, dig, nearest, path_attribution, udig, word_piece_ids
 from engine.methods.grad_ellm import grad_ellm, raw_scores
 from engine.methods.heta import (
     HessianVectorProducts,
@@ -27,7 +35,6 @@ from engine.methods.heta import (
     heta,
     information,
 )
-from engine.methods.paths import embed_problem, endpoint_log_probs
 from engine.methods.sig import sequential_integrated_gradients
 from engine.prompting import build_prompt
 from engine.task import TaskState

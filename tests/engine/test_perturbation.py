@@ -8,8 +8,8 @@ from captum.attr import FeatureAblation, LLMAttribution, ShapleyValueSampling
 from tiny import CASE, relative_difference
 
 from engine.errors import Cancelled, InvalidSettingsError
-from engine.methods import AttributionInput, feature_ablation, shapley
-from engine.methods.perturbation import IdsTokenInput
+from engine.methods import AttributionInput
+from engine.methods._perturbation import IdsTokenInput, feature_ablation, shapley
 from engine.prompting import build_prompt
 from engine.task import TaskState
 

@@ -24,10 +24,7 @@ from engine.errors import InvalidSettingsError
 from engine.methods.base import (
     AttributionInput,
     AttributionOutput,
-    Cost,
-    MethodSpec,
     Param,
-    Size,
     answer_log_probs,
     auto_batch_size,
     cancellable,
@@ -174,27 +171,7 @@ def shapley(model: Any, tokenizer: Any, problem: AttributionInput,
     return _perturbation("shapley", model, tokenizer, problem, **kwargs)
 
 
-def _cost_ablation(size: Size, params: dict[str, Any]) -> Cost:
-    return Cost(forwards=size.case + 1, backwards=0, tokens=size.prompt + size.answer)
-
-
-def _cost_shapley(size: Size, params: dict[str, Any]) -> Cost:
-    return Cost(forwards=int(params.get("samples", 25)) * size.case + 1, backwards=0,
-                tokens=size.prompt + size.answer)
-
-
-_COMMON = (Param("baseline", "pad", "token that replaces a removed case token: pad or token:ID"),
-           Param("fused", True, "one sequence per perturbation scores every answer token"),
-           Param("batch_size", None, "perturbations per forward, fused only (None: fit to "
+COMMON = (Param("baseline", "pad", "token that replaces a removed case token: pad or token:ID"),
+          Param("fused", True, "one sequence per perturbation scores every answer token"),
+          Param("batch_size", None, "perturbations per forward, fused only (None: fit to "
                                      "memory)"))
-ABLATION_SPEC = MethodSpec(
-    name="feature-ablation",
-    description="Captum FeatureAblation: drop of log p when each case token is replaced",
-    params=_COMMON, cost_formula="n_case + 1 forwards over n + T tokens",
-    cost=_cost_ablation, run=feature_ablation)
-SHAPLEY_SPEC = MethodSpec(
-    name="shapley",
-    description="Captum ShapleyValueSampling over case tokens (sampled permutations)",
-    params=(*_COMMON, Param("samples", 25, "random permutations")),
-    cost_formula="samples x n_case + 1 forwards over n + T tokens",
-    cost=_cost_shapley, run=shapley)

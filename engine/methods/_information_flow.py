@@ -56,12 +56,11 @@ import torch
 from torch import nn
 
 from engine.errors import InvalidSettingsError
-from engine.methods.attention import attention_module, head_layout
+from engine.methods._attention import attention_module, head_layout
 from engine.methods.base import (
     AttributionInput,
     AttributionOutput,
     Cost,
-    MethodSpec,
     Param,
     Size,
     cache_keyword,
@@ -399,13 +398,13 @@ def _through_span(total: torch.Tensor, span_rows: torch.Tensor) -> float:
     return float(total[span_rows].sum()) / (denominator + 1e-12) if denominator > 0 else 0.0
 
 
-def _cost(size: Size, params: dict[str, Any]) -> Cost:
+def cost(size: Size, params: dict[str, Any]) -> Cost:
     # The block-wise contributions cost about one attention pass per hop (and T for the matrix).
     extra = int(params.get("hops", 0)) + (size.answer if params.get("matrix") else 0)
     return Cost(forwards=1 + math.ceil(extra / 8), backwards=0, tokens=size.prompt + size.answer)
 
 
-_PARAMS = (
+PARAMS = (
     Param("sink", "answer", "answer (the package's: the answer tokens' positions) or predicting "
                             "(the positions that predict them)"),
     Param("span", "all", "answer tokens to explain: all or START:END (from 0, END included)"),
@@ -413,32 +412,4 @@ _PARAMS = (
                                 "content (shares of the flow from the case and the answer "
                                 "only, so blocks where attention sinks dominate count alike)"),
     Param("matrix", False, "also compute the per-answer-token matrix (each token its own sink)"),
-)
-
-FLASHTRACE_SPEC = MethodSpec(
-    name="flashtrace",
-    description="FlashTrace: information flow to the whole answer in one forward pass, "
-                "with hops through the answer's own tokens (no backward)",
-    params=(Param("hops", 1, "hops through the answer's earlier tokens (0: plain IFR)"),
-            Param("stop_tokens", True, "skip ',' '.' and blank tokens, as FlashTrace does"),
-            *_PARAMS),
-    cost_formula="1 forward over n + T tokens; per hop about 1/8 of a forward",
-    cost=_cost,
-    run=information_flow,
-    reuses_prompt_cache=True,
-    signed=False,
-)
-
-IFR_SPEC = MethodSpec(
-    name="ifr",
-    description="Information flow routes to the answer span in one forward pass (FlashTrace's "
-                "single-span IFR; no hops, no stop-token filtering)",
-    params=(Param("hops", 0, "hops through the answer's earlier tokens"),
-            Param("stop_tokens", False, "skip ',' '.' and blank tokens"),
-            *_PARAMS),
-    cost_formula="1 forward over n + T tokens",
-    cost=_cost,
-    run=information_flow,
-    reuses_prompt_cache=True,
-    signed=False,
 )
