@@ -22,7 +22,7 @@ from engine.generation import generate_with_cache
 from engine.hardware import PeakMemory, device_name
 from engine.methods import DEFAULT_METHOD, AttributionInput, get_method
 from engine.methods.base import is_out_of_memory, out_of_memory_error
-from engine.models import LoadedModel
+from engine.models import LoadedModel, text_sha256
 from engine.prompting import DEFAULT_SYSTEM_PROMPT, answer_pieces, build_prompt
 from engine.record import (
     Answer,
@@ -203,7 +203,8 @@ def explain(request: ExplainRequest, loaded: LoadedModel,
             text=prompt.text, case_text=prompt.case_text, token_ids=prompt.token_ids,
             tokens=_prompt_tokens(tokenizer, prompt.token_ids, prompt.tokens),
             attributable=prompt.attributable, offsets=prompt.offsets, format=prompt.format,
-            system_prompt=prompt.system_prompt, fields=request.fields),
+            system_prompt=prompt.system_prompt, fields=request.fields,
+            case_sha256=text_sha256(prompt.case_text)),
         answer=Answer(text=answer_text, token_ids=tuple(answer_ids), tokens=answer_tokens,
                       forced=forced_ids is not None, log_probs=tuple(output.f_input.tolist())),
         attribution=Attribution(sequence=tuple(sequence.tolist()), per_token=per_token,

@@ -185,8 +185,20 @@ def load_model(request: ModelRequest, state: TaskState | None = None) -> LoadedM
         device=str(device),
         parameters=sum(p.numel() for p in model.parameters()),
         context_length=_context_length(model, tokenizer),
+        tokenizer_sha256=tokenizer_sha256(tokenizer),
+        template_sha256=text_sha256(getattr(tokenizer, "chat_template", None) or ""),
     )
     return LoadedModel(model, tokenizer, info, time.perf_counter() - start, from_cache)
+
+
+def tokenizer_sha256(tokenizer: Any) -> str:
+    """sha256 of the exact tokenizer used: its vocabulary, merges, normalizer, pre-tokenizer,
+    post-processor and added tokens, as its canonical JSON."""
+    return text_sha256(tokenizer.backend_tokenizer.to_str())
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _context_length(model: Any, tokenizer: Any) -> int:
@@ -229,11 +241,12 @@ def _load_folder(path: Path, dtype: torch.dtype, state: TaskState) -> tuple[Any,
         raise ModelLoadError(f"cannot load the tokenizer in {path}: {_short(exc)}") from None
     state.check()
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model, loading = AutoModelForCausalLM.from_pretrained(
             path, local_files_only=True, trust_remote_code=False, use_safetensors=True,
-            dtype=dtype, config=config)
+            dtype=dtype, config=config, output_loading_info=True)
     except Exception as exc:
         raise ModelLoadError(f"cannot load the model in {path}: {_short(exc)}") from None
+    _check_weights(loading, path)
     _require_fast(tokenizer, path)
     state.progressed("load", 2, 3)
     return model, tokenizer, sha
@@ -252,31 +265,80 @@ def _load_gguf(path: Path, dtype: torch.dtype, state: TaskState) -> tuple[Any, A
                              "Hugging Face model folder or a .gguf file")
     sha = file_sha256([path])
     state.progressed("load", 1, 3)
-    cached = cache_dir() / "gguf" / sha
+    cached = gguf_cache_path(sha)
     if (cached / "config.json").is_file():
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(cached, local_files_only=True)
-            model = AutoModelForCausalLM.from_pretrained(
-                cached, local_files_only=True, use_safetensors=True, dtype=dtype)
-            state.progressed("load", 2, 3)
-            return model, tokenizer, sha, True
-        except Exception:
-            shutil.rmtree(cached, ignore_errors=True)
+        if _cache_is_intact(cached, sha):
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(cached, local_files_only=True)
+                model = AutoModelForCausalLM.from_pretrained(
+                    cached, local_files_only=True, use_safetensors=True, dtype=dtype)
+                state.progressed("load", 2, 3)
+                return model, tokenizer, sha, True
+            except Exception:
+                pass
+        shutil.rmtree(cached, ignore_errors=True)  # never trusted: rebuilt from the GGUF
     state.check()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name,
-                                                  local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
-                                                     local_files_only=True, dtype=torch.float32)
-    except Exception as exc:
-        raise ModelLoadError(f"cannot read GGUF file {path}: {_short(exc)}") from None
+    # The GGUF is read alone: a tokenizer.json or config.json lying next to it must not
+    # replace the file's own tokenizer, chat template or architecture.
+    with _alone(path) as folder:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=path.name,
+                                                      local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=path.name,
+                                                         local_files_only=True,
+                                                         dtype=torch.float32)
+        except Exception as exc:
+            raise ModelLoadError(f"cannot read GGUF file {path}: {_short(exc)}") from None
     _require_fast(tokenizer, path)
-    _write_cache(model, tokenizer, cached)
+    _write_cache(model, tokenizer, cached, sha)
     state.progressed("load", 2, 3)
     return model.to(dtype), tokenizer, sha, False
 
 
-def _write_cache(model: Any, tokenizer: Any, target: Path) -> None:
+# What defines a dequantized cache entry besides the GGUF's bytes: how TokenTrace reads a GGUF
+# (bump when that changes) and the transformers release that converts its tokenizer and weights.
+GGUF_CACHE_FORMAT = 2
+CACHE_MANIFEST = "tokentrace-cache.json"
+
+
+def gguf_cache_path(gguf_sha: str) -> Path:
+    from transformers import __version__ as transformers_version
+
+    key = hashlib.sha256(f"{gguf_sha}|{GGUF_CACHE_FORMAT}|{transformers_version}".encode())
+    return cache_dir() / "gguf" / f"{gguf_sha[:16]}-{key.hexdigest()[:16]}"
+
+
+@contextlib.contextmanager
+def _alone(path: Path):
+    """A fresh folder holding only ``path`` (a link to it, else a copy)."""
+    folder = Path(tempfile.mkdtemp(prefix="tokentrace-gguf-"))
+    try:
+        target = folder / path.name
+        try:
+            os.symlink(path.resolve(), target)
+        except OSError:  # no symlinks (Windows without the privilege): a copy
+            shutil.copyfile(path, target)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _cache_is_intact(folder: Path, gguf_sha: str) -> bool:
+    """True when the entry's manifest names this GGUF and every file still has its sha256."""
+    try:
+        manifest = json.loads((folder / CACHE_MANIFEST).read_text(encoding="utf-8"))
+        files = manifest["files"]
+        if manifest.get("gguf_sha256") != gguf_sha or not isinstance(files, dict):
+            return False
+        present = {p.name for p in folder.iterdir() if p.is_file() and p.name != CACHE_MANIFEST}
+        if present != set(files):
+            return False
+        return all(file_sha256([folder / name]) == digest for name, digest in files.items())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _write_cache(model: Any, tokenizer: Any, target: Path, gguf_sha: str) -> None:
     """Save the dequantized weights as safetensors, then move them into place in one rename.
 
     ``save_pretrained`` refuses GGUF-loaded models (their quantizer marker is not serializable,
@@ -298,10 +360,32 @@ def _write_cache(model: Any, tokenizer: Any, target: Path) -> None:
         config.save_pretrained(tmp)
         save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         tokenizer.save_pretrained(tmp)
+        files = {f.name: file_sha256([f]) for f in sorted(tmp.iterdir()) if f.is_file()}
+        (tmp / CACHE_MANIFEST).write_text(json.dumps({"gguf_sha256": gguf_sha, "files": files},
+                                                     indent=1), encoding="utf-8")
         os.replace(tmp, target)
     except OSError:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_weights(loading: dict[str, Any], where: Path) -> None:
+    """Refuse a model whose files do not hold its weights: transformers would fill the missing
+    ones with random values and ignore the unexpected ones (tied weights are not reported)."""
+    missing = sorted(loading.get("missing_keys") or ())
+    unexpected = sorted(loading.get("unexpected_keys") or ())
+    mismatched = list(loading.get("mismatched_keys") or ())
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    if mismatched:
+        problems.append(f"{len(mismatched)} of the wrong shape")
+    if problems:
+        raise ModelLoadError(f"the weights in {where} do not match its config.json: "
+                             f"{'; '.join(problems)} weight tensors; the model would run with "
+                             "random weights, so it is refused")
 
 
 def _require_fast(tokenizer: Any, where: Path) -> None:

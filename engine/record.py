@@ -9,6 +9,7 @@ Shapes: ``n`` prompt tokens, ``T`` answer tokens.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -41,6 +42,8 @@ class ModelInfo:
     device: str
     parameters: int
     context_length: int = 0
+    tokenizer_sha256: str = ""  # the tokenizer's canonical JSON (vocabulary, normalizer...)
+    template_sha256: str = ""  # the chat template's text ("" hashed when there is none)
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ class Prompt:
     system_prompt: str | None = None
     # Clinical fields the case was rendered from: (name, start, end) in ``case_text``.
     fields: tuple[tuple[str, int, int], ...] = ()
+    case_sha256: str = ""  # of case_text, UTF-8: what an audit log names the case by
 
     def __post_init__(self) -> None:
         n = len(self.token_ids)
@@ -69,6 +73,9 @@ class Prompt:
                              f"{len(self.attributable)} attributable flags")
         if self.offsets and len(self.offsets) != n:
             raise ValueError(f"prompt has {n} ids but {len(self.offsets)} offsets")
+        if self.case_sha256 and self.case_sha256 != hashlib.sha256(
+                self.case_text.encode("utf-8")).hexdigest():
+            raise ValueError("the case text does not match its sha256 (the file was altered)")
 
 
 @dataclass(frozen=True)

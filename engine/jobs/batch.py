@@ -1,14 +1,19 @@
 """Explain every case of a JSONL or CSV file, resumably.
 
-Writes, under the output folder: ``records/<id>.json`` per case (and ``reports/<id>.pdf`` with
-``pdf``), ``failures.json`` for cases that could not be explained, ``summary.csv`` and (with a
-report writer) ``summary.pdf``. A rerun skips cases whose record already exists, so an
-interrupted batch resumes where it stopped.
+Writes, under the output folder: ``records/<name>.json`` per case (and ``reports/<name>.pdf``
+with ``pdf``), where ``<name>`` is a readable prefix of the case id plus a hash of the exact id;
+``records.json``, which settings each record was made with; ``failures.json`` for cases that
+could not be explained; ``summary.csv`` and (with a report writer) ``summary.pdf``.
+
+A rerun resumes: a record is reused only if it was made with this run's settings, for this
+case's text, with this model, precision and tokenizer; otherwise the case is explained again
+and the log says why. A missing report of a reused record is made.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import re
@@ -59,11 +64,19 @@ class BatchResult:
 
 
 def safe_name(case_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", case_id)[:120] or "case"
+    """A file name unique to ``case_id`` on every OS: a readable prefix plus a hash of the exact
+    id, so ids that sanitise alike (``a/b`` and ``a_b``), long ids sharing a prefix, non-ASCII
+    ids and ids differing only in case (on case-insensitive file systems) never share a file."""
+    readable = re.sub(r"[^A-Za-z0-9._-]", "_", case_id)[:60].strip("._") or "case"
+    return f"{readable}-{hashlib.sha256(case_id.encode('utf-8')).hexdigest()[:12]}"
 
 
 def record_path(out: Path, case: Case) -> Path:
     return out / "records" / f"{safe_name(case.id)}.json"
+
+
+def report_path(out: Path, case: Case) -> Path:
+    return out / "reports" / f"{safe_name(case.id)}.pdf"
 
 
 def existing_record(out: Path, case: Case) -> Explanation | None:
@@ -74,6 +87,38 @@ def existing_record(out: Path, case: Case) -> Explanation | None:
         return Explanation.load(path)
     except TokenTraceError:
         return None  # unreadable: explain the case again
+
+
+INDEX = "records.json"  # which settings each record was made with
+
+
+def _read_index(out: Path) -> dict[str, str]:
+    try:
+        data = json.loads((out / INDEX).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)} \
+        if isinstance(data, dict) else {}
+
+
+def settings_fingerprint(template: ExplainRequest, from_fields: bool) -> dict[str, object]:
+    """What every record of a batch depends on besides its case and the model."""
+    return {"method": template.method, "params": template.method_params(),
+            "max_new_tokens": template.max_new_tokens, "target": template.target,
+            "raw_prompt": template.raw_prompt, "system_prompt": template.system_prompt,
+            "from_fields": from_fields}
+
+
+def stale_reason(record: Explanation, request: ExplainRequest, loaded: LoadedModel) -> str | None:
+    """Why an existing record cannot stand for this run's case (None: it can)."""
+    if record.prompt.case_text != request.case_text:
+        return "its case text differs"
+    info = loaded.info
+    if (record.model.sha256, record.model.dtype) != (info.sha256, info.dtype):
+        return "it was made with another model or precision"
+    if record.model.tokenizer_sha256 and record.model.tokenizer_sha256 != info.tokenizer_sha256:
+        return "it was made with another tokenizer"
+    return None
 
 
 def request_for(case: Case, template: ExplainRequest, from_fields: bool) -> ExplainRequest:
@@ -94,17 +139,30 @@ def run_batch(settings: BatchSettings, loaded: LoadedModel, state: TaskState | N
     cases = load_cases(settings.cases_file)
     out = settings.out
     out.mkdir(parents=True, exist_ok=True)
+    fingerprint = hashlib.sha256(json.dumps(
+        settings_fingerprint(settings.template, settings.from_fields), sort_keys=True,
+        default=str).encode()).hexdigest()
+    index = _read_index(out)  # record file name -> the settings fingerprint it was made with
     failures: dict[str, str] = {}
     done_now = resumed = 0
     try:
         for number, case in enumerate(cases, 1):
             state.progressed("cases", number - 1, len(cases))
-            if existing_record(out, case) is not None:
-                resumed += 1
-                continue
+            request = request_for(case, settings.template, settings.from_fields)
+            name = safe_name(case.id)
+            record = existing_record(out, case) if name in index else None
+            if record is not None:
+                reason = ("it was made with other settings" if index[name] != fingerprint
+                          else stale_reason(record, request, loaded))
+                if reason is None:
+                    resumed += 1
+                    if settings.pdf and reports is not None and not report_path(
+                            out, case).is_file():
+                        reports.case_pdf(record, report_path(out, case))  # made on resume
+                    continue
+                log(f"case {case.id}: explained again: {reason}")
             try:
-                record = explain(request_for(case, settings.template, settings.from_fields),
-                                 loaded, state)
+                record = explain(request, loaded, state)
             except Cancelled:
                 raise
             except TokenTraceError as exc:
@@ -112,20 +170,27 @@ def run_batch(settings: BatchSettings, loaded: LoadedModel, state: TaskState | N
                 log(f"case {case.id}: skipped: {exc}")
                 continue
             record.save(record_path(out, case))
+            index[name] = fingerprint
+            write_text_atomic(out / INDEX, json.dumps(index, indent=1, sort_keys=True))
             if settings.pdf and reports is not None:
-                reports.case_pdf(record, out / "reports" / f"{safe_name(case.id)}.pdf")
+                reports.case_pdf(record, report_path(out, case))
             done_now += 1
             log(f"case {case.id}: done in {record.timings.attribute_s:.1f} s")
         state.progressed("cases", len(cases), len(cases))
     finally:
         write_text_atomic(out / "failures.json", json.dumps(failures, indent=1))
-        write_summaries(cases, out, reports)
+        write_summaries(cases, out, reports,
+                        {name for name, made in index.items() if made == fingerprint})
     return BatchResult(done_now, resumed, len(failures))
 
 
-def summary_rows(cases: list[Case], out: Path) -> list[dict[str, object]]:
+def summary_rows(cases: list[Case], out: Path, current: set[str] | None = None
+                 ) -> list[dict[str, object]]:
+    """One row per case with a record (made with this run's settings: ``current`` names)."""
     rows = []
     for case in cases:
+        if current is not None and safe_name(case.id) not in current:
+            continue
         record = existing_record(out, case)
         if record is None:
             continue
@@ -147,8 +212,9 @@ def summary_rows(cases: list[Case], out: Path) -> list[dict[str, object]]:
     return rows
 
 
-def write_summaries(cases: list[Case], out: Path, reports: Reports | None) -> None:
-    rows = summary_rows(cases, out)
+def write_summaries(cases: list[Case], out: Path, reports: Reports | None,
+                    current: set[str] | None = None) -> None:
+    rows = summary_rows(cases, out, current)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS)
     writer.writeheader()

@@ -12,6 +12,7 @@ import time
 from pypdf import PdfReader
 
 from desktop.cli import main
+from engine.jobs.batch import safe_name
 
 GOOD = ["52 year old woman , ER positive , HER2 negative .",
         "45 year old woman , HER2 positive , grade 3 .",
@@ -34,8 +35,8 @@ def test_batch_writes_every_file_and_skips_a_bad_case(tiny_model_folder, tmp_pat
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "3 cases explained, 0 already done, 1 skipped" in captured.out
-    assert sorted(p.name for p in (out / "records").iterdir()) == [
-        "case_0.json", "case_1.json", "case_2.json"]
+    assert sorted(p.name for p in (out / "records").iterdir()) == sorted(
+        f"{safe_name(f'case {k}')}.json" for k in range(3))
     assert len(list((out / "reports").glob("*.pdf"))) == 3
     failures = json.loads((out / "failures.json").read_text())
     assert list(failures) == ["case 3"] and "context" in failures["case 3"]
@@ -76,13 +77,18 @@ def test_interrupted_batch_resumes(tiny_model_folder, tmp_path, capsys):
     assert 1 <= len(done) < 4
     first = (out / "records" / done[0]).read_text()
 
-    code = main(["batch", "--cases", str(cases), "--out", str(out), "--model",
-                 str(tiny_model_folder), "--max-new-tokens", "8", "--method", "ig", "--steps",
-                 "2", "--quiet"])
-    assert code == 0
+    assert main(command[3:]) == 0  # the same command resumes
     assert f"{len(done)} already done" in capsys.readouterr().out
     assert len(list((out / "records").glob("*.json"))) == 4
     assert (out / "records" / done[0]).read_text() == first  # not recomputed
+
+    # Other settings never reuse a record: every case is explained again, and the log says why.
+    command[command.index("600")] = "2"
+    assert main(command[3:]) == 0
+    captured = capsys.readouterr()
+    assert "4 cases explained, 0 already done" in captured.out
+    assert "made with other settings" in captured.err
+    assert (out / "records" / done[0]).read_text() != first
 
 
 def test_batch_from_fields_reports_per_field(tiny_model_folder, tmp_path, capsys):
@@ -95,7 +101,7 @@ def test_batch_from_fields_reports_per_field(tiny_model_folder, tmp_path, capsys
     assert main(["batch", "--cases", str(cases), "--out", str(out), "--from-fields", "--model",
                  str(tiny_model_folder), "--target", "endocrine therapy", "--steps", "2",
                  "--quiet"]) == 0
-    record = json.loads((out / "records" / "f1.json").read_text())
+    record = json.loads((out / "records" / f"{safe_name('f1')}.json").read_text())
     assert set(record["attribution"]["per_field"]) == {"age", "er", "her2"}
     assert "HER2: positive" in record["prompt"]["case_text"]
     with (out / "summary.csv").open() as handle:

@@ -145,3 +145,31 @@ def test_every_method_on_the_embedded_model(embedded, method):
 def model_eager_free(model) -> bool:
     """Methods that need eager attention give the model back as they found it."""
     return model.config._attn_implementation != "eager"
+
+
+def test_a_gguf_is_read_with_its_own_tokenizer_only(embedded, tiny_model_folder, tmp_path,
+                                                    monkeypatch):
+    """A tokenizer.json (or config.json) beside a GGUF must not replace the file's own: a
+    normalizer could turn "HER2 negative" into "HER2 positive" while the record says
+    "negative". The cache entry it leaves is verified on load and rebuilt when altered."""
+    from engine.models import CACHE_MANIFEST, _cache_is_intact, gguf_cache_path
+
+    _, warm = embedded
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    gguf = folder / embedded_gguf_path().name
+    gguf.symlink_to(embedded_gguf_path())
+    for name in ("tokenizer.json", "tokenizer_config.json", "config.json"):
+        (folder / name).write_text((tiny_model_folder / name).read_text())
+    monkeypatch.setenv("TOKENTRACE_CACHE_DIR", str(tmp_path / "fresh-cache"))
+    hijacked = load_model(ModelRequest(str(gguf)))
+    assert not hijacked.from_cache
+    assert hijacked.info.tokenizer_sha256 == warm.info.tokenizer_sha256
+    assert hijacked.info.template_sha256 == warm.info.template_sha256
+    assert hijacked.info.parameters == warm.info.parameters  # not the tiny config's model
+    entry = gguf_cache_path(hijacked.info.sha256)
+    assert (entry / CACHE_MANIFEST).is_file() and _cache_is_intact(entry, hijacked.info.sha256)
+    tokenizer = entry / "tokenizer.json"
+    tokenizer.write_text(tokenizer.read_text().replace('"lowercase": false', '"lowercase": true')
+                         + " ")
+    assert not _cache_is_intact(entry, hijacked.info.sha256)

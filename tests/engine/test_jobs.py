@@ -10,7 +10,7 @@ import pytest
 from engine.errors import Cancelled, InvalidSettingsError
 from engine.evaluation import EvaluationSettings
 from engine.explain import ExplainRequest
-from engine.jobs.batch import BatchSettings, run_batch
+from engine.jobs.batch import BatchSettings, run_batch, safe_name
 from engine.jobs.evaluate import EvaluateSettings, run_evaluation
 from engine.metrics import MetricSettings
 from engine.models import ModelRequest, load_model
@@ -40,8 +40,8 @@ def test_batch_job_writes_records_without_qt(loaded, cases, tmp_path):
     lines = []
     result = run_batch(settings, loaded, log=lines.append)
     assert (result.explained, result.resumed, result.failed) == (2, 0, 0)
-    assert sorted(p.name for p in (tmp_path / "out" / "records").iterdir()) == [
-        "c0.json", "c1.json"]
+    assert sorted(p.name for p in (tmp_path / "out" / "records").iterdir()) == sorted(
+        f"{safe_name(f'c{k}')}.json" for k in range(2))
     assert (tmp_path / "out" / "summary.csv").read_text().count("\n") == 3
     assert not (tmp_path / "out" / "summary.pdf").exists()  # no report writer given
     assert len(lines) == 2

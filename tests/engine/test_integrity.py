@@ -1,0 +1,100 @@
+"""Hostile inputs against what is shown and saved: model weights, batch identities, records.
+
+Each test fails on the code before the integrity work (issue 15): a model folder without its
+weights loaded with random ones; ids that sanitise alike shared one record; a rerun reused
+records made for other text or settings; an edited record loaded as if computed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from engine.errors import InvalidInputError, ModelLoadError
+from engine.explain import ExplainRequest, explain
+from engine.jobs.batch import BatchSettings, run_batch, safe_name
+from engine.models import ModelRequest, load_model
+from engine.record import Explanation
+
+CASE = "52 year old woman , ER positive , HER2 negative ."
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model_folder):
+    return load_model(ModelRequest(str(tiny_model_folder)))
+
+
+def _folder_with_weights(source, target, change):
+    shutil.copytree(source, target)
+    weights = load_file(target / "model.safetensors")
+    change(weights)
+    save_file(weights, target / "model.safetensors", metadata={"format": "pt"})
+    return target
+
+
+def test_missing_or_unexpected_weights_are_refused_with_exit_3(tiny_model_folder, tmp_path):
+    def drop(weights):
+        del weights[next(k for k in weights if k.endswith("mlp.up_proj.weight"))]
+
+    missing = _folder_with_weights(tiny_model_folder, tmp_path / "missing", drop)
+    with pytest.raises(ModelLoadError, match=r"1 missing \(e\.g\. .*up_proj") as caught:
+        load_model(ModelRequest(str(missing)))
+    assert caught.value.exit_code == 3
+    extra = _folder_with_weights(tiny_model_folder, tmp_path / "extra",
+                                 lambda w: w.update(surplus=w[next(iter(w))].clone()))
+    with pytest.raises(ModelLoadError, match=r"1 unexpected \(e\.g\. surplus\)"):
+        load_model(ModelRequest(str(extra)))
+
+
+@pytest.mark.parametrize("ids", [
+    ("a/b", "a_b"),
+    ("x" * 130 + "1", "x" * 130 + "2"),  # share the old 120-character prefix
+    ("Patient-A", "patient-a"),  # one file on case-insensitive file systems
+    ("Müller", "M_ller", "Mëller"),
+])
+def test_case_ids_never_share_a_file(ids):
+    names = [safe_name(i) for i in ids]
+    assert len({n.lower() for n in names}) == len(ids)
+    assert all(n.isascii() and "/" not in n and len(n) <= 80 for n in names)
+
+
+def _cases(path, cases):
+    path.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in cases))
+    return path
+
+
+def test_batch_keeps_one_record_per_patient_and_rechecks_on_resume(loaded, tmp_path):
+    cases = _cases(tmp_path / "cases.jsonl", [("a/b", CASE), ("a_b", "70 year old man .")])
+    settings = BatchSettings(cases, tmp_path / "out",
+                             ExplainRequest("placeholder", max_new_tokens=2, matrix=False))
+    result = run_batch(settings, loaded)
+    assert result.explained == 2
+    records = {p.name: Explanation.load(p) for p in (tmp_path / "out/records").iterdir()}
+    assert records[f"{safe_name('a/b')}.json"].prompt.case_text == CASE
+    assert records[f"{safe_name('a_b')}.json"].prompt.case_text == "70 year old man ."
+    # The same id with edited text: recomputed, and the log says why.
+    _cases(cases, [("a/b", CASE.replace("negative", "positive")), ("a_b", "70 year old man .")])
+    lines = []
+    again = run_batch(settings, loaded, log=lines.append)
+    assert (again.explained, again.resumed) == (1, 1)
+    assert any("a/b" in line and "case text differs" in line for line in lines)
+    record = Explanation.load(tmp_path / "out/records" / f"{safe_name('a/b')}.json")
+    assert "HER2 positive" in record.prompt.case_text
+
+
+def test_records_carry_provenance_and_an_edited_case_is_refused(loaded, tmp_path):
+    record = explain(ExplainRequest(CASE, max_new_tokens=2, matrix=False), loaded)
+    tokenizer_json = loaded.tokenizer.backend_tokenizer.to_str()
+    assert record.model.tokenizer_sha256 == hashlib.sha256(tokenizer_json.encode()).hexdigest()
+    assert len(record.model.template_sha256) == 64
+    assert record.prompt.case_sha256 == hashlib.sha256(CASE.encode()).hexdigest()
+    path = tmp_path / "r.json"
+    record.save(path)
+    assert Explanation.load(path) == record
+    path.write_text(path.read_text().replace("HER2 negative", "HER2 positive"))
+    with pytest.raises(InvalidInputError, match="altered"):
+        Explanation.load(path)
