@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from engine.audit import audited
 from engine.errors import (
     ContextTooLongError,
     InvalidInputError,
@@ -195,7 +196,7 @@ def explain(request: ExplainRequest, loaded: LoadedModel,
     sequence = torch.where(mask, output.sequence, torch.zeros_like(output.sequence))
     per_token = (None if output.per_token is None else
                  tuple(tuple(row) for row in torch.where(mask, output.per_token, 0.0).tolist()))
-    return Explanation(
+    record = Explanation(
         versions=software_versions(),
         model=loaded.info,
         method=MethodInfo(request.method, {**params, **output.details}),
@@ -214,6 +215,8 @@ def explain(request: ExplainRequest, loaded: LoadedModel,
         hardware=Hardware(device_name=device_name(device), peak_rss_mb=peak.peak_rss_mb,
                           peak_accelerator_mb=peak.peak_accelerator_mb),
     )
+    audited("explain", record)
+    return record
 
 
 def answer_row(record: Explanation, row: int, loaded: LoadedModel,

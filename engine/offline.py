@@ -2,8 +2,9 @@
 
 Two layers. The Hugging Face switches make transformers and huggingface_hub never try the
 network; they must be set before either is imported, which is why ``engine/__init__`` calls
-:func:`set_offline_switches` first. The in-process guard then refuses any socket connection to a
-non-loopback address, so a library we did not think of cannot phone home either.
+:func:`set_offline_switches` first. The in-process guard then refuses any socket connection,
+datagram or name lookup for a non-loopback address, so a library we did not think of cannot
+phone home either (nor leak a host name through DNS).
 """
 
 from __future__ import annotations
@@ -62,12 +63,46 @@ def _guarded(original: Callable[..., Any]) -> Callable[..., Any]:
     return connect
 
 
+def _guarded_sendto(original: Callable[..., Any]) -> Callable[..., Any]:
+    def sendto(self: socket.socket, data: Any, *args: Any) -> Any:
+        address = args[-1] if args else None  # sendto(data, address) or (data, flags, address)
+        if self.family != getattr(socket, "AF_UNIX", None) and not _is_loopback(address):
+            raise NetworkBlockedError(
+                f"TokenTrace is offline: refused a datagram to {address!r}. "
+                "Only loopback (127.0.0.1, ::1) is allowed."
+            )
+        return original(self, data, *args)
+
+    sendto.__wrapped__ = original  # type: ignore[attr-defined]
+    return sendto
+
+
+def _guarded_getaddrinfo(original: Callable[..., Any]) -> Callable[..., Any]:
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        name = host.decode(errors="replace") if isinstance(host, bytes) else host
+        if name is not None and not _is_loopback((name, 0)):
+            # A DNS query for a host name leaks it (and often the reason) to the network.
+            raise NetworkBlockedError(
+                f"TokenTrace is offline: refused to resolve {name!r}. "
+                "Only loopback (localhost, 127.0.0.1, ::1) is allowed."
+            )
+        return original(host, *args, **kwargs)
+
+    getaddrinfo.__wrapped__ = original  # type: ignore[attr-defined]
+    return getaddrinfo
+
+
 def install_network_guard() -> None:
-    """Refuse every non-loopback ``connect`` in this process. Idempotent."""
+    """Refuse every non-loopback ``connect``, datagram and name lookup in this process.
+    Idempotent."""
     for name in ("connect", "connect_ex"):
         current = getattr(socket.socket, name)
         if not hasattr(current, "__wrapped__"):
             setattr(socket.socket, name, _guarded(current))
+    if not hasattr(socket.socket.sendto, "__wrapped__"):
+        socket.socket.sendto = _guarded_sendto(socket.socket.sendto)  # type: ignore[method-assign]
+    if not hasattr(socket.getaddrinfo, "__wrapped__"):
+        socket.getaddrinfo = _guarded_getaddrinfo(socket.getaddrinfo)
 
 
 def network_guard_installed() -> bool:

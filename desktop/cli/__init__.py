@@ -210,7 +210,10 @@ def run_explain(args: argparse.Namespace) -> int:
             record = replace(record, reliability=check_reliability(
                 loaded.model, loaded.tokenizer, record, state=state))
     if args.json:
+        from engine.audit import audited
+
         record.save(args.json)
+        audited("export", record, file=str(args.json))
     if args.pdf:
         from desktop.report import write_pdf  # the only part of explain that needs Qt
 

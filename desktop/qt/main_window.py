@@ -39,6 +39,7 @@ from desktop.qt.requests import Kind, Request, Requests
 from desktop.qt.settings_panel import SettingsPanel
 from desktop.qt.worker import EngineThread
 from desktop.session import ViewState, load_session, save_session
+from engine.audit import audited
 from engine.cases import DEMO_CASES, demo_cases, read_case
 from engine.defaults import DEFAULT_METHOD
 from engine.errors import TokenTraceError
@@ -302,7 +303,12 @@ class MainWindow(QMainWindow):
         self.selected_row = row
         self._pending_row = None
         if row is not None and self.record is not None and self._row_scores(row) is None:
-            if self.requests.is_running(Kind.RELIABILITY):
+            if self.requests.is_running(Kind.LOAD) or self.requests.is_running(Kind.EXPLAIN):
+                # A click must not cancel a model load or a new explanation.
+                self.stage_label.setText("Busy: the answer token can be explained when the "
+                                         "current run has finished")
+                self.selected_row = None
+            elif self.requests.is_running(Kind.RELIABILITY):
                 self._pending_row = row  # explained once the check has finished
             else:
                 self.cancel_button.setEnabled(True)
@@ -662,8 +668,9 @@ class MainWindow(QMainWindow):
             return
         try:
             save_session(path, self.record, self.view_state())
-        except OSError as exc:
-            self._show_error(f"Cannot write {path}: {exc.strerror or exc}")
+            audited("export", self.record, file=str(path))
+        except (OSError, TokenTraceError) as exc:
+            self._show_error(f"Cannot write {path}: {getattr(exc, 'strerror', None) or exc}")
             return
         self.statusBar().showMessage(f"Saved to {path}", 5000)
 
@@ -709,7 +716,7 @@ class MainWindow(QMainWindow):
         try:
             write_pdf(self.record, path)
         except OSError as exc:
-            self._show_error(f"Cannot write {path}: {exc.strerror or exc}")
+            self._show_error(f"Cannot write {path}: {getattr(exc, 'strerror', None) or exc}")
             return
         self.statusBar().showMessage(f"Report written to {path}", 5000)
 

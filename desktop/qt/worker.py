@@ -68,6 +68,7 @@ class EngineWorker(QObject):
         self._lock = threading.Lock()
         self._state: TaskState | None = None
         self._latest = 0  # the newest request id the GUI has issued
+        self._cancelled = 0  # requests up to this id were cancelled, started or not
 
     def supersede(self, request_id: int) -> None:
         """Mark ``request_id`` as the newest and cancel the running one. Any thread."""
@@ -76,9 +77,12 @@ class EngineWorker(QObject):
             if self._state is not None:
                 self._state.cancel()
 
-    def cancel(self) -> None:
-        """Ask the running request to stop. Safe to call from any thread."""
+    def cancel(self, request_id: int | None = None) -> None:
+        """Stop request ``request_id`` and those before it (None: every request issued so far),
+        whether running or still queued. Safe to call from any thread."""
         with self._lock:
+            self._cancelled = max(self._cancelled, self._latest if request_id is None
+                                  else request_id)
             if self._state is not None:
                 self._state.cancel()
 
@@ -86,7 +90,8 @@ class EngineWorker(QObject):
         """The state for a request, or None (and ``cancelled``) if a newer one was issued."""
         state = _QtTaskState(self, request_id)
         with self._lock:
-            stale = request_id < self._latest
+            # Superseded, or cancelled (Esc) while it waited in the queue.
+            stale = request_id < self._latest or request_id <= self._cancelled
             self._state = None if stale else state
         if stale:
             self.cancelled.emit(request_id)
@@ -221,7 +226,8 @@ class EngineThread(QObject):
         return request_id
 
     def cancel(self) -> None:
-        self.worker.cancel()
+        """Cancel the newest request, running or still queued."""
+        self.worker.cancel(self.current_id)
 
     def is_current(self, request_id: int) -> bool:
         return request_id == self.current_id

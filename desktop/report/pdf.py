@@ -18,6 +18,7 @@ from pathlib import Path
 from desktop.present import UNCOLOURED_BELOW, ExplanationView
 from desktop.report.charts import chart_image
 from desktop.report.qt import ensure_gui_application, font_family
+from engine.audit import audited
 from engine.record import Explanation
 
 NOTICE = ("Decision support, not a diagnosis. The colours show what the language model's answer "
@@ -138,6 +139,7 @@ def write_pdf(record: Explanation, path: str | os.PathLike[str]) -> Path:
     document.print_(writer)  # lays the document out again for the page, and paginates
     del writer  # flushes and closes the file
     os.replace(tmp, target)
+    audited("export", record, file=str(target))
     return target
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
+from engine.audit import audited
 from engine.cases import Case, load_cases
 from engine.errors import Cancelled, InvalidSettingsError, TokenTraceError
 from engine.explain import ExplainRequest, explain
@@ -170,6 +171,7 @@ def run_batch(settings: BatchSettings, loaded: LoadedModel, state: TaskState | N
                 log(f"case {case.id}: skipped: {exc}")
                 continue
             record.save(record_path(out, case))
+            audited("export", record, file=str(record_path(out, case)), case_id=case.id)
             index[name] = fingerprint
             write_text_atomic(out / INDEX, json.dumps(index, indent=1, sort_keys=True))
             if settings.pdf and reports is not None:

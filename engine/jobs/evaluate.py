@@ -23,7 +23,7 @@ from engine.errors import Cancelled, InvalidSettingsError, TokenTraceError
 from engine.evaluation import RANDOM, CaseResult, EvaluationSettings, evaluate_case, summarise
 from engine.metrics import HIGHER_IS_BETTER, METRICS
 from engine.models import LoadedModel
-from engine.record import write_text_atomic
+from engine.record import ModelInfo, write_text_atomic
 from engine.task import TaskState
 
 LABELS = {"log_odds": "log-odds", "comprehensiveness": "compr.", "sufficiency": "suff.",
@@ -66,19 +66,21 @@ def parse_method_options(pairs: list[tuple[str, str]]) -> dict[str, dict[str, st
     return options
 
 
-def fingerprint(model_sha: str, settings: EvaluationSettings, method: str) -> str:
-    """What a stored result depends on: model, answer length, prompt, metrics, method settings
+def fingerprint(model: ModelInfo, settings: EvaluationSettings, method: str) -> str:
+    """What a stored result depends on besides its case's text: the model's weights,
+    tokenizer, precision and device, the answer length, prompt, metrics and method settings
     (not the batch size, which changes no result)."""
     params = {} if method == RANDOM else settings.method_params(method)
     params.pop("batch_size", None)
-    text = json.dumps([model_sha, settings.max_new_tokens, settings.system_prompt,
-                       settings.baseline, repr(settings.metrics), method, params],
-                      sort_keys=True, default=str)
+    text = json.dumps([model.sha256, model.tokenizer_sha256, model.dtype, model.device,
+                       settings.max_new_tokens, settings.system_prompt, settings.baseline,
+                       repr(settings.metrics), method, params], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _load_progress(path: Path) -> dict[tuple[str, str, str], CaseResult]:
-    done: dict[tuple[str, str, str], CaseResult] = {}
+def _load_progress(path: Path) -> dict[tuple[str, str, str, str], CaseResult]:
+    """(fingerprint, case id, method, case text sha256) -> the stored result."""
+    done: dict[tuple[str, str, str, str], CaseResult] = {}
     if not path.is_file():
         return done
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -87,7 +89,8 @@ def _load_progress(path: Path) -> dict[tuple[str, str, str], CaseResult]:
             result = CaseResult.from_dict(data)
         except (ValueError, KeyError, TypeError):
             continue  # a line cut short by an interruption
-        done[(data.get("fingerprint", ""), result.case, result.method)] = result
+        done[(data.get("fingerprint", ""), result.case, result.method,
+              data.get("case_sha256", ""))] = result
     return done
 
 
@@ -101,22 +104,24 @@ def run_evaluation(settings: EvaluateSettings, loaded: LoadedModel,
     methods = evaluation.methods
     cases = load_cases(settings.cases_file)[: settings.limit]
     progress_path = settings.progress_path
-    keys = {m: fingerprint(loaded.info.sha256, evaluation, m) for m in methods}
+    keys = {m: fingerprint(loaded.info, evaluation, m) for m in methods}
     stored = _load_progress(progress_path)
     results: list[CaseResult] = []
     failures: list[dict[str, str]] = []
     progress_path.parent.mkdir(parents=True, exist_ok=True)
     with progress_path.open("a", encoding="utf-8") as progress:
-        def keep(result: CaseResult) -> None:
-            results.append(result)
-            progress.write(json.dumps({**result.to_dict(), "fingerprint": keys[result.method]})
-                           + "\n")
-            progress.flush()
-
         for number, case in enumerate(cases):
             state.progressed("cases", number, len(cases))
-            done = [m for m in methods if (keys[m], case.id, m) in stored]
-            results += [stored[(keys[m], case.id, m)] for m in done]
+            text_sha = hashlib.sha256(case.text.encode("utf-8")).hexdigest()
+
+            def keep(result: CaseResult, text_sha: str = text_sha) -> None:
+                results.append(result)
+                progress.write(json.dumps({**result.to_dict(), "case_sha256": text_sha,
+                                           "fingerprint": keys[result.method]}) + "\n")
+                progress.flush()
+
+            done = [m for m in methods if (keys[m], case.id, m, text_sha) in stored]
+            results.extend(stored[(keys[m], case.id, m, text_sha)] for m in done)
             try:
                 evaluate_case(loaded, case, evaluation, skip=done, state=state, on_result=keep)
             except (Cancelled, KeyboardInterrupt):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -438,3 +439,58 @@ def test_reliability_badge_follows_an_explanation(ready_window, qtbot, tmp_path)
     window.settings_panel.reliability.setChecked(False)
     _explain(window, qtbot)
     assert window.record.reliability is None and not window.badge.isVisible()
+
+
+# ---- races: late results never change what is on screen or saved ---------------------------
+
+
+def test_a_late_reliability_check_never_replaces_an_opened_explanation(ready_window, qtbot,
+                                                                      tmp_path):
+    window = ready_window
+    window.settings_panel.reliability.setChecked(False)
+    _explain(window, qtbot, max_new_tokens=3)
+    opened = window.record
+    window.save_session(tmp_path / "first.json")
+    _explain(window, qtbot, max_new_tokens=4)
+    assert window.record.created_at != opened.created_at
+    window.check_reliability()  # the check of the second explanation runs...
+    assert window.requests.running is not None
+    window.open_session(tmp_path / "first.json")  # ...while the first is opened
+    # Wait on what the GUI thread sees: the check's result has arrived and was settled.
+    qtbot.waitUntil(lambda: window.requests.running is None, timeout=60_000)
+    assert window.record.created_at == opened.created_at
+    assert window.record.reliability is None and not window.badge.text().startswith(
+        "<b>Reliability")
+    assert window.explain_button.isEnabled() and not window.cancel_button.isEnabled()
+    saved = tmp_path / "saved.json"
+    window.save_session(saved)
+    assert json.loads(saved.read_text())["record"]["created_at"] == opened.created_at
+
+
+def test_esc_cancels_a_request_that_has_not_started_yet(ready_window, qtbot):
+    window = ready_window
+    window.settings_panel.reliability.setChecked(False)
+    window.case_edit.setPlainText(CASE)
+    _use(window, "ig")
+    window.settings_panel.steps.setValue(1024)
+    window.settings_panel.max_new_tokens.setValue(16)
+    window.explain_button.click()
+    qtbot.waitUntil(lambda: window.stage_label.text().startswith("Attributing"), timeout=30_000)
+    window.explain_button.click()  # queued behind the run it supersedes
+    window.cancel()  # Esc, before the queued run has started
+    qtbot.waitUntil(lambda: window.stage_label.text() == "Cancelled", timeout=10_000)
+    qtbot.wait(1500)  # the queued run would have started by now
+    assert window.record is None and window.stage_label.text() == "Cancelled"
+    assert window.explain_button.isEnabled()
+
+
+def test_clicking_an_answer_token_never_cancels_a_model_load(ready_window, qtbot,
+                                                            tiny_model_folder):
+    window = ready_window
+    window.settings_panel.reliability.setChecked(False)
+    _explain(window, qtbot, matrix=False, method="ifr")
+    with qtbot.waitSignal(window.model_ready, timeout=60_000):
+        window.load_model(ModelRequest(str(tiny_model_folder)))
+        window.select_answer_token(0)  # would have superseded the load
+    assert not window.model_label.text().startswith("Loading")
+    assert window.last_error is None

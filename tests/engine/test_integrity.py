@@ -14,7 +14,7 @@ import shutil
 import pytest
 from safetensors.torch import load_file, save_file
 
-from engine.errors import InvalidInputError, ModelLoadError
+from engine.errors import InvalidInputError, ModelLoadError, TokenTraceError
 from engine.explain import ExplainRequest, explain
 from engine.jobs.batch import BatchSettings, run_batch, safe_name
 from engine.models import ModelRequest, load_model
@@ -98,3 +98,40 @@ def test_records_carry_provenance_and_an_edited_case_is_refused(loaded, tmp_path
     path.write_text(path.read_text().replace("HER2 negative", "HER2 positive"))
     with pytest.raises(InvalidInputError, match="altered"):
         Explanation.load(path)
+
+
+def test_pipes_and_folders_are_refused_before_any_read(tmp_path):
+    import os
+
+    from engine.cases import load_cases, read_case, read_fields
+
+    fifo = tmp_path / "case.fifo"
+    os.mkfifo(fifo)  # reading it would block forever
+    for read in (lambda p: read_case(None, p), load_cases, read_fields):
+        with pytest.raises(InvalidInputError, match="not a regular file"):
+            read(fifo)
+        with pytest.raises(InvalidInputError, match="is a folder"):
+            read(tmp_path)
+
+
+def test_audit_log_appends_one_line_per_explanation_and_export(loaded, tmp_path, monkeypatch):
+    from engine.audit import audited
+
+    log = tmp_path / "audit" / "tokentrace.jsonl"
+    monkeypatch.setenv("TOKENTRACE_AUDIT_LOG", str(log))
+    record = explain(ExplainRequest(CASE, max_new_tokens=2, matrix=False), loaded)
+    audited("export", record, file="report.pdf")
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [line["event"] for line in lines] == ["explain", "export"]
+    first = lines[0]
+    assert first["case_sha256"] == record.prompt.case_sha256 and CASE not in log.read_text()
+    assert first["model_sha256"] == loaded.info.sha256
+    assert first["tokenizer_sha256"] == loaded.info.tokenizer_sha256
+    assert first["template_sha256"] == loaded.info.template_sha256
+    assert first["method"] == record.method.name and first["user"] is not None
+    assert lines[1]["file"] == "report.pdf"
+    explain(ExplainRequest(CASE, max_new_tokens=2, matrix=False), loaded)
+    assert len(log.read_text().splitlines()) == 3  # appended, never rewritten
+    monkeypatch.setenv("TOKENTRACE_AUDIT_LOG", str(tmp_path))  # a folder: cannot be written
+    with pytest.raises(TokenTraceError, match="audit log"):
+        explain(ExplainRequest(CASE, max_new_tokens=2, matrix=False), loaded)

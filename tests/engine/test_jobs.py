@@ -73,3 +73,18 @@ def test_evaluate_job_returns_the_report_and_writes_it(loaded, cases, tmp_path):
     assert written["summary"] == report["summary"]
     with pytest.raises(InvalidSettingsError, match="--json"):
         EvaluateSettings(cases, settings.evaluation).validate()
+
+
+def test_evaluate_resume_recomputes_a_case_whose_text_changed(loaded, cases, tmp_path):
+    settings = EvaluateSettings(
+        cases, EvaluationSettings(methods=("random",), max_new_tokens=2,
+                                  metrics=MetricSettings(soft=False)),
+        json=tmp_path / "eval.json")
+    run_evaluation(settings, loaded)
+    lines = settings.progress_path.read_text().splitlines()
+    assert len(lines) == 2
+    run_evaluation(settings, loaded)  # nothing new: both reused
+    assert len(settings.progress_path.read_text().splitlines()) == 2
+    cases.write_text(cases.read_text().replace("HER2 positive", "HER2 negative"))
+    run_evaluation(settings, loaded)  # the edited case is evaluated again
+    assert len(settings.progress_path.read_text().splitlines()) == 3

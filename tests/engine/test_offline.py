@@ -37,6 +37,24 @@ def test_guard_allows_loopback():
             assert client.getpeername() == server.getsockname()
 
 
+def test_guard_refuses_datagrams_and_name_lookups_but_not_loopback():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock, \
+            pytest.raises(NetworkBlockedError, match="datagram"):
+        sock.sendto(b"case text", ("8.8.8.8", 53))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock, \
+            pytest.raises(NetworkBlockedError, match="datagram"):
+        sock.sendto(b"case text", 0, ("8.8.8.8", 53))
+    with pytest.raises(NetworkBlockedError, match=r"resolve 'huggingface\.co'"):
+        socket.getaddrinfo("huggingface.co", 443)
+    assert socket.getaddrinfo("localhost", 80)  # loopback names still resolve
+    assert socket.getaddrinfo("127.0.0.1", 80)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        receiver.bind(("127.0.0.1", 0))
+        sender.sendto(b"ok", receiver.getsockname())
+        assert receiver.recv(2) == b"ok"
+
+
 def _unshare_works() -> bool:
     return shutil.which("unshare") is not None and subprocess.run(
         ["unshare", "-rn", "true"], capture_output=True).returncode == 0
