@@ -20,10 +20,10 @@ import torch
 
 from engine.cases import Case
 from engine.errors import InvalidSettingsError
-from engine.explain import coerce_option
+from engine.explain import MAX_NEW_TOKENS, coerce_option
 from engine.generation import generate_answer
 from engine.methods import AttributionInput, get_method
-from engine.methods.base import parse_baseline
+from engine.methods.base import check_option, parse_baseline
 from engine.metrics import METRICS, MetricSettings, faithfulness, random_scores
 from engine.models import LoadedModel
 from engine.prompting import DEFAULT_SYSTEM_PROMPT, build_prompt
@@ -54,6 +54,8 @@ class EvaluationSettings:
                 raise InvalidSettingsError(f"method {name} has no option {key!r}; its "
                                            f"options: {', '.join(defaults) or 'none'}")
             params[key] = coerce_option(key, value, defaults[key])
+        for key, value in params.items():
+            check_option(key, value)
         return params
 
     def validate(self) -> None:
@@ -66,8 +68,9 @@ class EvaluationSettings:
         if unknown:
             raise InvalidSettingsError(f"options given for methods not evaluated: "
                                        f"{', '.join(sorted(unknown))}")
-        if self.max_new_tokens < 1:
-            raise InvalidSettingsError("max new tokens must be at least 1")
+        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
+            raise InvalidSettingsError(f"max new tokens must be from 1 to {MAX_NEW_TOKENS} "
+                                       f"(got {self.max_new_tokens})")
         self.metrics.validate()
 
 

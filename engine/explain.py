@@ -22,7 +22,7 @@ from engine.fields import field_scores, render_fields
 from engine.generation import generate_with_cache
 from engine.hardware import PeakMemory, device_name
 from engine.methods import DEFAULT_METHOD, AttributionInput, get_method
-from engine.methods.base import is_out_of_memory, out_of_memory_error
+from engine.methods.base import check_option, is_out_of_memory, out_of_memory_error
 from engine.models import LoadedModel, text_sha256
 from engine.prompting import DEFAULT_SYSTEM_PROMPT, answer_pieces, build_prompt
 from engine.record import (
@@ -37,6 +37,7 @@ from engine.record import (
 )
 from engine.task import TaskState
 
+MAX_NEW_TOKENS = 4096  # answer tokens; the embedded model's context is 8,192 in all
 
 @dataclass(frozen=True)
 class ExplainRequest:
@@ -70,9 +71,9 @@ class ExplainRequest:
         self.method_params()
         if self.steps is not None and self.steps < 1:
             raise InvalidSettingsError(f"steps must be at least 1 (got {self.steps})")
-        if self.max_new_tokens < 1:
-            raise InvalidSettingsError(
-                f"max new tokens must be at least 1 (got {self.max_new_tokens})")
+        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
+            raise InvalidSettingsError(f"max new tokens must be from 1 to {MAX_NEW_TOKENS} "
+                                       f"(got {self.max_new_tokens})")
         if self.batch_size is not None and self.batch_size < 1:
             raise InvalidSettingsError(f"batch size must be at least 1 (got {self.batch_size})")
         if self.target is not None and not self.target.strip():
@@ -96,6 +97,8 @@ class ExplainRequest:
                 raise InvalidSettingsError(
                     f"method {self.method} has no option {key!r}; its options: {known}")
             params[key] = coerce_option(key, value, defaults[key])
+        for key, value in params.items():
+            check_option(key, value)
         return params
 
 

@@ -27,6 +27,27 @@ class Param:
     help: str
 
 
+# Upper (and lower) limits of the numeric options every method shares by name, checked before
+# a model loads: a typo such as steps=100000000 must be one clear line, not hours of work or an
+# out-of-memory crash.
+OPTION_LIMITS: dict[str, tuple[float, float]] = {
+    "steps": (1, 4096), "max_steps": (1, 4096), "samples": (1, 100_000), "nbrs": (1, 10_000),
+    "upscale": (0, 8), "hops": (0, 16), "batch_size": (1, 65_536), "seed": (0, 2**32 - 1),
+    "target_error": (1e-9, 0.999), "mix": (0, 1), "beta": (0, 1e6), "gamma": (0, 1e6),
+}
+
+
+def check_option(key: str, value: Any) -> None:
+    """Raise InvalidSettingsError when a numeric option lies outside its limits."""
+    limits = OPTION_LIMITS.get(key)
+    if limits is None or value is None or isinstance(value, bool) \
+            or not isinstance(value, (int, float)):
+        return
+    low, high = limits
+    if not low <= value <= high:
+        raise InvalidSettingsError(f"{key} must be from {low:g} to {high:g} (got {value:g})")
+
+
 @dataclass(frozen=True)
 class AttributionInput:
     """One explanation problem. Tensors are 1-D integer/bool tensors on the model's device."""

@@ -135,3 +135,20 @@ def test_audit_log_appends_one_line_per_explanation_and_export(loaded, tmp_path,
     monkeypatch.setenv("TOKENTRACE_AUDIT_LOG", str(tmp_path))  # a folder: cannot be written
     with pytest.raises(TokenTraceError, match="audit log"):
         explain(ExplainRequest(CASE, max_new_tokens=2, matrix=False), loaded)
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--method", "ig", "--steps", "100000000"], "steps must be from 1 to 4096"),
+    (["--max-new-tokens", "1000000000"], "max new tokens must be from 1 to 4096"),
+    (["--method", "shapley", "--option", "samples=1000000000000"], "samples must be from 1"),
+    (["--method", "ig", "--option", "target_error=2"], "target_error must be from"),
+    (["--method", "flashtrace", "--option", "hops=-1"], "hops must be from 0 to 16"),
+])
+def test_bounds_are_checked_before_the_model_loads(tmp_path, capsys, arguments, message):
+    from desktop.cli import main
+
+    code = main(["explain", CASE, "--model", str(tmp_path / "not-there"), "--quiet",
+                 *arguments])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "model not found" not in err
+    assert len(err.strip().splitlines()) == 1
