@@ -43,6 +43,13 @@ class OutOfMemoryError(TokenTraceError):
     exit_code = 5
 
 
+class OutputError(TokenTraceError):
+    """An output cannot be written: a read-only or missing folder, a full disk, a file in the
+    way. Nothing computed is lost silently: the message names the file."""
+
+    exit_code = 6
+
+
 class Cancelled(TokenTraceError):
     """The user cancelled the request. Not an error to report."""
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from engine.errors import InvalidSettingsError, ModelLoadError
+from engine.errors import InvalidSettingsError, ModelLoadError, OutputError
 from engine.record import ModelInfo, write_text_atomic
 from engine.task import TaskState
 
@@ -134,7 +134,8 @@ def file_sha256(paths: list[Path]) -> str:
             while chunk := handle.read(1 << 22):
                 digest.update(chunk)
     memo[key] = digest.hexdigest()
-    with contextlib.suppress(OSError):  # a read-only cache only costs the next start a re-hash
+    # A read-only cache only costs the next start a re-hash.
+    with contextlib.suppress(OSError, OutputError):
         write_text_atomic(memo_path, json.dumps(memo, indent=0))
     return memo[key]
 

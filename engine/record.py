@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from engine.errors import InvalidInputError
+from engine.errors import InvalidInputError, OutputError
 
 SCHEMA_VERSION = 1
 
@@ -186,6 +186,30 @@ class Explanation:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` in one rename: a crash or a full disk mid-write never leaves
+    a truncated file. Raises :class:`OutputError` (one line naming the file) on failure."""
+    try:
+        _write_atomic(Path(path), text)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def check_writable(path: Path, what: str = "output") -> None:
+    """Fail now, before any compute, if ``path`` (a file to be written) cannot be written:
+    its folder is made if missing and a scratch file is created and removed there."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise OutputError(f"the {what} {path} is a folder; give a file name")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, scratch = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".check")
+        os.close(fd)
+        os.unlink(scratch)
+    except OSError as exc:
+        raise OutputError(f"cannot write the {what} {path}: {exc.strerror or exc}") from None
+
+
+def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

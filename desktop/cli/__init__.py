@@ -196,6 +196,11 @@ def run_explain(args: argparse.Namespace) -> int:
 
     request = replace(_request(args, case), fields=spans)
     request.validate()  # bad settings fail before a model is loaded
+    from engine.record import check_writable
+
+    for path, what in ((args.json, "record"), (args.pdf, "report")):
+        if path is not None:
+            check_writable(path, what)  # and so does an output that cannot be written
 
     from desktop.cli.terminal import RichTaskState, render_explanation
     from engine.explain import explain
@@ -275,6 +280,10 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
             metrics=MetricSettings(samples=args.samples, seed=args.seed,
                                    granularity=args.granularity, soft=not args.no_soft)))
     settings.validate()
+    if args.plot is not None:
+        from engine.record import check_writable
+
+        check_writable(args.plot, "plot")
     main_out = args.json or args.csv
     plot = None if args.no_soft else (args.plot or main_out.with_name(
         main_out.stem + "-pi-curves.png"))

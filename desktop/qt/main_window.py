@@ -715,8 +715,11 @@ class MainWindow(QMainWindow):
 
         try:
             write_pdf(self.record, path)
+        except TokenTraceError as exc:
+            self._show_error(str(exc))
+            return
         except OSError as exc:
-            self._show_error(f"Cannot write {path}: {getattr(exc, 'strerror', None) or exc}")
+            self._show_error(f"Cannot write {path}: {exc.strerror or exc}")
             return
         self.statusBar().showMessage(f"Report written to {path}", 5000)
 

@@ -19,7 +19,8 @@ from desktop.present import UNCOLOURED_BELOW, ExplanationView
 from desktop.report.charts import chart_image
 from desktop.report.qt import ensure_gui_application, font_family
 from engine.audit import audited
-from engine.record import Explanation
+from engine.errors import OutputError
+from engine.record import Explanation, check_writable
 
 NOTICE = ("Decision support, not a diagnosis. The colours show what the language model's answer "
           "rested on, not whether the answer is right.")
@@ -27,6 +28,21 @@ NOTICE = ("Decision support, not a diagnosis. The colours show what the language
 
 def _css(colour: tuple[int, int, int]) -> str:
     return "rgb({},{},{})".format(*colour)
+
+
+def _check_complete(written: Path, target: Path) -> None:
+    """QPdfWriter reports no errors: a full disk or a vanished folder leaves a short file. A
+    complete PDF ends with its %%EOF marker."""
+    try:
+        size = written.stat().st_size
+        with written.open("rb") as handle:
+            handle.seek(max(0, size - 1024))
+            tail = handle.read()
+    except OSError as exc:
+        raise OutputError(f"cannot write the report {target}: {exc.strerror or exc}") from None
+    if size == 0 or b"%%EOF" not in tail:
+        written.unlink(missing_ok=True)
+        raise OutputError(f"the report {target} was not written completely (is the disk full?)")
 
 
 def report_html(record: Explanation, created: datetime | None = None) -> str:
@@ -121,7 +137,7 @@ def write_pdf(record: Explanation, path: str | os.PathLike[str]) -> Path:
     from PySide6.QtGui import QFont, QPageLayout, QPageSize, QPdfWriter, QTextDocument
 
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(target, "report")
     tmp = target.with_name(f".{target.name}.partial")
     writer = QPdfWriter(str(tmp))
     writer.setResolution(300)
@@ -138,6 +154,7 @@ def write_pdf(record: Explanation, path: str | os.PathLike[str]) -> Path:
     document.setHtml(report_html(record))
     document.print_(writer)  # lays the document out again for the page, and paginates
     del writer  # flushes and closes the file
+    _check_complete(tmp, target)
     os.replace(tmp, target)
     audited("export", record, file=str(target))
     return target

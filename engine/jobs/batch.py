@@ -24,12 +24,12 @@ from typing import Protocol
 
 from engine.audit import audited
 from engine.cases import Case, load_cases
-from engine.errors import Cancelled, InvalidSettingsError, TokenTraceError
+from engine.errors import Cancelled, InvalidSettingsError, OutputError, TokenTraceError
 from engine.explain import ExplainRequest, explain
 from engine.fields import field_shares, render_fields
 from engine.grouping import top_spans, word_scores
 from engine.models import LoadedModel
-from engine.record import Explanation, write_text_atomic
+from engine.record import Explanation, check_writable, write_text_atomic
 from engine.task import TaskState
 
 SUMMARY_COLUMNS = ["case", "answer", "top_words", "top_fields", "completeness_error", "load_s",
@@ -55,6 +55,7 @@ class BatchSettings:
     def validate(self) -> None:
         self.template.validate()
         load_cases(self.cases_file)  # a broken case file fails before the model loads
+        check_writable(self.out / "summary.csv", "batch output")  # and an unwritable folder
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,7 @@ def run_batch(settings: BatchSettings, loaded: LoadedModel, state: TaskState | N
     index = _read_index(out)  # record file name -> the settings fingerprint it was made with
     failures: dict[str, str] = {}
     done_now = resumed = 0
+    finished = False
     try:
         for number, case in enumerate(cases, 1):
             state.progressed("cases", number - 1, len(cases))
@@ -170,19 +172,31 @@ def run_batch(settings: BatchSettings, loaded: LoadedModel, state: TaskState | N
                 failures[case.id] = str(exc)
                 log(f"case {case.id}: skipped: {exc}")
                 continue
-            record.save(record_path(out, case))
-            audited("export", record, file=str(record_path(out, case)), case_id=case.id)
-            index[name] = fingerprint
-            write_text_atomic(out / INDEX, json.dumps(index, indent=1, sort_keys=True))
-            if settings.pdf and reports is not None:
-                reports.case_pdf(record, report_path(out, case))
+            try:
+                record.save(record_path(out, case))
+                audited("export", record, file=str(record_path(out, case)), case_id=case.id)
+                index[name] = fingerprint
+                write_text_atomic(out / INDEX, json.dumps(index, indent=1, sort_keys=True))
+                if settings.pdf and reports is not None:
+                    reports.case_pdf(record, report_path(out, case))
+            except OutputError as exc:
+                failures[case.id] = str(exc)
+                log(f"case {case.id}: not saved: {exc}")
+                continue
             done_now += 1
             log(f"case {case.id}: done in {record.timings.attribute_s:.1f} s")
         state.progressed("cases", len(cases), len(cases))
+        finished = True
     finally:
-        write_text_atomic(out / "failures.json", json.dumps(failures, indent=1))
-        write_summaries(cases, out, reports,
-                        {name for name, made in index.items() if made == fingerprint})
+        # The summaries never hide an error already on its way out of the loop.
+        try:
+            write_text_atomic(out / "failures.json", json.dumps(failures, indent=1))
+            write_summaries(cases, out, reports,
+                            {name for name, made in index.items() if made == fingerprint})
+        except OutputError as exc:
+            if finished:
+                raise
+            log(f"the summary could not be written either: {exc}")
     return BatchResult(done_now, resumed, len(failures))
 
 

@@ -23,7 +23,7 @@ from engine.errors import Cancelled, InvalidSettingsError, TokenTraceError
 from engine.evaluation import RANDOM, CaseResult, EvaluationSettings, evaluate_case, summarise
 from engine.metrics import HIGHER_IS_BETTER, METRICS
 from engine.models import LoadedModel
-from engine.record import ModelInfo, write_text_atomic
+from engine.record import ModelInfo, check_writable, write_text_atomic
 from engine.task import TaskState
 
 LABELS = {"log_odds": "log-odds", "comprehensiveness": "compr.", "sufficiency": "suff.",
@@ -46,6 +46,9 @@ class EvaluateSettings:
                                        "progress that a rerun resumes from) are written there")
         self.evaluation.validate()
         load_cases(self.cases_file)
+        for path in (self.json, self.csv, self.markdown, self.progress_path):
+            if path is not None:
+                check_writable(path, "evaluation output")
 
     @property
     def progress_path(self) -> Path:

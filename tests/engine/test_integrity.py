@@ -152,3 +152,37 @@ def test_bounds_are_checked_before_the_model_loads(tmp_path, capsys, arguments, 
     err = capsys.readouterr().err
     assert code == 2 and message in err and "model not found" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_unwritable_outputs_fail_before_any_compute_with_exit_6(tmp_path, capsys,
+                                                                 tiny_model_folder):
+    from desktop.cli import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way")  # a folder that is a file: nothing can be written in it
+    for arguments in (["explain", CASE, "--json", str(blocker / "r.json")],
+                      ["explain", CASE, "--pdf", str(blocker / "r.pdf")]):
+        code = main([*arguments, "--model", str(tmp_path / "not-there"), "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 6 and "cannot write the" in err and "model not found" not in err
+    cases = _cases(tmp_path / "cases.jsonl", [("c0", CASE)])
+    code = main(["batch", "--cases", str(cases), "--out", str(blocker / "out"), "--model",
+                 str(tmp_path / "not-there"), "--quiet"])
+    assert code == 6 and "batch output" in capsys.readouterr().err
+    code = main(["evaluate", "--cases", str(cases), "--json", str(blocker / "e.json"),
+                 "--model", str(tmp_path / "not-there"), "--quiet"])
+    assert code == 6 and "evaluation output" in capsys.readouterr().err
+
+
+def test_a_record_that_cannot_be_saved_is_a_failure_and_the_batch_goes_on(loaded, tmp_path):
+    cases = _cases(tmp_path / "cases.jsonl", [("c0", CASE), ("c1", "70 year old man .")])
+    out = tmp_path / "out"
+    (out / "records").mkdir(parents=True)
+    (out / "records" / f"{safe_name('c0')}.json").mkdir()  # a folder in the record's way
+    lines = []
+    result = run_batch(BatchSettings(cases, out, ExplainRequest(
+        "placeholder", max_new_tokens=2, matrix=False)), loaded, log=lines.append)
+    assert (result.explained, result.failed) == (1, 1)
+    failures = json.loads((out / "failures.json").read_text())
+    assert "cannot write" in failures["c0"]
+    assert any("c0: not saved" in line for line in lines)
