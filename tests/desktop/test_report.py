@@ -12,6 +12,7 @@ from test_qt_overlay import long_record
 from desktop.cli import main
 from desktop.present import NEGATIVE, POSITIVE
 from desktop.report import write_pdf
+from engine.errors import OutputError
 
 
 def _fill_colours(data: bytes) -> set[tuple[int, int, int]]:
@@ -60,5 +61,5 @@ def test_explain_pdf_from_the_command_line(tiny_model_folder, tmp_path, capsys):
 def test_unwritable_pdf_path_is_one_clear_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match="cannot write the report"):
         write_pdf(long_record(30), blocker / "sub" / "r.pdf")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from engine.errors import InvalidInputError
+from engine.errors import InvalidInputError, OutputError
 from engine.record import (
     SCHEMA_VERSION,
     Answer,
@@ -84,7 +84,7 @@ def test_crash_mid_save_leaves_the_old_file_intact(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(engine.record.os, "fsync", crash)  # after the bytes are written
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match="disk full"):  # one line naming the file
         make_record(matrix=False).save(path)
     assert path.read_text() == before
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
