@@ -29,12 +29,14 @@ LEADS: dict[type[TokenTraceError], str] = {
 
 
 def log_path() -> Path:
-    """Where the window's log goes: TOKENTRACE_LOG, else the user's state folder."""
+    """Where the window's log goes: TOKENTRACE_LOG, else the user's log folder for the OS
+    (``~/.local/state/tokentrace/log`` on Linux, ``~/Library/Logs/tokentrace`` on macOS)."""
     explicit = os.environ.get("TOKENTRACE_LOG")
     if explicit:
         return Path(explicit)
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "tokentrace" / "tokentrace.log"
+    import platformdirs
+
+    return Path(platformdirs.user_log_dir("tokentrace", appauthor=False)) / "tokentrace.log"
 
 
 def start_logging() -> Path | None:
