@@ -9,6 +9,7 @@ CSV: columns ``id`` and ``text`` (``title`` optional); every other column is a f
 from __future__ import annotations
 
 import csv
+import io
 import json
 import stat
 from dataclasses import dataclass, field
@@ -61,18 +62,20 @@ def load_cases(path: str | Path) -> list[Case]:
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidInputError(f"cannot read {path} as UTF-8 text: {exc}") from None
     if path.suffix.lower() == ".csv":
-        rows = list(csv.DictReader(raw.splitlines()))
-        entries = [(k + 2, _from_csv_row(row)) for k, row in enumerate(rows)]
+        entries = _csv_entries(path, raw)
         where = "row"
     elif path.suffix.lower() in (".jsonl", ".ndjson"):
         entries = []
-        for k, line in enumerate(raw.splitlines(), 1):
+        # Lines end at "\n" only: U+2028 and friends may sit inside a JSON string.
+        for k, line in enumerate(raw.split("\n"), 1):
             if not line.strip():
                 continue
             try:
                 entries.append((k, json.loads(line)))
             except json.JSONDecodeError as exc:
                 raise InvalidInputError(f"{path}, line {k}: not valid JSON ({exc.msg})") from None
+            except RecursionError:
+                raise InvalidInputError(f"{path}, line {k}: JSON nested too deeply") from None
         where = "line"
     else:
         raise InvalidInputError(f"{path}: case files are .jsonl or .csv")
@@ -86,12 +89,40 @@ def load_cases(path: str | Path) -> list[Case]:
             raise InvalidInputError(f"{path}, {where} {number}: each case needs an id and text")
         if case_id in seen:
             raise InvalidInputError(f"{path}, {where} {number}: duplicate case id {case_id!r}")
+        if len(text) > MAX_CASE_FILE_BYTES:
+            raise InvalidInputError(f"{path}, {where} {number}: the case text is "
+                                    f"{len(text):,} characters; at most "
+                                    f"{MAX_CASE_FILE_BYTES:,} are allowed")
+        fields = entry.get("fields") or {}
+        if not isinstance(fields, dict) or not all(
+                isinstance(v, (str, int, float, bool)) or v is None for v in fields.values()):
+            raise InvalidInputError(f"{path}, {where} {number}: \"fields\" must be an object "
+                                    "of names to plain values (text, numbers, true/false)")
         seen.add(case_id)
-        cases.append(Case(case_id, text.strip(), str(entry.get("title") or ""),
-                          dict(entry.get("fields") or {})))
+        cases.append(Case(case_id, text.strip(), str(entry.get("title") or ""), dict(fields)))
     if not cases:
         raise InvalidInputError(f"{path} holds no cases")
     return cases
+
+
+def _csv_entries(path: Path, raw: str) -> list[tuple[int, dict[str, Any]]]:
+    """(row number, entry) for each CSV row; quoted fields may hold new lines."""
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_CASE_FILE_BYTES + 1))
+    reader = csv.DictReader(io.StringIO(raw, newline=""))
+    try:
+        columns = reader.fieldnames or []
+        missing = [c for c in ("id", "text") if c not in columns]
+        if missing:
+            raise InvalidInputError(
+                f"{path}: the header has no {' or '.join(repr(c) for c in missing)} column "
+                f"(columns: {', '.join(repr(c) for c in columns[:10]) or 'none'})")
+        return [(reader.line_num, _from_csv_row(row)) for row in reader]
+    except csv.Error as exc:
+        if "field larger than field limit" in str(exc):
+            raise InvalidInputError(
+                f"{path}, after line {reader.line_num}: a field is longer than a case may be "
+                f"(at most {MAX_CASE_FILE_BYTES:,} characters)") from None
+        raise InvalidInputError(f"{path}, line {reader.line_num}: not valid CSV ({exc})") from None
 
 
 def _from_csv_row(row: dict[str, str]) -> dict[str, Any]:

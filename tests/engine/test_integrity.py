@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 
 import pytest
@@ -186,3 +187,36 @@ def test_a_record_that_cannot_be_saved_is_a_failure_and_the_batch_goes_on(loaded
     failures = json.loads((out / "failures.json").read_text())
     assert "cannot write" in failures["c0"]
     assert any("c0: not saved" in line for line in lines)
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("deep.jsonl", '{"id": "a", "text": "x", "fields": ' + "[" * 100_000 + "]" * 100_000 + "}\n",
+     "nested too deeply"),
+    ("list-fields.jsonl", '{"id": "a", "text": "ER positive", "fields": ["ER"]}\n',
+     '"fields" must be an object'),
+    ("nested-fields.jsonl", '{"id": "a", "text": "ER positive", "fields": {"ER": {"x": 1}}}\n',
+     '"fields" must be an object'),
+    ("no-id.csv", "case,text\nc1,ER positive\n", "no 'id' column"),
+    ("long-field.csv", 'id,text\nc1,"' + "ER positive " * 100_000 + '"\n', "at most 1,000,000"),
+])
+def test_hostile_case_lists_get_one_clear_message(tmp_path, name, content, message):
+    from engine.cases import load_cases
+
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(InvalidInputError, match=re.escape(message)):
+        load_cases(path)
+
+
+def test_line_separators_inside_json_strings_are_text_not_line_ends(tmp_path):
+    from engine.cases import load_cases
+
+    path = tmp_path / "cases.jsonl"
+    text = "ER positive\u2028HER2 negative\u2029grade 2\x85node negative"
+    path.write_text(json.dumps({"id": "a", "text": text}, ensure_ascii=False) + "\n"
+                    + json.dumps({"id": "b", "text": "ER negative"}) + "\n")
+    cases = load_cases(path)
+    assert [c.id for c in cases] == ["a", "b"] and cases[0].text == text
+    quoted = tmp_path / "cases.csv"
+    quoted.write_text('id,text\na,"line one\nline two"\nb,ER negative\n')
+    assert [c.text for c in load_cases(quoted)] == ["line one\nline two", "ER negative"]
