@@ -103,7 +103,8 @@ def evaluate_case(loaded: LoadedModel, case: Case, settings: EvaluationSettings,
     """Every method not in ``skip`` on ``case``; ``on_result`` hears each as it finishes."""
     state = state or TaskState()
     model, tokenizer = loaded.model, loaded.tokenizer
-    prompt = build_prompt(tokenizer, case.text, system_prompt=settings.system_prompt)
+    prompt = build_prompt(tokenizer, case.text, system_prompt=settings.system_prompt,
+                          state=state)
     todo = [m for m in settings.methods if m not in set(skip)]
     if not todo:
         return []

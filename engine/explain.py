@@ -17,6 +17,7 @@ from engine.errors import (
     InvalidInputError,
     InvalidSettingsError,
     ModelLoadError,
+    TokenTraceError,
 )
 from engine.fields import field_scores, render_fields
 from engine.generation import generate_with_cache
@@ -35,6 +36,7 @@ from engine.record import (
     Timings,
     Versions,
 )
+from engine.reliability import check_usable
 from engine.task import TaskState
 
 MAX_NEW_TOKENS = 4096  # answer tokens; the embedded model's context is 8,192 in all
@@ -151,7 +153,7 @@ def explain(request: ExplainRequest, loaded: LoadedModel,
     device = loaded.device
 
     prompt = build_prompt(tokenizer, request.case_text, system_prompt=request.system_prompt,
-                          raw=request.raw_prompt)
+                          raw=request.raw_prompt, state=state)
     n = len(prompt.token_ids)
     forced_ids = (tokenizer.encode(request.target, add_special_tokens=False)
                   if request.target is not None else None)
@@ -189,6 +191,11 @@ def explain(request: ExplainRequest, loaded: LoadedModel,
         output = method.run(model, tokenizer, problem, state=state, **params)
         attribute_s = time.perf_counter() - start
 
+    scores = output.sequence if output.per_token is None else output.per_token
+    if not bool(torch.isfinite(scores).all()):
+        raise TokenTraceError(
+            f"{request.method} gave scores that are not finite numbers (an overflow, often in "
+            "float16); nothing is shown or saved. Try float32 or another method")
     answer_text, answer_tokens = answer_pieces(tokenizer, answer_ids)
     per_field = {}
     if request.fields:
@@ -246,9 +253,9 @@ def answer_row(record: Explanation, row: int, loaded: LoadedModel,
     if loaded.info.sha256 != record.model.sha256:
         raise ModelLoadError("this explanation was made with another model; load it to "
                              "explain single answer tokens")
+    check_usable(record, loaded.model)
     spec = get_method(record.method.name)
-    params = {key: value for key, value in record.method.params.items()
-              if key in spec.defaults()}
+    params = recorded_params(spec, record.method.params)
     if "matrix" in params:
         params["matrix"] = False
     if "hops" in params:  # a token's row is its own single-sink flow, as in the matrix
@@ -265,6 +272,33 @@ def answer_row(record: Explanation, row: int, loaded: LoadedModel,
         output = spec.run(loaded.model, loaded.tokenizer, problem, state=state, **params)
     mask = torch.tensor(record.prompt.attributable, dtype=torch.bool)
     return tuple(torch.where(mask, output.sequence[:n], 0.0).tolist())
+
+
+def recorded_params(spec: Any, recorded: dict[str, Any]) -> dict[str, Any]:
+    """The settings of ``spec`` a record names, checked as a command line's are: an opened
+    record is untrusted, and its settings are about to drive the model."""
+    params = {}
+    for key, default in spec.defaults().items():
+        if key not in recorded:
+            continue
+        value = recorded[key]
+        if not _same_kind(value, default):
+            raise InvalidInputError(f"the explanation's setting {key}={value!r} is not a valid "
+                                    f"value for {spec.name}")
+        check_option(key, value)
+        params[key] = value
+    return params
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    """Whether ``value`` has the type ``coerce_option`` gives an option with this default."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if default is None:
+        return value is None or isinstance(value, int)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
 
 
 @contextlib.contextmanager

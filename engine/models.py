@@ -6,9 +6,10 @@
 * a Hugging Face model folder (``config.json`` plus ``*.safetensors`` and a tokenizer).
 * a single ``.gguf`` file.
 
-A GGUF is dequantized by transformers on first use (about 10 s for the embedded model); the
-dequantized weights are then cached as safetensors under the user cache directory, keyed by the
-GGUF's sha256, so later starts read plain safetensors.
+A GGUF is dequantized by transformers on first use (about 25 s for the embedded model on a
+2-core CPU), in a child process that a cancel ends at once; the dequantized weights are cached as
+safetensors under the user cache directory, keyed by the GGUF's sha256 and verified against their
+manifest on every load, and every GGUF load reads them from there.
 """
 
 from __future__ import annotations
@@ -118,26 +119,34 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def file_sha256(paths: list[Path]) -> str:
-    """sha256 over the bytes of ``paths`` in order; memoised by (path, size, mtime)."""
+def file_sha256(paths: list[Path], state: TaskState | None = None) -> str:
+    """sha256 over the bytes of ``paths`` in order; memoised by (path, size, mtime). A cancel
+    through ``state`` stops it within one 4 MiB read."""
     memo_path = cache_dir() / "digests.json"
     try:
         memo = json.loads(memo_path.read_text())
     except (OSError, ValueError):
         memo = {}
     key = "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in paths)
-    if key in memo:
+    if isinstance(memo, dict) and isinstance(memo.get(key), str):
         return memo[key]
-    digest = hashlib.sha256()
-    for path in paths:
-        with path.open("rb") as handle:
-            while chunk := handle.read(1 << 22):
-                digest.update(chunk)
-    memo[key] = digest.hexdigest()
+    if not isinstance(memo, dict):
+        memo = {}
+    memo[key] = _digest(paths, state or TaskState())
     # A read-only cache only costs the next start a re-hash.
     with contextlib.suppress(OSError, OutputError):
         write_text_atomic(memo_path, json.dumps(memo, indent=0))
     return memo[key]
+
+
+def _digest(paths: list[Path], state: TaskState) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 22):
+                state.check()
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def load_model(request: ModelRequest, state: TaskState | None = None) -> LoadedModel:
@@ -188,6 +197,7 @@ def load_model(request: ModelRequest, state: TaskState | None = None) -> LoadedM
         context_length=_context_length(model, tokenizer),
         tokenizer_sha256=tokenizer_sha256(tokenizer),
         template_sha256=text_sha256(getattr(tokenizer, "chat_template", None) or ""),
+        vocab_size=model.get_input_embeddings().num_embeddings,
     )
     return LoadedModel(model, tokenizer, info, time.perf_counter() - start, from_cache)
 
@@ -233,7 +243,7 @@ def _load_folder(path: Path, dtype: torch.dtype, state: TaskState) -> tuple[Any,
     if getattr(config, "auto_map", None):
         raise ModelLoadError(f"{path} needs custom code (auto_map in config.json); TokenTrace "
                              "never runs code shipped with a model")
-    sha = file_sha256(weights)
+    sha = file_sha256(weights, state)
     state.progressed("load", 1, 3)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True,
@@ -254,7 +264,6 @@ def _load_folder(path: Path, dtype: torch.dtype, state: TaskState) -> tuple[Any,
 
 
 def _load_gguf(path: Path, dtype: torch.dtype, state: TaskState) -> tuple[Any, Any, str, bool]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         with path.open("rb") as handle:
@@ -264,36 +273,135 @@ def _load_gguf(path: Path, dtype: torch.dtype, state: TaskState) -> tuple[Any, A
     if magic != GGUF_MAGIC:
         raise ModelLoadError(f"{path} is not a GGUF file (it does not start with 'GGUF'); give a "
                              "Hugging Face model folder or a .gguf file")
-    sha = file_sha256([path])
+    sha = file_sha256([path], state)
     state.progressed("load", 1, 3)
     cached = gguf_cache_path(sha)
-    if (cached / "config.json").is_file():
-        if _cache_is_intact(cached, sha):
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(cached, local_files_only=True)
-                model = AutoModelForCausalLM.from_pretrained(
-                    cached, local_files_only=True, use_safetensors=True, dtype=dtype)
-                state.progressed("load", 2, 3)
-                return model, tokenizer, sha, True
-            except Exception:
-                pass
-        shutil.rmtree(cached, ignore_errors=True)  # never trusted: rebuilt from the GGUF
+    if (cached / "config.json").is_file() and _cache_is_intact(cached, sha, state):
+        with contextlib.suppress(Exception):
+            return (*_load_converted(cached, dtype), sha, True)
+    shutil.rmtree(cached, ignore_errors=True)  # never trusted: rebuilt from the GGUF
     state.check()
-    # The GGUF is read alone: a tokenizer.json or config.json lying next to it must not
-    # replace the file's own tokenizer, chat template or architecture.
-    with _alone(path) as folder:
-        try:
+    folder, temporary = _convert(path, cached, sha, state)
+    try:
+        model, tokenizer = _load_converted(folder, dtype)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot read GGUF file {path}: {_short(exc)}") from None
+    finally:
+        if temporary:
+            shutil.rmtree(folder, ignore_errors=True)
+    state.progressed("load", 2, 3)
+    return model, tokenizer, sha, False
+
+
+def _load_converted(folder: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True,
+                                                 use_safetensors=True, dtype=dtype)
+    return model, tokenizer
+
+
+def _convert(path: Path, target: Path, gguf_sha: str, state: TaskState) -> tuple[Path, bool]:
+    """Dequantize ``path`` into ``target`` (the cache entry) in a child process, which a cancel
+    kills at once: transformers' conversion is seconds to minutes of Python with no point to
+    check. Returns the folder to load and whether it is a temporary one (a cache that cannot be
+    written only costs the next start another conversion)."""
+    import subprocess
+
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        work, in_cache = Path(tempfile.mkdtemp(dir=target.parent, prefix=".partial-")), True
+    except OSError:
+        work, in_cache = Path(tempfile.mkdtemp(prefix="tokentrace-gguf-")), False
+    child = None
+    try:
+        with tempfile.TemporaryFile() as output:  # a file, not a pipe: it never fills and blocks
+            child = subprocess.Popen([*_child_command(), str(path), str(work), gguf_sha],
+                                     stdin=subprocess.DEVNULL, stdout=output,
+                                     stderr=subprocess.STDOUT, env=_child_environment())
+            while child.poll() is None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.wait(0.1)
+                state.check()
+            output.seek(0)
+            said = output.read().decode("utf-8", "replace").splitlines()
+        failures = [line.removeprefix(CONVERT_FAILED) for line in said
+                    if line.startswith(CONVERT_FAILED)]
+        if child.returncode != 0 or failures:
+            raise ModelLoadError(f"cannot read GGUF file {path}: " + (
+                failures[-1] if failures else f"the converter stopped with exit code "
+                f"{child.returncode} (out of memory?): {' '.join(said[-1:])[-300:]}"))
+        if in_cache:
+            with contextlib.suppress(OSError):
+                os.replace(work, target)
+                return target, False
+        return work, True
+    except BaseException:
+        if child is not None and child.poll() is None:
+            child.kill()
+            child.wait()
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+CONVERT_FAILED = "tokentrace-convert-failed: "  # how the child's one-line error is found
+
+
+def _child_command() -> list[str]:
+    """How to start the converter: this interpreter on its module, or, in the frozen bundle
+    (no interpreter of its own), the bundle itself with the flag its launcher passes on."""
+    import sys
+
+    if getattr(sys, "frozen", False):
+        return [sys.executable, CONVERT_FLAG]
+    return [sys.executable, "-m", "engine.convert_gguf"]
+
+
+CONVERT_FLAG = "--tokentrace-convert-gguf"
+
+
+def _child_environment() -> dict[str, str]:
+    """This environment (its offline switches were set when ``engine`` was imported), with the
+    folder holding ``engine`` first on the module path: the child must run this very code."""
+    root = str(Path(__file__).resolve().parent.parent)
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": root if not path else os.pathsep.join((root, path))}
+
+
+def convert_in_child(argv: list[str]) -> int:
+    """The child of :func:`_convert` (``python -m engine.convert_gguf GGUF FOLDER SHA256``): read
+    the GGUF alone, write the cache entry into FOLDER, or print one line that says why not."""
+    import engine  # noqa: F401  (offline switches and the network guard, in this process too)
+
+    source, work, gguf_sha = argv
+    path = Path(source)
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+        # The GGUF is read alone: a tokenizer.json or config.json lying next to it must not
+        # replace the file's own tokenizer, chat template or architecture.
+        with _alone(path) as folder:
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=path.name,
                                                       local_files_only=True)
             model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=path.name,
                                                          local_files_only=True,
                                                          dtype=torch.float32)
-        except Exception as exc:
-            raise ModelLoadError(f"cannot read GGUF file {path}: {_short(exc)}") from None
-    _require_fast(tokenizer, path)
-    _write_cache(model, tokenizer, cached, sha)
-    state.progressed("load", 2, 3)
-    return model.to(dtype), tokenizer, sha, False
+        _require_fast(tokenizer, path)
+        _write_cache(model, tokenizer, Path(work), gguf_sha)
+    except ModelLoadError as exc:
+        message = str(exc)
+    except OSError as exc:
+        message = f"cannot write the converted model to {work}: {exc.strerror or exc}"
+    except Exception as exc:  # one line for the parent, whatever went wrong
+        message = _short(exc)
+    else:
+        return 0
+    print(CONVERT_FAILED + " ".join(message.split()), flush=True)
+    return 1
 
 
 # What defines a dequantized cache entry besides the GGUF's bytes: how TokenTrace reads a GGUF
@@ -324,7 +432,7 @@ def _alone(path: Path):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _cache_is_intact(folder: Path, gguf_sha: str) -> bool:
+def _cache_is_intact(folder: Path, gguf_sha: str, state: TaskState) -> bool:
     """True when the entry's manifest names this GGUF and every file still has its sha256."""
     try:
         manifest = json.loads((folder / CACHE_MANIFEST).read_text(encoding="utf-8"))
@@ -334,13 +442,15 @@ def _cache_is_intact(folder: Path, gguf_sha: str) -> bool:
         present = {p.name for p in folder.iterdir() if p.is_file() and p.name != CACHE_MANIFEST}
         if present != set(files):
             return False
-        return all(file_sha256([folder / name]) == digest for name, digest in files.items())
+        return all(file_sha256([folder / name], state) == digest
+                   for name, digest in files.items())
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
 
-def _write_cache(model: Any, tokenizer: Any, target: Path, gguf_sha: str) -> None:
-    """Save the dequantized weights as safetensors, then move them into place in one rename.
+def _write_cache(model: Any, tokenizer: Any, folder: Path, gguf_sha: str) -> None:
+    """Save the dequantized weights as safetensors, the config and the tokenizer into
+    ``folder``, with a manifest of their sha256s.
 
     ``save_pretrained`` refuses GGUF-loaded models (their quantizer marker is not serializable,
     although the weights are already plain tensors), so the config is written without its
@@ -351,23 +461,15 @@ def _write_cache(model: Any, tokenizer: Any, target: Path, gguf_sha: str) -> Non
 
     from safetensors.torch import save_model
 
-    tmp = None
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".partial-"))
-        config = copy.deepcopy(model.config)
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        config.save_pretrained(tmp)
-        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        tokenizer.save_pretrained(tmp)
-        files = {f.name: file_sha256([f]) for f in sorted(tmp.iterdir()) if f.is_file()}
-        (tmp / CACHE_MANIFEST).write_text(json.dumps({"gguf_sha256": gguf_sha, "files": files},
-                                                     indent=1), encoding="utf-8")
-        os.replace(tmp, target)
-    except OSError:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.save_pretrained(folder)
+    save_model(model, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    tokenizer.save_pretrained(folder)
+    files = {f.name: _digest([f], TaskState()) for f in sorted(folder.iterdir()) if f.is_file()}
+    (folder / CACHE_MANIFEST).write_text(json.dumps({"gguf_sha256": gguf_sha, "files": files},
+                                                    indent=1), encoding="utf-8")
 
 
 def _check_weights(loading: dict[str, Any], where: Path) -> None:

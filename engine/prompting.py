@@ -6,10 +6,15 @@ markers, the system prompt) stay fixed during attribution and get a score of 0.
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from engine.errors import InvalidInputError
+from engine.errors import InvalidInputError, ModelLoadError
+from engine.task import TaskState
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a clinical decision-support assistant for breast cancer care. Read the case and "
@@ -18,6 +23,12 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 
 MAX_CASE_CHARS = 200_000
+
+# A chat template is code that came with the model (a Jinja program, run in transformers'
+# sandbox). A real one renders in milliseconds and adds a few hundred characters; a hostile or
+# broken one must not hang the window or fill the memory.
+TEMPLATE_SECONDS = 5.0
+TEMPLATE_EXTRA_CHARS = 1_000_000  # text a template may produce beyond the messages, ~4x slack
 
 
 @dataclass(frozen=True)
@@ -51,7 +62,7 @@ def validate_case_text(case_text: str) -> str:
 
 
 def build_prompt(tokenizer: Any, case_text: str, *, system_prompt: str | None,
-                 raw: bool = False) -> PromptParts:
+                 raw: bool = False, state: TaskState | None = None) -> PromptParts:
     """Render the case through the chat template (or as is with ``raw``) and tokenize it.
 
     ``system_prompt=None`` or ``""`` leaves the template's own default system turn, if any.
@@ -63,7 +74,7 @@ def build_prompt(tokenizer: Any, case_text: str, *, system_prompt: str | None,
         messages = [{"role": "user", "content": case}]
         if system_prompt:
             messages.insert(0, {"role": "system", "content": system_prompt})
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = render_chat_template(tokenizer, messages, state or TaskState())
         start = text.rfind(case)
         if start < 0:
             raise InvalidInputError("this model's chat template rewrites the case text, so its "
@@ -84,6 +95,70 @@ def build_prompt(tokenizer: Any, case_text: str, *, system_prompt: str | None,
         raise InvalidInputError("no token of the case could be located in the prompt")
     return PromptParts(text, case, ids, offsets, attributable, "chat" if use_chat else "raw",
                        system_prompt if use_chat else None)
+
+
+def render_chat_template(tokenizer: Any, messages: list[dict[str, str]], state: TaskState,
+                         seconds: float = TEMPLATE_SECONDS) -> str:
+    """The model's chat template applied to ``messages``, stopped after ``seconds``, when the
+    text it has produced exceeds its budget, or when ``state`` is cancelled (within a few
+    milliseconds: the template's compiled Python is checked line by line)."""
+    given = sum(len(m["content"]) for m in messages)
+    budget = 4 * given + TEMPLATE_EXTRA_CHARS
+    try:
+        with _bounded(seconds, budget, state) as stopped:
+            text = tokenizer.apply_chat_template(messages, tokenize=False,
+                                                 add_generation_prompt=True)
+    except _Stop:
+        pass
+    except MemoryError:
+        stopped.append("needed more memory than this machine has")
+    if stopped:
+        state.check()
+        raise ModelLoadError(f"this model's chat template {stopped[0]}; it was stopped. The "
+                             "model's files may be damaged or hostile; use --raw-prompt, or "
+                             "another model")
+    if len(text) > budget:
+        raise ModelLoadError(f"this model's chat template made {len(text):,} characters of a "
+                             f"{given:,}-character case; it is refused")
+    return text
+
+
+class _Stop(BaseException):  # not an Exception: no ``except Exception`` in the template's way
+    pass
+
+
+@contextlib.contextmanager
+def _bounded(seconds: float, budget: int, state: TaskState) -> Iterator[list[str]]:
+    """Run the Python inside under a line tracer that stops it at the deadline, when the text
+    its frames return or yield exceeds ``budget`` characters, or on cancel. Yields a list that
+    holds why it stopped (empty when it did not). This thread only; a tracer already set (a
+    debugger, coverage) is put back afterwards."""
+    deadline = time.monotonic() + seconds
+    produced = 0
+    stopped: list[str] = []
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal produced
+        if event == "return" and type(arg) is str:
+            produced += len(arg)
+        if stopped:
+            raise _Stop
+        if state.cancelled:
+            stopped.append("was cancelled")
+        elif time.monotonic() > deadline:
+            stopped.append(f"ran for more than {seconds:g} s")
+        elif produced > budget:
+            stopped.append(f"produced more than {budget:,} characters")
+        if stopped:
+            raise _Stop
+        return tracer
+
+    previous = sys.gettrace()
+    sys.settrace(tracer)
+    try:
+        yield stopped
+    finally:
+        sys.settrace(previous)
 
 
 def answer_pieces(tokenizer: Any, ids: list[int]) -> tuple[str, tuple[str, ...]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 import types
@@ -44,6 +45,7 @@ class ModelInfo:
     context_length: int = 0
     tokenizer_sha256: str = ""  # the tokenizer's canonical JSON (vocabulary, normalizer...)
     template_sha256: str = ""  # the chat template's text ("" hashed when there is none)
+    vocab_size: int = 0  # rows of the input embedding; token ids lie below it (0: not recorded)
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,17 @@ class Prompt:
         if self.case_sha256 and self.case_sha256 != hashlib.sha256(
                 self.case_text.encode("utf-8")).hexdigest():
             raise ValueError("the case text does not match its sha256 (the file was altered)")
+        _check_ids("prompt", self.token_ids)
+        if self.format not in ("chat", "raw"):
+            raise ValueError(f"unknown prompt format {self.format!r}")
+        for start, end in self.offsets:
+            if not 0 <= start <= end <= len(self.text):
+                raise ValueError(f"a token span ({start}, {end}) lies outside the prompt's "
+                                 f"{len(self.text)} characters")
+        for name, start, end in self.fields:
+            if not 0 <= start <= end <= len(self.case_text):
+                raise ValueError(f"field {name!r} ({start}, {end}) lies outside the case's "
+                                 f"{len(self.case_text)} characters")
 
 
 @dataclass(frozen=True)
@@ -85,6 +98,17 @@ class Answer:
     tokens: tuple[str, ...]
     forced: bool
     log_probs: tuple[float, ...] = ()  # log p(y_t | x, y_<t) under the model, one per token
+
+    def __post_init__(self) -> None:
+        t = len(self.token_ids)
+        if t == 0:
+            raise ValueError("the answer has no tokens")
+        if len(self.tokens) != t or (self.log_probs and len(self.log_probs) != t):
+            raise ValueError(f"the answer has {t} ids, {len(self.tokens)} tokens and "
+                             f"{len(self.log_probs)} log-probabilities")
+        _check_ids("answer", self.token_ids)
+        if any(not value <= 0 for value in self.log_probs):  # NaN fails too
+            raise ValueError("a log-probability is above 0 or not a number")
 
 
 @dataclass(frozen=True)
@@ -147,6 +171,16 @@ class Explanation:
         matrix = self.attribution.per_token
         if matrix is not None and (len(matrix) != t or any(len(row) != n for row in matrix)):
             raise ValueError(f"per-token attribution must be {t} x {n}")
+        vocab = self.model.vocab_size
+        if vocab > 0 and any(i >= vocab for i in (*self.prompt.token_ids,
+                                                  *self.answer.token_ids)):
+            raise ValueError(f"a token id lies outside the model's vocabulary of {vocab}")
+        _check_scores(self.attribution)
+        if self.reliability is not None and self.reliability.verdict not in VERDICTS:
+            raise ValueError(f"unknown reliability verdict {self.reliability.verdict!r}")
+        if any(not value >= 0 for value in (self.timings.load_s, self.timings.generate_s,
+                                            self.timings.attribute_s)):
+            raise ValueError("a timing is negative or not a number")
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(self)
@@ -183,6 +217,25 @@ class Explanation:
         except (OSError, UnicodeDecodeError) as exc:
             raise InvalidInputError(f"cannot read explanation {path}: {exc}") from None
         return cls.from_json(text)
+
+
+VERDICTS = ("strong", "fair", "weak")
+
+
+def _check_ids(what: str, ids: tuple[int, ...]) -> None:
+    if any(i < 0 for i in ids):
+        raise ValueError(f"a {what} token id is negative")
+
+
+def _check_scores(attribution: Attribution) -> None:
+    """Every score finite: the window and the PDF colour what they are given."""
+    rows = (attribution.sequence, *(attribution.per_token or ()),
+            tuple(attribution.per_field.values()))
+    if not all(math.isfinite(value) for row in rows for value in row):
+        raise ValueError("an attribution score is not a finite number")
+    error = attribution.completeness_error
+    if error is not None and not error >= 0:
+        raise ValueError("the completeness error is negative or not a number")
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -252,6 +305,9 @@ def _from_plain(tp: Any, value: Any) -> Any:
         (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
         return _from_plain(inner, value)
     if is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise InvalidInputError(f"not a valid explanation file ({tp.__name__} is "
+                                    f"{_kind(value)}, not an object)")
         hints = typing.get_type_hints(tp)
         try:
             kwargs = {f.name: _from_plain(hints[f.name], value[f.name])
@@ -262,12 +318,49 @@ def _from_plain(tp: Any, value: Any) -> Any:
                 f"not a valid explanation file ({tp.__name__}: {exc})"
             ) from None
     if origin is tuple:
+        if not isinstance(value, list):
+            raise InvalidInputError(f"not a valid explanation file (expected a list, got "
+                                    f"{_kind(value)})")
         args = typing.get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_from_plain(args[0], v) for v in value)
+        if len(args) != len(value):
+            raise InvalidInputError(f"not a valid explanation file (expected {len(args)} "
+                                    f"values, got {len(value)})")
         return tuple(_from_plain(a, v) for a, v in zip(args, value, strict=True))
     if origin is dict:
-        return dict(value)
-    if tp is float and isinstance(value, int):
+        if not isinstance(value, dict):
+            raise InvalidInputError(f"not a valid explanation file (expected an object, got "
+                                    f"{_kind(value)})")
+        key_type, value_type = typing.get_args(tp)
+        return {_from_plain(key_type, k): _from_plain(value_type, v) for k, v in value.items()}
+    return _leaf(tp, value)
+
+
+def _leaf(tp: Any, value: Any) -> Any:
+    """``value`` checked to be of the scalar type ``tp`` (ints stand for floats, nothing else
+    is converted): an opened file is untrusted, so a string where a token id belongs is an
+    error here, not a crash in the window later."""
+    if tp is Any:
+        if isinstance(value, (dict, list)):
+            raise InvalidInputError("not a valid explanation file (a method setting is "
+                                    f"{_kind(value)}, not a number, text or true/false)")
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if (tp is int and isinstance(value, bool)) or not isinstance(value, tp):
+        raise InvalidInputError(f"not a valid explanation file (expected "
+                                f"{_TYPE_NAMES.get(tp, tp)}, got {_kind(value)})")
     return value
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "text", bool: "true or false"}
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    names = {int: "an integer", float: "a number", str: "text", list: "a list", dict: "an object"}
+    return names.get(type(value), type(value).__name__)

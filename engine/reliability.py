@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from engine.errors import InvalidInputError
 from engine.methods import METHODS, AttributionInput, get_method, second_opinion
 from engine.metrics import deletion_aopc, random_scores
 from engine.record import Explanation, Reliability
@@ -44,6 +45,21 @@ from engine.task import SubTask, TaskState
 STRONG_RATIO = 2.0
 AGREEMENT = 0.3
 MARGIN = 0.1  # "better than random" means better by at least 10% of random's value
+
+
+def check_usable(record: Explanation, model: Any) -> None:
+    """An opened record is untrusted: before its ids meet ``model`` they must be ids of its
+    vocabulary, and its method one this TokenTrace knows (one clear error, never an index
+    error deep in the model)."""
+    get_method(record.method.name)
+    rows = model.get_input_embeddings().num_embeddings
+    ids = (*record.prompt.token_ids, *record.answer.token_ids)
+    if ids and max(ids) >= rows:
+        raise InvalidInputError(f"the explanation holds token id {max(ids)}, outside this "
+                                f"model's vocabulary of {rows}: it was not made with this model")
+    if record.model.vocab_size and record.model.vocab_size != rows:
+        raise InvalidInputError(f"the explanation was made with a vocabulary of "
+                                f"{record.model.vocab_size}, this model has {rows}")
 
 
 def problem_of(record: Explanation, device: torch.device | str) -> AttributionInput:
@@ -82,6 +98,7 @@ def check_reliability(model: Any, tokenizer: Any, record: Explanation, *, draws:
     """The three checks on ``record`` (an explanation made with this model)."""
     state = state or TaskState()
     start = time.perf_counter()
+    check_usable(record, model)
     device = next(model.parameters()).device
     problem = problem_of(record, device)
     scores = torch.tensor(record.attribution.sequence, dtype=torch.float64)

@@ -168,8 +168,48 @@ def test_a_gguf_is_read_with_its_own_tokenizer_only(embedded, tiny_model_folder,
     assert hijacked.info.template_sha256 == warm.info.template_sha256
     assert hijacked.info.parameters == warm.info.parameters  # not the tiny config's model
     entry = gguf_cache_path(hijacked.info.sha256)
-    assert (entry / CACHE_MANIFEST).is_file() and _cache_is_intact(entry, hijacked.info.sha256)
+    assert (entry / CACHE_MANIFEST).is_file()
+    assert _cache_is_intact(entry, hijacked.info.sha256, TaskState())
     tokenizer = entry / "tokenizer.json"
     tokenizer.write_text(tokenizer.read_text().replace('"lowercase": false', '"lowercase": true')
                          + " ")
-    assert not _cache_is_intact(entry, hijacked.info.sha256)
+    assert not _cache_is_intact(entry, hijacked.info.sha256, TaskState())
+
+
+def test_cancel_stops_a_first_gguf_load_within_a_second(tmp_path, monkeypatch):
+    """Dequantizing runs in a child process: a cancel mid-conversion kills it and leaves no
+    partial cache entry; the next load converts again and succeeds."""
+    import threading
+    import time
+
+    from engine.errors import Cancelled
+
+    monkeypatch.setenv("TOKENTRACE_CACHE_DIR", str(tmp_path / "cache"))
+
+    class Watch(TaskState):
+        converting = threading.Event()
+
+        def progressed(self, stage, done, total):
+            if (stage, done) == ("load", 1):  # hashed; the conversion starts now
+                self.converting.set()
+
+    state = Watch()
+    outcome = {}
+
+    def load():
+        try:
+            load_model(ModelRequest("embedded"), state)
+        except Cancelled as exc:
+            outcome["cancelled"] = time.perf_counter()
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    assert state.converting.wait(60)
+    time.sleep(4.0)  # well inside the conversion (about 25 s here)
+    pressed = time.perf_counter()
+    state.cancel()
+    thread.join(30)
+    assert "cancelled" in outcome, "the load finished or failed instead of cancelling"
+    assert outcome["cancelled"] - pressed < 1.0
+    assert not list((tmp_path / "cache" / "gguf").iterdir())  # no partial entry is left

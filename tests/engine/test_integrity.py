@@ -220,3 +220,86 @@ def test_line_separators_inside_json_strings_are_text_not_line_ends(tmp_path):
     quoted = tmp_path / "cases.csv"
     quoted.write_text('id,text\na,"line one\nline two"\nb,ER negative\n')
     assert [c.text for c in load_cases(quoted)] == ["line one\nline two", "ER negative"]
+
+
+def _set(path, value):
+    """A function that writes ``value`` at ``path`` (keys and indices) in a record's dict."""
+    def change(data):
+        *parents, last = path
+        for key in parents:
+            data = data[key]
+        data[last] = value(data[last]) if callable(value) else value
+    return change
+
+
+HOSTILE_RECORDS = [  # (what was altered, the change, what the one line says)
+    ("a token id is text", _set(("prompt", "token_ids", 0), "1"), "expected an integer"),
+    ("a flag is a number", _set(("prompt", "attributable", 0), 1), "expected true or false"),
+    ("a score is text", _set(("attribution", "sequence", 0), "0.5"), "expected a number"),
+    ("a score is infinite", _set(("attribution", "sequence", 0), float("inf")), "not a finite"),
+    ("a score is NaN", _set(("attribution", "sequence", 0), float("nan")), "not a finite"),
+    ("the model is a list", _set(("model",), []), "Model.* is a list"),
+    ("a negative token id", _set(("answer", "token_ids", 0), -1), "negative"),
+    ("an id beyond the vocabulary", _set(("answer", "token_ids", 0), 10**9), "vocabulary of"),
+    ("fewer answer tokens than ids", _set(("answer", "tokens"), lambda t: t[:-1]), "answer has"),
+    ("an empty answer", _set(("answer",), lambda a: {**a, "token_ids": [], "tokens": [],
+                                                     "log_probs": []}), "no tokens"),
+    ("a log-probability above 0", _set(("answer", "log_probs", 0), 3.0), "above 0"),
+    ("a span beyond the prompt", _set(("prompt", "offsets", -1), [0, 10**6]), "outside"),
+    ("a field beyond the case", _set(("prompt", "fields"), [["ER", 0, 10**6]]), "outside"),
+    ("an unknown verdict", _set(("reliability",), None), None),  # absent is fine
+    ("a negative completeness error", _set(("attribution", "completeness_error"), -1.0),
+     "completeness error"),
+    ("a setting that is a list", _set(("method", "params", "steps"), [1, 2]),
+     "method setting is a list"),
+    ("a field name that is a number", _set(("attribution", "per_field"), {"ER": "x"}),
+     "expected a number"),
+]
+
+
+@pytest.mark.parametrize(("what", "change", "message"), HOSTILE_RECORDS,
+                         ids=[row[0] for row in HOSTILE_RECORDS])
+def test_hostile_records_get_one_clear_line(loaded, what, change, message):
+    data = _record(loaded).to_dict()
+    change(data)
+    if message is None:
+        assert Explanation.from_dict(data).reliability is None
+        return
+    with pytest.raises(InvalidInputError, match=message) as caught:
+        Explanation.from_dict(data)
+    assert "\n" not in str(caught.value)
+
+
+_RECORDS = {}
+
+
+def _record(loaded):
+    if "r" not in _RECORDS:
+        _RECORDS["r"] = explain(ExplainRequest(CASE, max_new_tokens=2, matrix=False,
+                                               method="input-x-gradient"), loaded)
+    return _RECORDS["r"]
+
+
+def test_a_record_that_does_not_fit_the_loaded_model_is_refused_before_it_runs(loaded):
+    from engine.explain import answer_row
+    from engine.reliability import check_reliability
+
+    record = _record(loaded)
+    assert record.model.vocab_size == loaded.model.get_input_embeddings().num_embeddings
+    data = record.to_dict()
+    data["model"]["vocab_size"] = 0  # an older record: no vocabulary size to check on load
+    data["answer"]["token_ids"][0] = record.model.vocab_size + 5
+    foreign = Explanation.from_dict(data)
+    with pytest.raises(InvalidInputError, match="outside this model's vocabulary"):
+        answer_row(foreign, 0, loaded)
+    with pytest.raises(InvalidInputError, match="outside this model's vocabulary"):
+        check_reliability(loaded.model, loaded.tokenizer, foreign)
+
+    for name, value, message in [("name", "no-such-method", "unknown method"),
+                                 ("params", {"steps": 10**9}, "steps must be"),
+                                 ("params", {"steps": "all"}, "not a valid value")]:
+        data = _record(loaded).to_dict()
+        data["method"] = {"name": "ig", "params": {}}
+        data["method"][name] = value
+        with pytest.raises(TokenTraceError, match=message):
+            answer_row(Explanation.from_dict(data), 0, loaded)

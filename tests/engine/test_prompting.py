@@ -60,3 +60,53 @@ def test_template_that_rewrites_the_case_is_reported(tiny_tokenizer):
     shouting.chat_template = "{% for m in messages %}{{ m['content'] | upper }} {% endfor %}"
     with pytest.raises(InvalidInputError, match="use --raw-prompt"):
         build_prompt(shouting, CASE, system_prompt=None)
+
+
+def _with_template(tokenizer, template):
+    import copy
+
+    hostile = copy.deepcopy(tokenizer)
+    hostile.chat_template = template
+    return hostile
+
+
+NESTED = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+
+
+@pytest.mark.parametrize(("template", "message"), [
+    (NESTED + "{{ messages[0]['content'] }}", "ran for more than 0.5 s"),
+    ("{% for i in range(100000) %}{{ messages[0]['content'] * 50 }}{% endfor %}",
+     "produced more than"),
+], ids=["endless", "huge"])
+def test_a_hostile_chat_template_is_stopped_with_one_line(tiny_tokenizer, template, message):
+    import time
+
+    from engine.errors import ModelLoadError
+    from engine.prompting import render_chat_template
+    from engine.task import TaskState
+
+    hostile = _with_template(tiny_tokenizer, template)
+    started = time.perf_counter()
+    with pytest.raises(ModelLoadError, match=message):
+        render_chat_template(hostile, [{"role": "user", "content": CASE}], TaskState(),
+                             seconds=0.5)
+    assert time.perf_counter() - started < 3.0
+    # The same template within bounds renders, and the bound is what build_prompt uses.
+    fine = _with_template(tiny_tokenizer, "{{ messages[0]['content'] }}")
+    assert build_prompt(fine, CASE, system_prompt=None).text == CASE
+
+
+def test_cancel_stops_template_rendering_within_a_second(tiny_tokenizer):
+    import threading
+    import time
+
+    from engine.errors import Cancelled
+    from engine.task import TaskState
+
+    state = TaskState()
+    threading.Timer(0.3, state.cancel).start()
+    started = time.perf_counter()
+    with pytest.raises(Cancelled):
+        build_prompt(_with_template(tiny_tokenizer, NESTED), CASE, system_prompt=None,
+                     state=state)
+    assert time.perf_counter() - started < 1.3
