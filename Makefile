@@ -25,7 +25,10 @@ $(VENV)/.installed: pyproject.toml
 # The window where there is a screen; on a headless machine, the terminal demo instead.
 run: setup
 	@if [ -n "$$DISPLAY$$WAYLAND_DISPLAY" ] || [ "$$(uname)" = Darwin ] || [ "$$OS" = Windows_NT ]; then \
-		$(BIN)/tokentrace app --case-file $(CASE); \
+		$(BIN)/tokentrace app --case-file $(CASE) || { status=$$?; \
+		if [ $$status -ne 7 ]; then exit $$status; fi; \
+		echo "The window cannot start here (see the line above): running the terminal demo."; \
+		$(MAKE) --no-print-directory demo; }; \
 	else \
 		echo "No display found: running the terminal demo. For the window headless, see README."; \
 		$(MAKE) --no-print-directory demo; \

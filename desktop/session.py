@@ -8,7 +8,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from engine.errors import InvalidInputError
-from engine.record import Explanation, write_text_atomic
+from engine.files import check_regular_file
+from engine.record import MAX_RECORD_BYTES, Explanation, write_text_atomic
 
 SESSION_VERSION = 1
 
@@ -28,10 +29,9 @@ def save_session(path: str | Path, record: Explanation, view: ViewState) -> None
 
 
 def load_session(path: str | Path) -> tuple[Explanation, ViewState]:
+    check_regular_file(Path(path), "session file", MAX_RECORD_BYTES)
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InvalidInputError(f"session file not found: {path}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidInputError(f"{path} is not a TokenTrace session ({exc})") from None
     if not isinstance(data, dict):
@@ -50,6 +50,23 @@ def load_session(path: str | Path) -> tuple[Explanation, ViewState]:
         view = ViewState(**data.get("view", {}))
     except TypeError as exc:
         raise InvalidInputError(f"{path}: unreadable view state ({exc})") from None
-    if view.granularity not in ("token", "word", "sentence"):
-        view = ViewState(view.selected_row, "word", view.sorted_chart, view.top_k)
-    return record, view
+    return record, _sane(view, len(record.answer.token_ids))
+
+
+def _sane(view: ViewState, answer_tokens: int) -> ViewState:
+    """The view with anything out of type or range put back to its default: a view state only
+    says how a record was being looked at, so a bad one costs the look, never the record."""
+    default = ViewState()
+    row = view.selected_row
+    if not (isinstance(row, int) and not isinstance(row, bool) and 0 <= row < answer_tokens):
+        row = None
+    top_k = view.top_k
+    if not (isinstance(top_k, int) and not isinstance(top_k, bool) and 3 <= top_k <= 200):
+        top_k = default.top_k
+    return ViewState(
+        row, view.granularity if view.granularity in GRANULARITIES else default.granularity,
+        view.sorted_chart if isinstance(view.sorted_chart, bool) else default.sorted_chart,
+        top_k)
+
+
+GRANULARITIES = ("token", "word", "sentence")

@@ -11,35 +11,18 @@ from __future__ import annotations
 import csv
 import io
 import json
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engine.errors import InvalidInputError
+from engine.files import check_regular_file
 from engine.prompting import validate_case_text
 
 MAX_CASE_FILE_BYTES = 1_000_000  # one case as text
 MAX_CASES_FILE_BYTES = 200_000_000  # a JSONL or CSV file of many cases
 
 
-def _regular_file(path: Path, what: str, limit: int) -> None:
-    """Refuse what is not a plain file of at most ``limit`` bytes, before reading it: a FIFO or
-    a device would block the read forever, a folder or a huge file would fail late."""
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise InvalidInputError(f"{what} not found: {path}") from None
-    except OSError as exc:
-        raise InvalidInputError(f"cannot read {path}: {exc.strerror}") from None
-    if stat.S_ISDIR(info.st_mode):
-        raise InvalidInputError(f"{path} is a folder, not a {what}")
-    if not stat.S_ISREG(info.st_mode):
-        raise InvalidInputError(f"{path} is not a regular file (a pipe, socket or device); "
-                                f"give a {what} saved on disk")
-    if info.st_size > limit:
-        raise InvalidInputError(f"{path} is {info.st_size / 1e6:.1f} MB; a {what} may be at "
-                                f"most {limit / 1e6:.0f} MB")
 DEMO_CASES = Path(__file__).resolve().parent.parent / "resources" / "cases"
 
 
@@ -54,7 +37,7 @@ class Case:
 def load_cases(path: str | Path) -> list[Case]:
     """Read every case in ``path``; raise one clear error naming the line or row at fault."""
     path = Path(path)
-    _regular_file(path, "case file", MAX_CASES_FILE_BYTES)
+    check_regular_file(path, "case file", MAX_CASES_FILE_BYTES)
     try:
         raw = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
@@ -136,7 +119,7 @@ def read_case(text: str | None, case_file: Path | None) -> str:
     if text is not None and case_file is not None:
         raise InvalidInputError("give the case either as TEXT or with --case-file, not both")
     if case_file is not None:
-        _regular_file(case_file, "case file", MAX_CASE_FILE_BYTES)
+        check_regular_file(case_file, "case file", MAX_CASE_FILE_BYTES)
         try:
             data = case_file.read_bytes()
         except FileNotFoundError:
@@ -158,7 +141,7 @@ def read_case(text: str | None, case_file: Path | None) -> str:
 
 def read_fields(path: Path) -> dict[str, Any]:
     """A JSON object of clinical fields (name -> value)."""
-    _regular_file(path, "fields file", MAX_CASE_FILE_BYTES)
+    check_regular_file(path, "fields file", MAX_CASE_FILE_BYTES)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

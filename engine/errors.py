@@ -50,6 +50,13 @@ class OutputError(TokenTraceError):
     exit_code = 6
 
 
+class WindowUnavailableError(TokenTraceError):
+    """The window cannot open here: no display, or the system lacks libraries Qt needs. The
+    command line still works (``make run`` falls back to the terminal demo on this code)."""
+
+    exit_code = 7
+
+
 class Cancelled(TokenTraceError):
     """The user cancelled the request. Not an error to report."""
 

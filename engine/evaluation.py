@@ -131,7 +131,8 @@ def evaluate_case(loaded: LoadedModel, case: Case, settings: EvaluationSettings,
             seconds = 0.0
         else:
             spec = get_method(name)
-            out = spec.run(model, tokenizer, problem, state=part, **settings.method_params(name))
+            out = spec.attribute(model, tokenizer, problem, state=part,
+                                 **settings.method_params(name))
             seconds = time.perf_counter() - start
             scores = out.per_token if (settings.metrics.granularity == "token" and
                                        out.per_token is not None) else out.sequence

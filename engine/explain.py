@@ -188,7 +188,7 @@ def explain(request: ExplainRequest, loaded: LoadedModel,
         )
         del cache  # the cache is as large as the prompt's activations; keep it no longer
         params = request.method_params()
-        output = method.run(model, tokenizer, problem, state=state, **params)
+        output = method.attribute(model, tokenizer, problem, state=state, **params)
         attribute_s = time.perf_counter() - start
 
     scores = output.sequence if output.per_token is None else output.per_token
@@ -269,7 +269,8 @@ def answer_row(record: Explanation, row: int, loaded: LoadedModel,
         answer_ids=torch.tensor(answer[row:row + 1], device=device),
     )
     with _out_of_memory_as_error():
-        output = spec.run(loaded.model, loaded.tokenizer, problem, state=state, **params)
+        output = spec.attribute(loaded.model, loaded.tokenizer, problem, state=state,
+                                **params)
     mask = torch.tensor(record.prompt.attributable, dtype=torch.bool)
     return tuple(torch.where(mask, output.sequence[:n], 0.0).tolist())
 

@@ -11,10 +11,13 @@ import psutil
 
 @dataclass(frozen=True)
 class GpuSample:
+    """One GPU's figures; None where NVML cannot say (a MIG slice has no utilisation, many
+    boards report no power, a GPU that fell off the bus reports nothing)."""
+
     name: str
-    utilisation_pct: float
-    memory_used_mb: float
-    memory_total_mb: float
+    utilisation_pct: float | None
+    memory_used_mb: float | None
+    memory_total_mb: float | None
     temperature_c: float | None
     power_w: float | None
 
@@ -55,19 +58,33 @@ class HardwareProbe:
         nvml = self._nvml
         if nvml is None:
             return ()
-        samples = []
-        for index in range(nvml.nvmlDeviceGetCount()):
-            handle = nvml.nvmlDeviceGetHandleByIndex(index)
-            memory = nvml.nvmlDeviceGetMemoryInfo(handle)
-            temperature = power = None
-            with contextlib.suppress(Exception):
-                temperature = float(nvml.nvmlDeviceGetTemperature(handle, 0))
-            with contextlib.suppress(Exception):
-                power = nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0
-            name = nvml.nvmlDeviceGetName(handle)
-            samples.append(GpuSample(
-                name=name.decode() if isinstance(name, bytes) else str(name),
-                utilisation_pct=float(nvml.nvmlDeviceGetUtilizationRates(handle).gpu),
-                memory_used_mb=memory.used / 2**20, memory_total_mb=memory.total / 2**20,
-                temperature_c=temperature, power_w=power))
-        return tuple(samples)
+        count = _read(nvml.nvmlDeviceGetCount) or 0
+        return tuple(_gpu(nvml, index) for index in range(count))
+
+
+def _read(call: Any, *args: Any) -> Any:
+    """``call(*args)``, or None on any NVML error: NotSupported (MIG slices, consumer boards),
+    NoPermission, GpuIsLost, an old driver without the function. The panel shows what it can
+    and never a traceback."""
+    try:
+        return call(*args)
+    except Exception:
+        return None
+
+
+def _gpu(nvml: Any, index: int) -> GpuSample:
+    handle = _read(nvml.nvmlDeviceGetHandleByIndex, index)
+    if handle is None:
+        return GpuSample(f"GPU {index} (unreadable)", None, None, None, None, None)
+    name = _read(nvml.nvmlDeviceGetName, handle) or f"GPU {index}"
+    memory = _read(nvml.nvmlDeviceGetMemoryInfo, handle)
+    rates = _read(nvml.nvmlDeviceGetUtilizationRates, handle)
+    temperature = _read(nvml.nvmlDeviceGetTemperature, handle, 0)
+    power = _read(nvml.nvmlDeviceGetPowerUsage, handle)
+    return GpuSample(
+        name=name.decode(errors="replace") if isinstance(name, bytes) else str(name),
+        utilisation_pct=None if rates is None else float(rates.gpu),
+        memory_used_mb=None if memory is None else memory.used / 2**20,
+        memory_total_mb=None if memory is None else memory.total / 2**20,
+        temperature_c=None if temperature is None else float(temperature),
+        power_w=None if power is None else power / 1000.0)

@@ -28,7 +28,8 @@ from typing import Any
 
 import torch
 
-from engine.errors import InvalidSettingsError, ModelLoadError, OutputError
+from engine.errors import InvalidInputError, InvalidSettingsError, ModelLoadError, OutputError
+from engine.files import check_regular_file
 from engine.record import ModelInfo, write_text_atomic
 from engine.task import TaskState
 
@@ -229,6 +230,7 @@ def _folder_model_name(path: Path) -> str:
 def _load_folder(path: Path, dtype: torch.dtype, state: TaskState) -> tuple[Any, Any, str]:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    _only_plain_files(path)
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"{path} is not a Hugging Face model folder: it has no config.json "
                              "(expected config.json, *.safetensors and tokenizer files)")
@@ -263,8 +265,21 @@ def _load_folder(path: Path, dtype: torch.dtype, state: TaskState) -> tuple[Any,
     return model, tokenizer, sha
 
 
+def _only_plain_files(folder: Path) -> None:
+    """Refuse a model folder holding a pipe, socket or device where a file belongs (reading it
+    would block the load forever, beyond any cancel)."""
+    for entry in folder.iterdir():
+        if not (entry.is_file() or entry.is_dir()):
+            raise ModelLoadError(f"{entry} is not a regular file (a pipe, socket, device or "
+                                 "broken link); a model folder holds plain files")
+
+
 def _load_gguf(path: Path, dtype: torch.dtype, state: TaskState) -> tuple[Any, Any, str, bool]:
 
+    try:
+        check_regular_file(path, "GGUF file")
+    except InvalidInputError as exc:
+        raise ModelLoadError(str(exc)) from None
     try:
         with path.open("rb") as handle:
             magic = handle.read(4)

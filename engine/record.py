@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import InvalidInputError, OutputError
+from engine.files import check_regular_file
 
 SCHEMA_VERSION = 1
+MAX_RECORD_BYTES = 1_000_000_000  # a full matrix of an 8,000-token case and 4,096 answer tokens
 
 
 @dataclass(frozen=True)
@@ -212,6 +214,7 @@ class Explanation:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Explanation:
+        check_regular_file(Path(path), "explanation file", MAX_RECORD_BYTES)
         try:
             text = Path(path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:

@@ -112,7 +112,7 @@ def check_reliability(model: Any, tokenizer: Any, record: Explanation, *, draws:
     second = second_opinion(record.method.name)
     spec = get_method(second)
     params = {**spec.defaults(), **({"matrix": False} if "matrix" in spec.defaults() else {})}
-    other = spec.run(model, tokenizer, problem, state=SubTask(state, "reliability", 1, 2),
+    other = spec.attribute(model, tokenizer, problem, state=SubTask(state, "reliability", 1, 2),
                      **params)
     case = problem.attributable.cpu()
     rho = spearman(*comparable(scores[case], METHODS[record.method.name].signed,

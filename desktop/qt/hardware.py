@@ -8,7 +8,8 @@ from __future__ import annotations
 from PySide6.QtCore import QMetaObject, QObject, Qt, QThread, QTimer, Signal, Slot
 from PySide6.QtWidgets import QFormLayout, QLabel, QWidget
 
-from engine.hardware_sampler import HardwareProbe, HardwareSample
+from desktop.qt import plain_tooltip
+from engine.hardware_sampler import GpuSample, HardwareProbe, HardwareSample
 from engine.record import Explanation
 
 
@@ -48,6 +49,20 @@ class HardwareSampler(QObject):
         self.sampled.emit(self._probe.sample())
 
 
+def gpu_line(gpu: GpuSample) -> str:
+    """One GPU as the panel shows it; figures NVML could not give are left out."""
+    parts = []
+    if gpu.utilisation_pct is not None:
+        parts.append(f"{gpu.utilisation_pct:.0f}%")
+    if gpu.memory_used_mb is not None and gpu.memory_total_mb is not None:
+        parts.append(f"{gpu.memory_used_mb:,.0f} / {gpu.memory_total_mb:,.0f} MiB")
+    if gpu.temperature_c is not None:
+        parts.append(f"{gpu.temperature_c:.0f} °C")
+    if gpu.power_w is not None:
+        parts.append(f"{gpu.power_w:.0f} W")
+    return f"{gpu.name}: {', '.join(parts) or 'no figures (not supported here)'}"
+
+
 class HardwarePanel(QWidget):
     _start_requested = Signal()
     _stop_requested = Signal()
@@ -71,6 +86,7 @@ class HardwarePanel(QWidget):
                            ("generate", "Generate"), ("attribute", "Attribute"),
                            ("peak", "Peak memory")]:
             label = QLabel("–")
+            label.setTextFormat(Qt.TextFormat.PlainText)  # device names come from records
             label.setWordWrap(key == "gpu")
             self.labels[key] = label
             form.addRow(title, label)
@@ -98,19 +114,15 @@ class HardwarePanel(QWidget):
         self.labels["ram"].setText(f"{sample.system_ram_used_mb / 1024:.1f} / "
                                    f"{sample.system_ram_total_mb / 1024:.1f} GiB")
         if sample.gpus:
-            self.labels["gpu"].setText("\n".join(
-                f"{g.name}: {g.utilisation_pct:.0f}%, {g.memory_used_mb:,.0f} / "
-                f"{g.memory_total_mb:,.0f} MiB"
-                + (f", {g.temperature_c:.0f} °C" if g.temperature_c is not None else "")
-                + (f", {g.power_w:.0f} W" if g.power_w is not None else "")
-                for g in sample.gpus))
+            self.labels["gpu"].setText("\n".join(gpu_line(g) for g in sample.gpus))
         else:
             self.labels["gpu"].setText("none found")
 
     def show_run(self, record: Explanation) -> None:
         t, hw = record.timings, record.hardware
         self.labels["device"].setText(hw.device_name)
-        self.labels["device"].setToolTip(f"{record.model.device}, {record.model.dtype}")
+        self.labels["device"].setToolTip(plain_tooltip(f"{record.model.device}, "
+                                                       f"{record.model.dtype}"))
         self.labels["load"].setText(f"{t.load_s:.1f} s")
         self.labels["generate"].setText("answer forced" if record.answer.forced
                                         else f"{t.generate_s:.1f} s")

@@ -9,6 +9,7 @@ from pathlib import Path
 from PySide6.QtCore import QSettings, Qt, QUrl, Signal
 from PySide6.QtGui import QAction, QFont, QKeySequence
 from PySide6.QtWidgets import (
+    QApplication,
     QComboBox,
     QDockWidget,
     QFileDialog,
@@ -32,6 +33,7 @@ from desktop.present import (
     units_of,
     verdict_view,
 )
+from desktop.qt import plain_tooltip
 from desktop.qt.chart import AttributionChart
 from desktop.qt.hardware import HardwarePanel
 from desktop.qt.overlay import Legend, TokenOverlay
@@ -48,6 +50,7 @@ from engine.models import ModelRequest
 from engine.record import Explanation
 from engine.task import STAGES
 
+CLOSE_WAIT_MS = 2000  # how long a running step may take to stop before a closed window hides
 LONG_RUN_SECONDS = 120
 FALLBACK_METHOD = DEFAULT_METHOD  # quick: one forward pass, no backward
 
@@ -80,6 +83,7 @@ class MainWindow(QMainWindow):
         self.resize(1400, 900)
         self.record: Explanation | None = None
         self.selected_row: int | None = None
+        self._closing = self._close_when_done = False
         self.rows: dict[int, tuple[float, ...]] = {}  # answer rows computed on click
         self._pending_row: int | None = None  # clicked while the reliability check ran
         self.requests = Requests()  # what the engine thread runs; whether a result applies
@@ -162,6 +166,7 @@ class MainWindow(QMainWindow):
         self.overlay_title.setWordWrap(True)
         self.completeness = QLabel()
         self.completeness.setWordWrap(True)
+        self.completeness.setTextFormat(Qt.TextFormat.PlainText)
         self.badge = QLabel()
         self.badge.setObjectName("reliabilityBadge")
         self.badge.setWordWrap(True)
@@ -170,6 +175,7 @@ class MainWindow(QMainWindow):
         self.field_label = QLabel()
         self.field_label.setObjectName("fieldShares")
         self.field_label.setWordWrap(True)
+        self.field_label.setTextFormat(Qt.TextFormat.PlainText)
         self.field_label.hide()
         overlay_box = QWidget()
         overlay_layout = QVBoxLayout(overlay_box)
@@ -256,11 +262,13 @@ class MainWindow(QMainWindow):
     def _build_status_bar(self) -> None:
         bar = self.statusBar()
         self.model_label = QLabel("No model")
+        self.model_label.setTextFormat(Qt.TextFormat.PlainText)  # names come from model files
         self.offline_label = QLabel("● Offline")
         self.offline_label.setToolTip("No network connection is made: the network is blocked "
                                       "inside TokenTrace and models load from local files only.")
         self.offline_label.setStyleSheet("color: #1b7837; font-weight: bold;")
         self.stage_label = QLabel()
+        self.stage_label.setTextFormat(Qt.TextFormat.PlainText)
         widest = "Hessian sensitivity, about 999 s left"
         self.stage_label.setMinimumWidth(self.stage_label.fontMetrics().horizontalAdvance(widest))
         self.progress = QProgressBar()
@@ -377,7 +385,7 @@ class MainWindow(QMainWindow):
         self._set_busy(False)
         self.model_label.setText(f"{info.name} · {info.parameters / 1e6:,.0f}M parameters · "
                                  f"{info.dtype} · {info.device} · sha256 {info.sha256[:12]}…")
-        self.model_label.setToolTip(f"{info.source}\nsha256 {info.sha256}")
+        self.model_label.setToolTip(plain_tooltip(f"{info.source}\nsha256 {info.sha256}"))
         self.stage_label.setText("Ready")
         self.model_info = info
         self._update_estimate()
@@ -442,7 +450,7 @@ class MainWindow(QMainWindow):
             return
         view = verdict_view(check)
         self.badge.setText(f"<b>Reliability: {view.name}</b> — {html.escape(view.summary)}")
-        self.badge.setToolTip("\n".join(view.details))
+        self.badge.setToolTip(plain_tooltip("\n".join(view.details)))
         self.badge.setStyleSheet(badge_style(view.background, view.ink))
         self.badge.show()
 
@@ -684,10 +692,7 @@ class MainWindow(QMainWindow):
         self.granularity.setCurrentText(view.granularity)
         self.chart.sorted_box.setChecked(view.sorted_chart)
         self.chart.top_k.setValue(view.top_k)
-        rows = len(record.answer.token_ids)
-        row = view.selected_row if view.selected_row is not None and 0 <= view.selected_row < rows \
-            else None
-        self.select_answer_token(row)
+        self.select_answer_token(view.selected_row)  # in range: load_session checked it
 
     def _save_session(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save explanation", "explanation.json",
@@ -737,9 +742,28 @@ class MainWindow(QMainWindow):
         if state is not None:
             self.restoreState(state)
 
+    def _close_after_wait(self) -> None:
+        self.close()
+        # Qt quits on the last window *closed* while visible; this one was hidden first.
+        app = QApplication.instance()
+        if app is not None and app.quitOnLastWindowClosed() and not any(
+                w.isVisible() for w in QApplication.topLevelWidgets()):
+            app.quit()
+
     def closeEvent(self, event) -> None:
-        self._settings.setValue("geometry", self.saveGeometry())
-        self._settings.setValue("windowState", self.saveState())
-        self.engine.shutdown()
+        if not self._closing:
+            self._closing = True
+            self._settings.setValue("geometry", self.saveGeometry())
+            self._settings.setValue("windowState", self.saveState())
+        if not self.engine.shutdown(CLOSE_WAIT_MS):
+            # A step no cancel can interrupt (reading a large model's weights from disk) is
+            # still running. Never tear its thread down: hide now, close when it returns.
+            self.hide()
+            if not self._close_when_done:
+                self._close_when_done = True
+                self.engine.thread.finished.connect(self._close_after_wait,
+                                                    Qt.ConnectionType.QueuedConnection)
+            event.ignore()
+            return
         self.hardware.shutdown()
         super().closeEvent(event)

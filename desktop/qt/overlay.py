@@ -9,6 +9,7 @@ from PySide6.QtGui import QColor, QCursor, QFont, QTextCursor
 from PySide6.QtWidgets import QLabel, QTextBrowser, QTextEdit, QToolTip
 
 from desktop.present import case_bounds, case_pieces, legend, legend_words
+from desktop.qt import plain_tooltip
 from engine.grouping import Span
 from engine.record import Explanation
 
@@ -94,8 +95,9 @@ class TokenOverlay(QTextBrowser):
             return
         index = int(text.removeprefix("unit:"))
         unit = self._units[index]
-        QToolTip.showText(QCursor.pos(), f"{unit.text!r}: {unit.score:+.4f}  "
-                          f"(rank {self._ranks[index]} of {len(self._units)})", self)
+        QToolTip.showText(QCursor.pos(), plain_tooltip(
+            f"{unit.text!r}: {unit.score:+.4f}  (rank {self._ranks[index]} of "
+            f"{len(self._units)})"), self)
         self.hovered.emit(index)
 
 

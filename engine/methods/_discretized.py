@@ -70,17 +70,21 @@ def word_piece_ids(tokenizer: Any, vocab_size: int) -> torch.Tensor:
 
 
 def nearest(queries: torch.Tensor, table: torch.Tensor, k: int,
-            banned: torch.Tensor | None = None, chunk_elements: int = 1 << 24) -> torch.Tensor:
+            banned: torch.Tensor | None = None, chunk_elements: int = 1 << 24,
+            state: TaskState | None = None) -> torch.Tensor:
     """Indices [Q, k] of the k rows of ``table`` [V, d] nearest each query [Q, d] (Euclidean).
 
-    Squared distances come from |q|^2 - 2 q.v + |v|^2, a matrix product per chunk of queries.
-    ``banned`` [Q, b] lists row indices each query must not return.
+    Squared distances come from |q|^2 - 2 q.v + |v|^2, a matrix product per chunk of queries
+    (a cancel through ``state`` is checked before each). ``banned`` [Q, b] lists row indices
+    each query must not return.
     """
+    state = state or TaskState()
     table = table.to(torch.promote_types(table.dtype, torch.float32))
     norms = (table * table).sum(-1)
     rows = max(1, chunk_elements // max(1, table.shape[0]))
     found = []
     for start in range(0, queries.shape[0], rows):
+        state.check()
         q = queries[start:start + rows].to(table.dtype)
         distances = (q * q).sum(-1, keepdim=True) - 2 * q @ table.T + norms
         if banned is not None and banned.shape[1]:
@@ -108,12 +112,15 @@ def _choose(candidates: torch.Tensor, previous: torch.Tensor, base: torch.Tensor
 
 
 def build_paths(start: torch.Tensor, base: torch.Tensor, table: torch.Tensor, *, kind: str,
-                anchors: int, nbrs: int, strategy: str, upscale: int) -> torch.Tensor:
+                anchors: int, nbrs: int, strategy: str, upscale: int,
+                state: TaskState | None = None) -> torch.Tensor:
     """Monotone paths [K, R, d] from ``base`` (point 0) to ``start`` (point K - 1) per row.
 
     ``start`` [R, d] are the input embeddings, ``base`` [R, d] their baselines, ``table``
-    [V, d] the candidate word embeddings.
+    [V, d] the candidate word embeddings. Progress (stage ``path``, one unit per anchor) and
+    cancel go through ``state``.
     """
+    state = state or TaskState()
     if strategy not in STRATEGIES:
         raise InvalidSettingsError(f"unknown strategy {strategy!r}; choose greedy or maxcount")
     m = anchors
@@ -121,15 +128,17 @@ def build_paths(start: torch.Tensor, base: torch.Tensor, table: torch.Tensor, *,
     rows = torch.arange(start.shape[0], device=start.device)
     # Table rows of the words already on each path: first the input word (its own row, or the
     # nearest one when it is not a word piece).
-    visited = nearest(start, table, 1)
+    visited = nearest(start, table, 1, state=state)
     if kind == "udig":
         fractions = torch.arange(1, m + 1, device=start.device, dtype=start.dtype) / (m + 1)
         line = start[None] - fractions.view(-1, 1, 1) * (start - base)[None]  # [m, R, d]
         # Every query is known in advance: one batched search; m more per row cover visits.
-        wide = nearest(line.reshape(-1, start.shape[1]), table, min(size, nbrs + m + 1))
+        wide = nearest(line.reshape(-1, start.shape[1]), table, min(size, nbrs + m + 1),
+                       state=state)
         wide = wide.view(m, start.shape[0], -1)
     points, previous, word = [start], start, start
     for step in range(m):
+        state.progressed("path", step, m)
         if kind == "udig":
             pool = wide[step]
             fresh = ~(pool[:, :, None] == visited[:, None, :]).any(-1)
@@ -138,7 +147,7 @@ def build_paths(start: torch.Tensor, base: torch.Tensor, table: torch.Tensor, *,
             picked = pool.gather(1, order)
         else:
             picked = nearest(word, table, min(nbrs, size - visited.shape[1]),
-                             banned=visited)
+                             banned=visited, state=state)
         candidates = table[picked].to(start.dtype)  # [R, nbrs, d]
         choice = _choose(candidates, previous, base, m, strategy)
         chosen = picked[rows, choice]
@@ -197,12 +206,11 @@ def _discretized(kind: str, model: Any, tokenizer: Any, problem: AttributionInpu
             f"the vocabulary has {len(table_ids)} word pieces, too few for nbrs={nbrs} and "
             f"steps={steps}")
     positions = torch.nonzero(emb.moving, as_tuple=True)[0]
-    state.progressed("path", 0, 1)
     with torch.no_grad():
         path = build_paths(emb.real[positions], emb.base[positions],
                            weight.detach()[table_ids], kind=kind, anchors=steps, nbrs=nbrs,
-                           strategy=strategy, upscale=upscale)
-    state.progressed("path", 1, 1)
+                           strategy=strategy, upscale=upscale, state=state)
+    state.progressed("path", steps, steps)
     sums = path_attribution(model, emb, path, matrix=matrix, batch_size=batch_size, state=state,
                             what="Discretized Integrated Gradients")
     f_input, f_baseline = endpoint_log_probs(model, emb)

@@ -123,6 +123,13 @@ class MethodSpec:
     def defaults(self) -> dict[str, Any]:
         return {p.name: p.default for p in self.params}
 
+    def attribute(self, model: nn.Module, tokenizer: Any, problem: AttributionInput, *,
+                  state: TaskState, **params: Any) -> AttributionOutput:
+        """``run``, with a cancel checked in every decoder block of every pass it makes, its
+        set-up and endpoint passes included (not only inside its main loop)."""
+        with cancellable(model, state):
+            return self.run(model, tokenizer, problem, state=state, **params)
+
 
 def check_steps(steps: int, batch_size: int | None, name: str = "steps") -> None:
     if steps < 1:

@@ -303,3 +303,28 @@ def test_a_record_that_does_not_fit_the_loaded_model_is_refused_before_it_runs(l
         data["method"][name] = value
         with pytest.raises(TokenTraceError, match=message):
             answer_row(Explanation.from_dict(data), 0, loaded)
+
+
+def test_pipes_in_model_folders_gguf_paths_and_saved_files_are_refused(tiny_model_folder,
+                                                                      tmp_path):
+    """Opening a FIFO blocks until someone writes to it: a model load or File > Open would hang
+    beyond any cancel."""
+    import os
+
+    from desktop.session import load_session
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_folder, folder)
+    (folder / "tokenizer.json").unlink()
+    os.mkfifo(folder / "tokenizer.json")
+    with pytest.raises(ModelLoadError, match=r"tokenizer\.json is not a regular file"):
+        load_model(ModelRequest(str(folder)))
+    os.mkfifo(tmp_path / "model.gguf")
+    with pytest.raises(ModelLoadError, match="not a regular file") as caught:
+        load_model(ModelRequest(str(tmp_path / "model.gguf")))
+    assert caught.value.exit_code == 3
+    os.mkfifo(tmp_path / "session.json")
+    with pytest.raises(InvalidInputError, match="not a regular file"):
+        load_session(tmp_path / "session.json")
+    with pytest.raises(InvalidInputError, match="not a regular file"):
+        Explanation.load(tmp_path / "session.json")

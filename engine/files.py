@@ -1,0 +1,32 @@
+"""Opening files a user chose: each must be a plain file, checked before the first read.
+
+A FIFO or a device (``/dev/zero``, a named pipe in a model folder) would block the read forever
+or never end; a folder or a huge file would fail late and unclearly. Every file TokenTrace
+opens on a user's say (cases, fields, saved explanations, model files) goes through here.
+"""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+from engine.errors import InvalidInputError
+
+
+def check_regular_file(path: Path, what: str, limit: int | None = None) -> None:
+    """Raise :class:`InvalidInputError` (one line) unless ``path`` is a regular file (links are
+    followed) of at most ``limit`` bytes."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise InvalidInputError(f"{what} not found: {path}") from None
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read {path}: {exc.strerror}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise InvalidInputError(f"{path} is a folder, not a {what}")
+    if not stat.S_ISREG(info.st_mode):
+        raise InvalidInputError(f"{path} is not a regular file (a pipe, socket or device); "
+                                f"give a {what} saved on disk")
+    if limit is not None and info.st_size > limit:
+        raise InvalidInputError(f"{path} is {info.st_size / 1e6:.1f} MB; a {what} may be at "
+                                f"most {limit / 1e6:.0f} MB")
