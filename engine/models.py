@@ -410,7 +410,8 @@ def convert_in_child(argv: list[str]) -> int:
     except ModelLoadError as exc:
         message = str(exc)
     except OSError as exc:
-        message = f"cannot write the converted model to {work}: {exc.strerror or exc}"
+        message = (f"cannot write the converted model to {work}: {exc.strerror or exc}; free "
+                   "space there or point TOKENTRACE_CACHE_DIR at another folder")
     except Exception as exc:  # one line for the parent, whatever went wrong
         message = _short(exc)
     else:

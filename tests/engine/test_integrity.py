@@ -328,3 +328,35 @@ def test_pipes_in_model_folders_gguf_paths_and_saved_files_are_refused(tiny_mode
         load_session(tmp_path / "session.json")
     with pytest.raises(InvalidInputError, match="not a regular file"):
         Explanation.load(tmp_path / "session.json")
+
+
+def test_a_full_disk_gives_one_line_exit_6_and_keeps_the_old_file(tiny_model_folder, tmp_path):
+    """A real full disk: a 64 KiB tmpfs, filled, in a private mount namespace."""
+    import subprocess
+    import sys
+
+    if subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs tmpfs {tmp_path}"],
+                      capture_output=True).returncode != 0:
+        pytest.skip("needs unprivileged mount namespaces (unshare -rm) to mount a small tmpfs")
+    cases = _cases(tmp_path / "cases.jsonl", [("c0", CASE), ("c1", "70 year old man .")])
+    run = (f"{sys.executable} -m desktop.cli {{}} --model {tiny_model_folder} --method ifr "
+           "--max-new-tokens 2 --quiet; echo exit=$?")
+    script = "\n".join([
+        "set -e", "mkdir full", "mount -t tmpfs -o size=64k tmpfs full",
+        "echo '{\"old\": true}' > full/r.json",
+        "head -c 1000000 /dev/zero > full/filler 2>/dev/null || true", "set +e",
+        run.format(f"explain '{CASE}' --json full/r.json"),
+        run.format(f"explain '{CASE}' --pdf full/r.pdf"),
+        run.format(f"batch --cases {cases} --out full/out"),
+        "cat full/r.json"])
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=tmp_path, text=True,
+                          capture_output=True, timeout=300)
+    exits = [line for line in done.stdout.splitlines() if line.startswith("exit=")]
+    assert exits == ["exit=6"] * 3, done.stdout + done.stderr
+    assert done.stdout.strip().endswith('{"old": true}')  # the old record is intact
+    lines = done.stderr.strip().splitlines()
+    assert "Traceback" not in done.stderr
+    assert "cannot write full/r.json: No space left on device" in lines[0]
+    assert "full/r.pdf" in lines[1] and "disk full" in lines[1]
+    assert sum("not saved" in line for line in lines[2:]) == 2  # each case, then the summary
+    assert "failures.json: No space left on device" in lines[-1]
