@@ -11,6 +11,7 @@ scores are shares with no direction (information flow, HETA) red means "drawn on
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -226,6 +227,70 @@ def method_summary(record: Explanation) -> str:
         text += (f" · completeness error {100 * error:.1f}%"
                  f"{completeness_hint(record.method.params, error)}")
     return text
+
+
+@dataclass(frozen=True)
+class EvidenceView:
+    sentence: int  # index into the record's case sentences
+    text: str  # the sentence, as in the case
+    share: float  # of the claim's attribution
+    drop: float | None  # fall of the claim's log-probability with it removed (when tested)
+
+
+@dataclass(frozen=True)
+class ClaimView:
+    """One statement of the answer as every view shows it."""
+
+    index: int  # in answer order
+    text: str
+    grounded: bool
+    marker: str  # "✓" or "!"
+    verdict: str  # "rests on the case" / "not grounded in this case"
+    support: str  # the causal check in one sentence
+    evidence: tuple[EvidenceView, ...]  # the top sentences, largest share first
+
+
+UNGROUNDED = ("not grounded in this case: the model's general knowledge or a guess")
+
+
+def claim_views(record: Explanation, top: int = 3) -> tuple[ClaimView, ...]:
+    """The record's claims with their top evidence sentences, in answer order."""
+    claims = record.claims
+    if claims is None:
+        return ()
+    case = record.prompt.case_text
+    views = []
+    for index, claim in enumerate(claims.claims):
+        drops = dict(claim.drops)
+        ranked = sorted(range(len(claim.evidence)), key=lambda i: -claim.evidence[i])[:top]
+        evidence = tuple(EvidenceView(i, case[slice(*claims.sentences[i])], claim.evidence[i],
+                                      drops.get(i)) for i in ranked if claim.evidence[i] > 0)
+        tested = len(claim.drops)
+        if tested:
+            support = (f"without its top {tested} sentence{'s' if tested != 1 else ''}, each of "
+                       f"its words is on average {_fold(claim.support)} less likely")
+            if not claim.grounded:
+                support += f" (under {_fold(claims.threshold)}: it rests on nothing in the case)"
+        else:
+            support = "no sentence of the case carries any of its attribution"
+        views.append(ClaimView(index, claim.text, claim.grounded,
+                               "✓" if claim.grounded else "!",
+                               "rests on the case" if claim.grounded else UNGROUNDED,
+                               support, evidence))
+    return tuple(views)
+
+
+def _fold(nats: float) -> str:
+    """A fall in log-probability as "how many times less likely", readable at any size."""
+    factor = math.exp(min(nats, 50.0))
+    if factor >= 1000:
+        return "over 1,000 times"
+    return f"{factor:.2f} times" if factor > 1 else "not"
+
+
+def flagged_first(views: Sequence[ClaimView]) -> list[ClaimView]:
+    """Claims that rest on nothing in the case first, then the rest, each in answer order."""
+    return [v for v in views if not v.grounded] + [v for v in views if v.grounded]
 
 
 @dataclass(frozen=True)

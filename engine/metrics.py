@@ -313,6 +313,17 @@ def deletion_aopc(model, problem: AttributionInput, rankings: Sequence[torch.Ten
     return [(float(comp), float(suff)) for comp, suff in aopc]
 
 
+def answer_log_probs(model, problem: AttributionInput, prompts: Sequence[torch.Tensor], *,
+                     state: TaskState | None = None,
+                     batch_size: int | None = None) -> torch.Tensor:
+    """log p(y_t | prompt', y_<t) [len(prompts), T] of ``problem``'s answer after each prompt
+    (token ids of any lengths): batched, each prompt run only from its first difference from
+    ``problem``'s prompt on, on that prompt's cached keys and values."""
+    state = state or TaskState()
+    with cancellable(model, state):
+        return _Scorer(model, problem, batch_size, state).log_probs_of_ids(prompts)
+
+
 def _common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
     """How many leading tokens ``a`` and ``b`` share."""
     n = min(len(a), len(b))

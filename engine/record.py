@@ -152,6 +152,42 @@ class Reliability:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """One statement of the answer and the case sentences it rests on (engine/claims.py)."""
+
+    text: str
+    tokens: tuple[int, int]  # answer tokens [start, end)
+    evidence: tuple[float, ...]  # per case sentence: its share of the claim's attribution
+    log_prob: float  # log p(claim | the whole case): its tokens' log-probabilities summed
+    drops: tuple[tuple[int, float], ...]  # (sentence, fall of log_prob with it removed)
+    joint_drop: float  # fall of log_prob with every tested sentence removed at once
+    kept_drop: float  # fall of log_prob with only the top sentence kept (0 when it suffices)
+    support: float  # joint_drop per claim token, in nats
+    grounded: bool  # support >= the threshold
+
+    def __post_init__(self) -> None:
+        start, end = self.tokens
+        if not 0 <= start < end:
+            raise ValueError(f"a claim's token span {self.tokens} is empty or negative")
+        if not all(math.isfinite(v) for v in (*self.evidence, self.log_prob, self.joint_drop,
+                                              self.kept_drop, self.support,
+                                              *(d for _, d in self.drops))):
+            raise ValueError("a claim's score is not a finite number")
+
+
+@dataclass(frozen=True)
+class Claims:
+    """The answer claim by claim, with its evidence among the case's sentences."""
+
+    sentences: tuple[tuple[int, int], ...]  # character spans in prompt.case_text
+    claims: tuple[Claim, ...]
+    evidence_method: str  # the attribution that ranks the sentences (one pass per claim)
+    candidates: int  # top sentences per claim tested by removal
+    threshold: float  # nats per token: a claim supported less rests on nothing in the case
+    seconds: float
+
+
+@dataclass(frozen=True)
 class Explanation:
     versions: Versions
     model: ModelInfo
@@ -162,6 +198,7 @@ class Explanation:
     timings: Timings
     hardware: Hardware
     reliability: Reliability | None = None  # the quick check, when it was run
+    claims: Claims | None = None  # claim by claim evidence, when it was asked for
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     schema_version: int = SCHEMA_VERSION
 
@@ -183,6 +220,8 @@ class Explanation:
         if any(not value >= 0 for value in (self.timings.load_s, self.timings.generate_s,
                                             self.timings.attribute_s)):
             raise ValueError("a timing is negative or not a number")
+        if self.claims is not None:
+            _check_claims(self.claims, len(self.prompt.case_text), t)
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(self)
@@ -228,6 +267,21 @@ VERDICTS = ("strong", "fair", "weak")
 def _check_ids(what: str, ids: tuple[int, ...]) -> None:
     if any(i < 0 for i in ids):
         raise ValueError(f"a {what} token id is negative")
+
+
+def _check_claims(claims: Claims, case_chars: int, answer_tokens: int) -> None:
+    sentences = len(claims.sentences)
+    for start, end in claims.sentences:
+        if not 0 <= start < end <= case_chars:
+            raise ValueError(f"a case sentence ({start}, {end}) lies outside the case's "
+                             f"{case_chars} characters")
+    for claim in claims.claims:
+        if claim.tokens[1] > answer_tokens:
+            raise ValueError(f"a claim's tokens {claim.tokens} lie beyond the answer's "
+                             f"{answer_tokens}")
+        if len(claim.evidence) != sentences or any(
+                not 0 <= index < sentences for index, _ in claim.drops):
+            raise ValueError(f"a claim's evidence does not match the {sentences} case sentences")
 
 
 def _check_scores(attribution: Attribution) -> None:

@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--reliability", action="store_true",
                          help="also check how far the explanation can be trusted (its top words "
                               "against random ones, and a second method); seconds to minutes")
+    explain.add_argument("--claims", action="store_true",
+                         help="also split the answer into claims and find the case sentences "
+                              "each rests on, checked by removing them (seconds)")
     explain.add_argument("--quiet", action="store_true", help="print no progress bar")
 
     app = commands.add_parser(
@@ -214,6 +217,11 @@ def run_explain(args: argparse.Namespace) -> int:
 
             record = replace(record, reliability=check_reliability(
                 loaded.model, loaded.tokenizer, record, state=state))
+        if args.claims:
+            from engine.claims import find_claims
+
+            record = replace(record, claims=find_claims(loaded.model, loaded.tokenizer, record,
+                                                        state=state))
     if args.json:
         from engine.audit import audited
 

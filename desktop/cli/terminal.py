@@ -20,7 +20,7 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-from desktop.present import UNCOLOURED_BELOW, ExplanationView
+from desktop.present import UNCOLOURED_BELOW, ExplanationView, claim_views
 from engine.jobs.evaluate import LABELS, best_methods
 from engine.metrics import HIGHER_IS_BETTER, METRICS
 from engine.record import Explanation
@@ -125,6 +125,28 @@ def render_explanation(record: Explanation, top: int = 10, console: Console | No
             (f" Reliability: {verdict.name} ", Style(color=verdict.ink, bgcolor=verdict.background,
                                                      bold=True)),
             f" {verdict.summary}"))
+    if record.claims is not None:
+        console.print(claims_table(record))
+
+
+def claims_table(record: Explanation) -> Table:
+    """Each statement of the answer, whether it rests on the case, and on which sentences."""
+    claims = record.claims
+    table = Table(title="What each statement rests on", title_justify="left", show_lines=True)
+    table.add_column("", width=1)
+    table.add_column("statement", ratio=2)
+    table.add_column("top case sentences (share of its attribution)", ratio=3)
+    for view in claim_views(record):
+        mark = Text(view.marker, style="bold green" if view.grounded else "bold red")
+        statement = Text(view.text)
+        statement.append(f"\n{view.verdict}; {view.support}",
+                         style="dim" if view.grounded else "red")
+        evidence = "\n".join(f"{100 * e.share:.0f}%  {e.text}" for e in view.evidence) or "-"
+        table.add_row(mark, statement, evidence)
+    table.caption = (f"evidence: {claims.evidence_method} per claim; support: the fall of the "
+                     f"claim's probability when its top {claims.candidates} sentences are "
+                     f"removed ({claims.seconds:.1f} s)")
+    return table
 
 
 def per_answer_token_table(view: ExplanationView, rows: int = 32, words: int = 3) -> Table:

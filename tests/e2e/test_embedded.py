@@ -213,3 +213,25 @@ def test_cancel_stops_a_first_gguf_load_within_a_second(tmp_path, monkeypatch):
     assert "cancelled" in outcome, "the load finished or failed instead of cancelling"
     assert outcome["cancelled"] - pressed < 1.0
     assert not list((tmp_path / "cache" / "gguf").iterdir())  # no partial entry is left
+
+
+def test_a_copied_claim_rests_on_its_sentence_and_an_unrelated_one_is_flagged(embedded):
+    """The embedded model copies a nonsense sentence from the case (it can only come from
+    there) and then states a fact the case says nothing about."""
+    from engine.claims import THRESHOLD, find_claims
+
+    _, warm = embedded
+    case = ("A 46-year-old woman presents with a breast mass. The core biopsy report reads: "
+            "zebra quartz lantern mosaic. Staging CT shows no distant disease. Repeat the biopsy "
+            "report word for word.")
+    copied = "The core biopsy report reads: zebra quartz lantern mosaic."
+    record = explain(ExplainRequest(case, target=f"{copied} Paris is the capital of France.",
+                                    matrix=False, method="ifr"), warm)
+    claims = find_claims(warm.model, warm.tokenizer, record)
+    copy, unrelated = claims.claims
+    assert copy.text == copied and unrelated.text == "Paris is the capital of France."
+    source = [case[a:b] for a, b in claims.sentences].index(copied)
+    assert max(range(len(copy.evidence)), key=copy.evidence.__getitem__) == source
+    assert copy.grounded and copy.support > 10 * THRESHOLD
+    assert dict(copy.drops)[source] > 20  # nats: without it the copy is all but impossible
+    assert not unrelated.grounded and unrelated.support < THRESHOLD

@@ -1,0 +1,124 @@
+"""Claims: splitting clinical text, evidence per claim, and support checked by removal."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.claims import THRESHOLD, find_claims, leave_one_out, segment
+from engine.errors import InvalidInputError
+from engine.explain import ExplainRequest, explain
+from engine.models import ModelRequest, load_model
+from engine.record import Explanation
+from engine.sentences import split_claims, split_sentences
+
+
+def _pieces(text, split=split_sentences):
+    return [text[start:end] for start, end in split(text)]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("Dr. Smith found a 2.3 cm mass, e.g. in the left breast. Ki-67 is 60%.",
+     ["Dr. Smith found a 2.3 cm mass, e.g. in the left breast.", "Ki-67 is 60%."]),
+    ("Seen by J. Doe on 3.4.2024. Staging CT shows no distant disease.",
+     ["Seen by J. Doe on 3.4.2024.", "Staging CT shows no distant disease."]),
+    ("Plan:\n1. Neoadjuvant chemotherapy\n2. Surgery\n- genetic counselling",
+     ["Plan:", "1. Neoadjuvant chemotherapy", "2. Surgery", "- genetic counselling"]),
+    ("Next: 1) chemotherapy 2) surgery 3) radiotherapy.",
+     ["Next:", "1) chemotherapy", "2) surgery", "3) radiotherapy."]),
+    ("Invasive carcinoma (grade 3) is present. Stage 2. Dose b.i.d. for 5 days i.e. a week.",
+     ["Invasive carcinoma (grade 3) is present.", "Stage 2.",
+      "Dose b.i.d. for 5 days i.e. a week."]),
+    ("Is it HER2 positive? No! Re-test.", ["Is it HER2 positive?", "No!", "Re-test."]),
+    ("  \n", []),
+])
+def test_clinical_text_splits_into_sentences(text, expected):
+    assert _pieces(text) == expected
+
+
+def test_claims_split_sentences_again_at_semicolons():
+    answer = ("Neoadjuvant chemotherapy is recommended; genetic counselling is advised because "
+              "of the family history. Surgery follows, e.g. a mastectomy.")
+    assert _pieces(answer, split_claims) == [
+        "Neoadjuvant chemotherapy is recommended;",
+        "genetic counselling is advised because of the family history.",
+        "Surgery follows, e.g. a mastectomy."]
+
+
+CASE = "52 year old woman . ER positive , HER2 negative . left breast mass 2 cm ."
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_folder):
+    loaded = load_model(ModelRequest(str(tiny_model_folder)))
+    record = explain(ExplainRequest(CASE, max_new_tokens=6, matrix=False, method="ifr",
+                                    target="ER positive . breast mass 2 cm"), loaded)
+    return loaded, record
+
+
+def test_segments_cover_the_case_and_the_answer(tiny):
+    _, record = tiny
+    parts = segment(record)
+    assert [CASE[a:b] for a, b in parts.sentences] == [
+        "52 year old woman .", "ER positive , HER2 negative .", "left breast mass 2 cm ."]
+    # The sentences' tokens run from the case's first token to its last, in order, each once.
+    case_tokens = [i for i, keep in enumerate(record.prompt.attributable) if keep]
+    covered = [i for a, b in parts.sentence_tokens for i in range(a, b)]
+    assert covered == list(range(case_tokens[0], case_tokens[-1] + 1))
+    assert parts.claim_texts == ("ER positive .", "breast mass 2 cm")
+    assert parts.claims == ((0, 3), (3, len(record.answer.token_ids)))
+
+
+def test_leaving_a_sentence_out_on_the_cached_prefix_equals_a_fresh_forward(tiny):
+    loaded, record = tiny
+    parts, falls = leave_one_out(loaded.model, record)
+    prompt = torch.tensor(record.prompt.token_ids)
+    answer = torch.tensor(record.answer.token_ids)
+
+    def fresh(ids):  # one whole forward, no cache: log p of each answer token
+        with torch.no_grad():
+            logits = loaded.model(torch.cat([ids, answer[:-1]]).view(1, -1)).logits[0]
+        logp = torch.log_softmax(logits[-len(answer):].double(), -1)
+        return logp.gather(-1, answer.view(-1, 1)).squeeze(-1)
+
+    full = fresh(prompt)
+    for s, (a, b) in enumerate(parts.sentence_tokens):
+        shortened = fresh(torch.cat([prompt[:a], prompt[b:]]))
+        for c, (first, end) in enumerate(parts.claims):
+            expected = float(full[first:end].sum() - shortened[first:end].sum())
+            assert falls[c, s].item() == pytest.approx(expected, abs=1e-4)
+
+
+def test_claims_record_their_evidence_and_support_and_round_trip(tiny, tmp_path):
+    loaded, record = tiny
+    claims = find_claims(loaded.model, loaded.tokenizer, record)
+    assert claims.threshold == pytest.approx(THRESHOLD) and claims.evidence_method == "ifr"
+    _, falls = leave_one_out(loaded.model, record)
+    for c, claim in enumerate(claims.claims):
+        assert sum(claim.evidence) == pytest.approx(1.0)
+        assert len(claim.drops) == min(3, sum(e > 0 for e in claim.evidence))
+        for sentence, drop in claim.drops:  # the batched removals agree with the reference
+            assert drop == pytest.approx(falls[c, sentence].item(), abs=1e-4)
+        first, end = claim.tokens
+        assert claim.support == pytest.approx(claim.joint_drop / (end - first))
+        assert claim.grounded == (claim.support >= THRESHOLD)
+    from dataclasses import replace
+
+    with_claims = replace(record, claims=claims)
+    path = tmp_path / "r.json"
+    with_claims.save(path)
+    assert Explanation.load(path) == with_claims
+
+
+def test_claims_with_spans_beyond_the_case_or_answer_are_refused_on_load(tiny):
+    from dataclasses import replace
+
+    loaded, record = tiny
+    data = replace(record, claims=find_claims(loaded.model, loaded.tokenizer, record)).to_dict()
+    data["claims"]["sentences"][0] = [0, 10**6]
+    with pytest.raises(InvalidInputError, match="outside the case"):
+        Explanation.from_dict(data)
+    data = replace(record, claims=find_claims(loaded.model, loaded.tokenizer, record)).to_dict()
+    data["claims"]["claims"][0]["tokens"] = [0, 99]
+    with pytest.raises(InvalidInputError, match="beyond the answer"):
+        Explanation.from_dict(data)
