@@ -11,11 +11,12 @@ hardware profile.
 from __future__ import annotations
 
 import html
+import math
 import os
 from datetime import datetime
 from pathlib import Path
 
-from desktop.present import UNCOLOURED_BELOW, ExplanationView
+from desktop.present import UNCOLOURED_BELOW, ExplanationView, claim_views, flagged_first
 from desktop.report.charts import chart_image
 from desktop.report.qt import ensure_gui_application, font_family
 from engine.audit import audited
@@ -87,6 +88,7 @@ def report_html(record: Explanation, created: datetime | None = None) -> str:
 <h2>{esc(view.answer_title)}</h2>
 <p>{esc(view.answer)}</p>
 {_reliability_html(view)}
+{_claims_html(record)}
 <h2>Most influential words</h2>
 <p><img src="chart" width="620"/></p>
 <table border="1" cellspacing="0" cellpadding="3">
@@ -128,6 +130,33 @@ def _reliability_html(view: ExplanationView) -> str:
             f"<th>this explanation</th><th>random words (mean of {check.random_draws})</th></tr>"
             f"{rows}</table><p>Rank correlation with {esc(check.second_method)} over the case "
             f"words: {check.rank_correlation:.2f}. Checked in {check.seconds:.1f} s.</p>")
+
+
+def _claims_html(record: Explanation) -> str:
+    """Each statement of the answer with the case sentences it rests on, flagged ones first."""
+    claims = record.claims
+    if claims is None:
+        return ""
+    esc = html.escape
+    parts = ["<h2>What each statement rests on</h2>"]
+    for view in flagged_first(claim_views(record)):
+        colour = "#1b7837" if view.grounded else "#b2182b"
+        parts.append(f"<p><b style='color:{colour};'>{esc(view.marker)}</b> "
+                     f"<b>{esc(view.text)}</b><br/><i>{esc(view.verdict)}</i>; "
+                     f"{esc(view.support)}.</p>")
+        if view.evidence:
+            parts.append("<table cellspacing='0' cellpadding='2'>" + "".join(
+                f"<tr><td width='10%' align='right'>{100 * e.share:.0f}%</td>"
+                f"<td>&ldquo;{esc(e.text)}&rdquo;</td></tr>" for e in view.evidence)
+                + "</table>")
+    parts.append(
+        f"<p><small>Evidence: {esc(claims.evidence_method)} attribution of each statement's "
+        "words, summed per case sentence (share of the statement's attribution). Support: "
+        f"how much less likely the statement's words become when its top {claims.candidates} "
+        "sentences are removed from the case; under "
+        f"{math.exp(claims.threshold):.2f} times on average, the statement rests on nothing in "
+        f"the case. Found in {claims.seconds:.1f} s.</small></p>")
+    return "".join(parts)
 
 
 def write_pdf(record: Explanation, path: str | os.PathLike[str]) -> Path:

@@ -63,3 +63,32 @@ def test_unwritable_pdf_path_is_one_clear_error(tmp_path):
     blocker.write_text("x")
     with pytest.raises(OutputError, match="cannot write the report"):
         write_pdf(long_record(30), blocker / "sub" / "r.pdf")
+
+
+def test_claims_section_quotes_the_evidence_flagged_claims_first(tiny_model_folder, tmp_path,
+                                                                 capsys):
+    import json
+
+    from engine.record import Explanation
+
+    case = "52 year old woman . ER positive , HER2 negative . left breast mass 2 cm ."
+    code = main(["explain", case, "--model", str(tiny_model_folder), "--method", "ifr",
+                 "--target", "ER positive . breast mass 2 cm", "--claims", "--quiet",
+                 "--json", str(tmp_path / "r.json"), "--pdf", str(tmp_path / "r.pdf")])
+    assert code == 0
+    assert "What each statement rests on" in capsys.readouterr().out
+    record = Explanation.load(tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text())["claims"]["evidence_method"] == "ifr"
+    claims = record.claims.claims
+    assert [c.text for c in claims] == ["ER positive .", "breast mass 2 cm"]
+    text = " ".join(" ".join(page.extract_text().split()) for page in PdfReader(
+        tmp_path / "r.pdf").pages)
+    section = text[text.index("What each statement rests on"):]
+    where = {c.text: section.index(c.text) for c in claims}
+    flagged = [where[c.text] for c in claims if not c.grounded]
+    grounded = [where[c.text] for c in claims if c.grounded]
+    assert all(f < g for f in flagged for g in grounded)
+    for claim in claims:  # its top sentence is quoted with its share
+        best = max(range(len(claim.evidence)), key=claim.evidence.__getitem__)
+        start, end = record.claims.sentences[best]
+        assert f"{100 * claim.evidence[best]:.0f}% \u201c{case[start:end]}\u201d" in section
