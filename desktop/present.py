@@ -280,6 +280,19 @@ def claim_views(record: Explanation, top: int = 3) -> tuple[ClaimView, ...]:
     return tuple(views)
 
 
+def claim_units(record: Explanation, index: int) -> list[Span]:
+    """The case's sentences scored by their share of claim ``index``'s evidence, as spans of
+    the prompt text (what the overlay and the chart show for a clicked claim)."""
+    claims = record.claims
+    if claims is None or not 0 <= index < len(claims.claims):
+        return []
+    shift, _ = case_bounds(record)
+    case = record.prompt.case_text
+    evidence = claims.claims[index].evidence
+    return [Span(shift + start, shift + end, case[start:end], share)
+            for (start, end), share in zip(claims.sentences, evidence, strict=True)]
+
+
 def _fold(nats: float) -> str:
     """A fall in log-probability as "how many times less likely", readable at any size."""
     factor = math.exp(min(nats, 50.0))

@@ -28,6 +28,8 @@ from PySide6.QtWidgets import (
 
 from desktop.present import (
     ExplanationView,
+    claim_units,
+    claim_views,
     method_summary,
     scale_of,
     units_of,
@@ -62,6 +64,10 @@ def _duration(seconds: float) -> str:
 PENDING_STYLE = "background:#e0e0e0; color:#333333; border-radius:6px; padding:6px;"
 
 
+def _clipped(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit - 1].rstrip() + "…"
+
+
 def badge_style(background: str, ink: str) -> str:
     return f"background:{background}; color:{ink}; border-radius:6px; padding:6px;"
 
@@ -72,6 +78,7 @@ class MainWindow(QMainWindow):
     explanation_shown = Signal()
     row_shown = Signal(int)  # an answer token's row, computed on demand, is on screen
     reliability_shown = Signal()  # the badge shows a finished check
+    claims_shown = Signal()  # the statements list shows found claims
     model_ready = Signal(object)  # ModelInfo, after a load finished
     failed = Signal(str)  # an error message, after it was shown
 
@@ -83,6 +90,7 @@ class MainWindow(QMainWindow):
         self.resize(1400, 900)
         self.record: Explanation | None = None
         self.selected_row: int | None = None
+        self.selected_claim: int | None = None  # a statement clicked in the claims list
         self._closing = self._close_when_done = False
         self.rows: dict[int, tuple[float, ...]] = {}  # answer rows computed on click
         self._pending_row: int | None = None  # clicked while the reliability check ran
@@ -102,6 +110,7 @@ class MainWindow(QMainWindow):
         worker.model_loaded.connect(self._on_model_loaded)
         worker.finished.connect(self._on_finished)
         worker.checked.connect(self._on_checked)
+        worker.claimed.connect(self._on_claimed)
         worker.row_ready.connect(self._on_row_ready)
         worker.errored.connect(self._on_errored)
         worker.cancelled.connect(self._on_cancelled)
@@ -128,6 +137,10 @@ class MainWindow(QMainWindow):
         self.answer_view.setObjectName("answerView")
         self.answer_view.setOpenLinks(False)
         self.answer_view.anchorClicked.connect(self._on_answer_clicked)
+        self.claims_view = QTextBrowser()
+        self.claims_view.setObjectName("claimsView")
+        self.claims_view.setOpenLinks(False)
+        self.claims_view.anchorClicked.connect(self._on_claim_clicked)
         self.whole_answer = QPushButton("Whole answer")
         self.whole_answer.setToolTip("Show the sequence attribution (all answer tokens)")
         self.whole_answer.clicked.connect(lambda: self.select_answer_token(None))
@@ -155,7 +168,10 @@ class MainWindow(QMainWindow):
         header.addStretch(1)
         header.addWidget(self.whole_answer)
         answer_layout.addLayout(header)
-        answer_layout.addWidget(self.answer_view)
+        answer_layout.addWidget(self.answer_view, 2)
+        answer_layout.addWidget(QLabel("<b>Statements</b> (click one to see the case sentences "
+                                       "it rests on)"))
+        answer_layout.addWidget(self.claims_view, 3)
 
         self.overlay = TokenOverlay()
         self.legend = Legend()
@@ -309,6 +325,7 @@ class MainWindow(QMainWindow):
         """Show what answer token ``row`` (None: the whole answer) rests on; without the
         per-token matrix, the token is first explained on its own on the engine thread."""
         self.selected_row = row
+        self.selected_claim = None
         self._pending_row = None
         if row is not None and self.record is not None and self._row_scores(row) is None:
             if self.requests.is_running(Kind.LOAD) or self.requests.is_running(Kind.EXPLAIN):
@@ -316,7 +333,8 @@ class MainWindow(QMainWindow):
                 self.stage_label.setText("Busy: the answer token can be explained when the "
                                          "current run has finished")
                 self.selected_row = None
-            elif self.requests.is_running(Kind.RELIABILITY):
+            elif self.requests.is_running(Kind.RELIABILITY) or self.requests.is_running(
+                    Kind.CLAIMS):
                 self._pending_row = row  # explained once the check has finished
             else:
                 self.cancel_button.setEnabled(True)
@@ -398,8 +416,55 @@ class MainWindow(QMainWindow):
         self.stage_label.setText(f"Done in {record.timings.attribute_s:.1f} s")
         self._remember_throughput(record)
         self.show_record(record)
-        if self.settings_panel.reliability.isChecked():
+        self._follow_up()
+
+    def _follow_up(self) -> bool:
+        """After an explanation: its reliability check, then its claims, as the settings ask.
+        True when one was started."""
+        record = self.record
+        if record is None:
+            return False
+        if self.settings_panel.reliability.isChecked() and record.reliability is None:
             self.check_reliability()
+            return True
+        if self.settings_panel.claims.isChecked() and record.claims is None:
+            self.find_claims()
+            return True
+        return False
+
+    def find_claims(self) -> None:
+        """Split the answer on screen into statements and find what each rests on."""
+        if self.record is None:
+            return
+        self.cancel_button.setEnabled(True)
+        self.claims_view.setPlainText("Finding what each statement rests on…")
+        self.requests.issued(Request(self.engine.find_claims(self.record), Kind.CLAIMS,
+                                     self.record.created_at))
+
+    def _on_claimed(self, request_id: int, record: Explanation) -> None:
+        request = self.requests.settle(request_id)
+        if request is None:
+            return
+        self._set_busy(False)
+        if not request.about(self._on_screen()):
+            return  # the claims of an explanation no longer on screen
+        self.record = record
+        self.stage_label.setText(f"Statements checked in {record.claims.seconds:.1f} s")
+        self._render_claims()
+        self.claims_shown.emit()
+        self._run_pending_row()
+
+    def select_claim(self, index: int | None) -> None:
+        """Colour the case by what statement ``index`` rests on (None: back to the answer)."""
+        record = self.record
+        if record is None or record.claims is None or index is None \
+                or not 0 <= index < len(record.claims.claims):
+            index = None
+        self.selected_claim = index
+        if index is not None:
+            self.selected_row = None
+        self._show_selection()
+        self._render_claims()
 
     def check_reliability(self) -> None:
         """Run the quick faithfulness check on the explanation on screen (engine thread)."""
@@ -423,7 +488,8 @@ class MainWindow(QMainWindow):
         self.stage_label.setText(f"Reliability checked in {record.reliability.seconds:.1f} s")
         self._show_badge(record)
         self.reliability_shown.emit()
-        self._run_pending_row()
+        if not self._follow_up():  # the claims next; a clicked token waits for them
+            self._run_pending_row()
 
     def _run_pending_row(self) -> None:
         row, self._pending_row = self._pending_row, None
@@ -462,7 +528,9 @@ class MainWindow(QMainWindow):
         self.stage_label.setText("Error")
         if request.kind is Kind.ROW:
             self.select_answer_token(None)
-        elif request.kind is Kind.RELIABILITY:
+        elif request.kind in (Kind.RELIABILITY, Kind.CLAIMS):
+            if request.kind is Kind.CLAIMS:
+                self.claims_view.setPlainText("Could not find the statements (see the message).")
             self._run_pending_row()
         if self.model_label.text().startswith("Loading"):
             self.model_label.setText("No model loaded")
@@ -480,6 +548,9 @@ class MainWindow(QMainWindow):
                 self.badge.setText("Reliability check cancelled (Explain again, or turn the "
                                    "check on in Settings, to run it)")
                 self.badge.setStyleSheet(PENDING_STYLE)
+                self._run_pending_row()
+            elif request.kind is Kind.CLAIMS:
+                self.claims_view.setPlainText("Cancelled: Explain again to find the statements.")
                 self._run_pending_row()
 
     def _on_screen(self) -> str | None:
@@ -503,7 +574,36 @@ class MainWindow(QMainWindow):
             for field in ExplanationView.from_record(record).fields))
         self.completeness.setText(method_summary(record))
         self._show_badge(record)
+        self.selected_claim = None
+        self._render_claims()
         self.explanation_shown.emit()
+
+    def _render_claims(self) -> None:
+        record = self.record
+        views = claim_views(record) if record is not None else ()
+        if not views:
+            self.claims_view.setPlainText(
+                "" if record is None or record.claims is not None else
+                "Not found yet: they follow the explanation when Settings asks for them.")
+            return
+        flagged = [v for v in views if not v.grounded]
+        parts = []
+        if flagged:
+            parts.append(f"<p style='color:#b2182b;'><b>Not grounded in this case: "
+                         f"{len(flagged)} of {len(views)} statements</b> (the model's general "
+                         "knowledge or a guess)</p>")
+        for view in views:
+            colour = "#1b7837" if view.grounded else "#b2182b"
+            weight = "bold" if view.index == self.selected_claim else "normal"
+            best = (f" · top: {100 * view.evidence[0].share:.0f}% "
+                    f"“{html.escape(_clipped(view.evidence[0].text))}”" if view.evidence else "")
+            parts.append(
+                f"<p><span style='color:{colour}; font-weight:bold;'>{view.marker}</span> "
+                f"<a href='claim:{view.index}' style='color:black; text-decoration:none; "
+                f"font-weight:{weight};'>{html.escape(view.text)}</a><br/>"
+                f"<small style='color:#555555;'>{html.escape(view.verdict)}; "
+                f"{html.escape(view.support)}{best}</small></p>")
+        self.claims_view.setHtml("".join(parts))
 
     def _render_answer(self) -> None:
         record = self.record
@@ -522,6 +622,9 @@ class MainWindow(QMainWindow):
         record = self.record
         if record is None:
             return
+        if self.selected_claim is not None:
+            self._show_claim(record, self.selected_claim)
+            return
         row = self.selected_row
         scores = self._row_scores(row)
         units = units_of(record, scores, self.granularity.currentText())
@@ -539,6 +642,22 @@ class MainWindow(QMainWindow):
                                  f"follows {when}…")
         self.overlay_title.setText(title)
         self._render_answer()
+
+    def _show_claim(self, record: Explanation, index: int) -> None:
+        units = claim_units(record, index)
+        self.overlay.show_units(record, units)
+        self.chart.set_units(units)
+        self.legend.set_scale(scale_of(units), record.claims.evidence_method)
+        claim = record.claims.claims[index]
+        self.overlay_title.setText(
+            f"<b>Case, coloured by what statement {index + 1} rests on</b> — "
+            f"{html.escape(_clipped(claim.text, 80))} (share of its attribution per sentence)")
+        self._render_answer()
+
+    def _on_claim_clicked(self, url: QUrl) -> None:
+        text = url.toString()
+        if text.startswith("claim:"):
+            self.select_claim(int(text.removeprefix("claim:")))
 
     def _on_answer_clicked(self, url: QUrl) -> None:
         text = url.toString()

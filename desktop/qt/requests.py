@@ -16,6 +16,7 @@ class Kind(Enum):
     LOAD = "load"
     EXPLAIN = "explain"
     RELIABILITY = "reliability"
+    CLAIMS = "claims"
     ROW = "row"
 
 

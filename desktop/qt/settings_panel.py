@@ -76,6 +76,13 @@ class SettingsPanel(QWidget):
         form.addRow("System prompt", self.system)
         form.addRow("Device", self.device)
         form.addRow("", self.reliability)
+        self.claims = QCheckBox("Find what each statement rests on")
+        self.claims.setObjectName("claimsCheck")
+        self.claims.setChecked(True)
+        self.claims.setToolTip(
+            "After an explanation: split the answer into statements, find the case sentences "
+            "each rests on, and check it by removing them (seconds)")
+        form.addRow("", self.claims)
         self.estimate = QLabel()
         self.estimate.setObjectName("estimate")
         self.estimate.setWordWrap(True)

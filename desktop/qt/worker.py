@@ -58,6 +58,7 @@ class EngineWorker(QObject):
     model_loaded = Signal(int, object)  # id, ModelInfo
     finished = Signal(int, object)  # id, Explanation
     checked = Signal(int, object)  # id, Explanation with its reliability check
+    claimed = Signal(int, object)  # id, Explanation with its claims and their evidence
     row_ready = Signal(int, object)  # id, AnswerRow
     errored = Signal(int, str)  # id, one readable message
     cancelled = Signal(int)  # id
@@ -143,6 +144,27 @@ class EngineWorker(QObject):
             self.checked.emit(request_id, checked)
 
     @Slot(int, object)
+    def find_claims(self, request_id: int, record: Any) -> None:
+        from dataclasses import replace
+
+        from engine.claims import find_claims
+        from engine.errors import ModelLoadError
+
+        def work(state: TaskState) -> Any:
+            if self._loaded is None:
+                raise ModelLoadError("no model is loaded yet; open a model first")
+            if self._loaded.info.sha256 != record.model.sha256:
+                raise ModelLoadError("this explanation was made with another model; load it "
+                                     "to find what the answer's statements rest on")
+            return replace(record, claims=find_claims(self._loaded.model,
+                                                      self._loaded.tokenizer, record,
+                                                      state=state))
+
+        found = self._run(request_id, "claims", work)
+        if found is not None:
+            self.claimed.emit(request_id, found)
+
+    @Slot(int, object)
     def explain_row(self, request_id: int, request: Any) -> None:
         from engine.errors import ModelLoadError
         from engine.explain import answer_row
@@ -183,6 +205,7 @@ class EngineThread(QObject):
     _load_requested = Signal(int, object)
     _explain_requested = Signal(int, object)
     _check_requested = Signal(int, object)
+    _claims_requested = Signal(int, object)
     _row_requested = Signal(int, object)
 
     def __init__(self, parent: QObject | None = None) -> None:
@@ -194,6 +217,7 @@ class EngineThread(QObject):
         self._load_requested.connect(self.worker.load_model)
         self._explain_requested.connect(self.worker.explain)
         self._check_requested.connect(self.worker.check_reliability)
+        self._claims_requested.connect(self.worker.find_claims)
         self._row_requested.connect(self.worker.explain_row)
         self.thread.start()
         self._next_id = 0
@@ -218,6 +242,11 @@ class EngineThread(QObject):
     def check_reliability(self, record: Any) -> int:
         request_id = self._new_id()
         self._check_requested.emit(request_id, record)
+        return request_id
+
+    def find_claims(self, record: Any) -> int:
+        request_id = self._new_id()
+        self._claims_requested.emit(request_id, record)
         return request_id
 
     def answer_row(self, record: Any, row: int) -> int:

@@ -425,6 +425,7 @@ def test_method_picker_shows_defaults_options_and_runs_the_method(ready_window, 
 def test_reliability_badge_follows_an_explanation(ready_window, qtbot, tmp_path):
     window = ready_window
     assert window.settings_panel.reliability.isChecked()  # on by default
+    window.settings_panel.claims.setChecked(False)  # nothing follows the check here
     with qtbot.waitSignal(window.reliability_shown, timeout=60_000):
         _explain(window, qtbot)
     check = window.record.reliability
@@ -593,3 +594,68 @@ def test_the_window_says_what_to_install_instead_of_aborting(tmp_path):
     assert done.returncode == 7, done.stderr[-500:]
     assert "apt-get install libxcb-cursor0" in done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def _click_link(view, qtbot, href: str) -> None:
+    """A real mouse click in the middle of the link ``href`` of a QTextBrowser."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtGui import QTextCursor
+
+    block = view.document().begin()
+    while block.isValid():
+        fragments = block.begin()
+        while not fragments.atEnd():
+            fragment = fragments.fragment()
+            if fragment.charFormat().anchorHref() == href:
+                cursor = QTextCursor(view.document())
+                cursor.setPosition(fragment.position() + fragment.length() // 2)
+                point = view.cursorRect(cursor).center()
+                qtbot.mouseClick(view.viewport(), Qt.MouseButton.LeftButton, pos=point)
+                return
+            fragments += 1
+        block = block.next()
+    raise AssertionError(f"no link {href} in the view")
+
+
+def test_clicking_a_statement_colours_the_sentences_it_rests_on(ready_window, qtbot):
+    window = ready_window
+    window.settings_panel.reliability.setChecked(False)
+    assert window.settings_panel.claims.isChecked()  # on by default
+    window.settings_panel.target.setText("ER positive , HER2 negative . left breast mass 2 cm")
+    with qtbot.waitSignal(window.claims_shown, timeout=60_000):
+        _explain(window, qtbot, method="ifr", matrix=False)
+    claims = window.record.claims
+    assert [c.text for c in claims.claims] == ["ER positive , HER2 negative .",
+                                               "left breast mass 2 cm"]
+    listed = window.claims_view.toPlainText()
+    for claim in claims.claims:
+        assert claim.text in listed
+    flagged = [c for c in claims.claims if not c.grounded]
+    assert ("Not grounded in this case" in listed) == bool(flagged)
+    assert window.explain_button.isEnabled() and not window.cancel_button.isEnabled()
+
+    _click_link(window.claims_view, qtbot, "claim:1")
+    assert window.selected_claim == 1 and window.selected_row is None
+    assert "what statement 2 rests on" in window.overlay_title.text()
+    shares = claims.claims[1].evidence
+    shown = sorted(((u.text, u.score) for u in window.overlay._units), key=lambda u: -u[1])
+    best = max(range(len(shares)), key=shares.__getitem__)
+    start, end = claims.sentences[best]
+    assert shown[0] == (window.record.prompt.case_text[start:end], shares[best])
+    window.whole_answer.click()  # back to the whole answer
+    assert window.selected_claim is None and "whole answer" in window.overlay_title.text()
+
+
+def test_late_claims_never_replace_an_opened_explanation(ready_window, qtbot, tmp_path):
+    window = ready_window
+    window.settings_panel.reliability.setChecked(False)
+    window.settings_panel.claims.setChecked(False)
+    _explain(window, qtbot, max_new_tokens=3, method="ifr")
+    opened = window.record
+    window.save_session(tmp_path / "first.json")
+    _explain(window, qtbot, max_new_tokens=4, method="ifr")
+    window.find_claims()  # the second explanation's claims run...
+    assert window.requests.running is not None
+    window.open_session(tmp_path / "first.json")  # ...while the first is opened
+    qtbot.waitUntil(lambda: window.requests.running is None, timeout=60_000)
+    assert window.record.created_at == opened.created_at and window.record.claims is None
