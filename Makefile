@@ -57,6 +57,8 @@ bench: setup installer
 	$(BIN)/python -m benchmarks.time_goals --out docs/benchmarks.md
 	$(BIN)/python -m benchmarks.single_pass --out docs/benchmarks.md
 	$(BIN)/python -m benchmarks.bundle --out docs/benchmarks.md
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	$(BIN)/python -m benchmarks.claims --out docs/evaluation.md
 
 # The self-contained bundle for this OS (PyInstaller, one folder, in dist/); see installers/README.md.
 installer: setup

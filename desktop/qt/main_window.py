@@ -609,11 +609,15 @@ class MainWindow(QMainWindow):
         record = self.record
         if record is None:
             return
+        claim = (record.claims.claims[self.selected_claim].tokens
+                 if record.claims is not None and self.selected_claim is not None else (0, 0))
         parts = []
         for row, piece in enumerate(record.answer.tokens):
             style = "text-decoration:none; color:black;"
             if row == self.selected_row:
                 style += " background-color:#ffe08a; font-weight:bold;"
+            elif claim[0] <= row < claim[1]:
+                style += " background-color:#fff2c2;"  # the statement clicked below
             parts.append(f'<a href="answer:{row}" style="{style}">{html.escape(piece)}</a>')
         self.answer_view.setHtml('<div style="white-space:pre-wrap; line-height:150%;">'
                                  + "".join(parts) + "</div>")

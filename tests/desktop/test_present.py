@@ -47,3 +47,33 @@ def test_the_view_ranks_words_and_their_shares_add_up():
     listed = [u for u in view.units if any(c.isalnum() for c in u.text)]
     assert view.top_words[0].share == pytest.approx(
         abs(view.top_words[0].score) / sum(abs(u.score) for u in listed))
+
+
+def test_claim_views_quote_the_top_sentences_and_say_how_much_support_there_is():
+    import math
+    from dataclasses import replace
+
+    from desktop.present import claim_units, claim_views, flagged_first
+    from engine.record import Claim, Claims
+
+    base = long_record()
+    case = base.prompt.case_text
+    cut = case.index(" ", len(case) // 2)
+    sentences = ((0, cut), (cut + 1, len(case)))
+    grounded = Claim("first", (0, 1), (0.75, 0.25), -3.0, ((0, 2.0), (1, 0.1)), 2.2, 0.1,
+                     2.2, True)
+    unsupported = Claim("second", (0, 1), (0.5, 0.5), -1.0, ((0, 0.01), (1, 0.02)), 0.05, 0.0,
+                        0.05, False)
+    record = replace(base, claims=Claims(sentences, (grounded, unsupported), "ifr", 3,
+                                         math.log(1.25), 0.5))
+    first, second = claim_views(record)
+    assert first.marker == "✓" and first.evidence[0].text == case[:cut]
+    assert first.evidence[0].share == 0.75 and first.evidence[0].drop == 2.0
+    assert f"on average {math.exp(2.2):.2f} times less likely" in first.support
+    assert second.marker == "!" and "not grounded in this case" in second.verdict
+    assert "under 1.25 times: it rests on nothing in the case" in second.support
+    assert [v.text for v in flagged_first([first, second])] == ["second", "first"]
+    shift = base.prompt.text.rfind(case)
+    units = claim_units(record, 0)
+    assert [(u.start - shift, u.end - shift, u.score) for u in units] == [
+        (0, cut, 0.75), (cut + 1, len(case), 0.25)]
