@@ -307,6 +307,65 @@ def flagged_first(views: Sequence[ClaimView]) -> list[ClaimView]:
 
 
 @dataclass(frozen=True)
+class DiffPiece:
+    text: str
+    kind: str  # "same", "removed" (only in the original answer) or "added" (only in the new)
+
+
+@dataclass(frozen=True)
+class WhatIfView:
+    """One what-if as every view shows it."""
+
+    edits: tuple[str, ...]
+    original: str
+    new: str
+    diff: tuple[DiffPiece, ...]  # the two answers as one text, word by word
+    changed: bool
+    shift: str  # the original answer's probability under the edit, in one sentence
+    still_greedy: bool
+    token_changes: tuple[tuple[str, float], ...]  # answer tokens that moved most, nats
+
+
+def answer_diff(original: str, new: str) -> tuple[DiffPiece, ...]:
+    """The two answers merged word by word: kept words once, the rest marked."""
+    import difflib
+
+    a, b = original.split(), new.split()
+    pieces: list[DiffPiece] = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
+        if op == "equal":
+            pieces.append(DiffPiece(" ".join(a[i1:i2]), "same"))
+            continue
+        if i2 > i1:
+            pieces.append(DiffPiece(" ".join(a[i1:i2]), "removed"))
+        if j2 > j1:
+            pieces.append(DiffPiece(" ".join(b[j1:j2]), "added"))
+    return tuple(pieces)
+
+
+def whatif_view(found, moved: int = 5) -> WhatIfView:
+    """``found`` (engine.whatif.WhatIf) for the terminal, the PDF and the window."""
+    shift = found.shift
+    factor = math.exp(min(abs(shift), 50.0))
+    times = "over 1,000 times" if factor >= 1000 else f"{factor:.2f} times"
+    if abs(shift) < 1e-9:
+        sentence = "The edit leaves the original answer exactly as likely."
+    else:
+        sentence = (f"Under the edit the original answer is {times} "
+                    f"{'less' if shift < 0 else 'more'} likely (log-probability "
+                    f"{sum(found.original_log_probs):.2f} → {sum(found.shifted_log_probs):.2f}).")
+    changes = sorted(((token, after - before) for token, before, after in zip(
+        found.original.tokens, found.original_log_probs, found.shifted_log_probs, strict=True)),
+        key=lambda item: item[1])[:moved]
+    return WhatIfView(
+        edits=tuple(edit.describe() for edit in found.edits), original=found.original.text,
+        new=found.answer.text, diff=answer_diff(found.original.text, found.answer.text),
+        changed=found.answer_changed, shift=sentence, still_greedy=found.still_greedy,
+        token_changes=tuple((repr(token)[1:-1], change) for token, change in changes
+                            if change < 0))
+
+
+@dataclass(frozen=True)
 class ExplanationView:
     """Everything the views show about one record, already decided."""
 

@@ -129,7 +129,8 @@ class _Scorer:
                                                           count)),
                        work, "the faithfulness check")
 
-    def log_probs_of_ids(self, prompts: Sequence[torch.Tensor]) -> torch.Tensor:
+    def log_probs_of_ids(self, prompts: Sequence[torch.Tensor],
+                         greedy: torch.Tensor | None = None) -> torch.Tensor:
         """log p(y_t | prompt', y_<t) [B, T] for prompts of any lengths.
 
         Every prompt shares with the unperturbed prompt the tokens before its first change (the
@@ -178,6 +179,8 @@ class _Scorer:
                                                                    torch.float32)), -1)
             index = self.answer.view(1, -1, 1).expand(len(rows), -1, 1)
             out[rows] = logp.gather(-1, index).squeeze(-1).double().cpu()
+            if greedy is not None:  # whether each answer token is the most likely one there
+                greedy[rows] = (logp.argmax(-1) == self.answer.view(1, -1)).cpu()
             self.state.check()
 
         with torch.no_grad():
@@ -314,14 +317,17 @@ def deletion_aopc(model, problem: AttributionInput, rankings: Sequence[torch.Ten
 
 
 def answer_log_probs(model, problem: AttributionInput, prompts: Sequence[torch.Tensor], *,
-                     state: TaskState | None = None,
-                     batch_size: int | None = None) -> torch.Tensor:
+                     state: TaskState | None = None, batch_size: int | None = None,
+                     greedy: torch.Tensor | None = None) -> torch.Tensor:
     """log p(y_t | prompt', y_<t) [len(prompts), T] of ``problem``'s answer after each prompt
     (token ids of any lengths): batched, each prompt run only from its first difference from
-    ``problem``'s prompt on, on that prompt's cached keys and values."""
+    ``problem``'s prompt on, on that prompt's cached keys and values. With ``greedy`` (a bool
+    tensor [len(prompts), T]) it is also filled with whether each answer token is the most
+    likely next token there: the greedy answer after a prompt is the same answer exactly when
+    its row is all true."""
     state = state or TaskState()
     with cancellable(model, state):
-        return _Scorer(model, problem, batch_size, state).log_probs_of_ids(prompts)
+        return _Scorer(model, problem, batch_size, state).log_probs_of_ids(prompts, greedy)
 
 
 def _common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:

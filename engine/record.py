@@ -224,7 +224,7 @@ class Explanation:
             _check_claims(self.claims, len(self.prompt.case_text), t)
 
     def to_dict(self) -> dict[str, Any]:
-        return _to_plain(self)
+        return to_plain(self)
 
     def to_json(self, indent: int | None = 1) -> str:
         return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False, allow_nan=True)
@@ -237,7 +237,7 @@ class Explanation:
                 f"unsupported explanation schema_version {version!r}: this TokenTrace reads "
                 f"version {SCHEMA_VERSION}"
             )
-        return _from_plain(cls, data)
+        return from_plain(cls, data)
 
     @classmethod
     def from_json(cls, text: str) -> Explanation:
@@ -343,31 +343,31 @@ def _file_mode(path: Path) -> int:
         return 0o666 & ~umask
 
 
-def _to_plain(value: Any) -> Any:
+def to_plain(value: Any) -> Any:
     if is_dataclass(value):
-        return {f.name: _to_plain(getattr(value, f.name)) for f in fields(value)}
+        return {f.name: to_plain(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, (tuple, list)):
-        return [_to_plain(v) for v in value]
+        return [to_plain(v) for v in value]
     if isinstance(value, dict):
-        return {k: _to_plain(v) for k, v in value.items()}
+        return {k: to_plain(v) for k, v in value.items()}
     return value
 
 
-def _from_plain(tp: Any, value: Any) -> Any:
+def from_plain(tp: Any, value: Any) -> Any:
     """Rebuild ``value`` (parsed JSON) as type ``tp``, turning lists back into tuples."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         if value is None:
             return None
         (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _from_plain(inner, value)
+        return from_plain(inner, value)
     if is_dataclass(tp):
         if not isinstance(value, dict):
             raise InvalidInputError(f"not a valid explanation file ({tp.__name__} is "
                                     f"{_kind(value)}, not an object)")
         hints = typing.get_type_hints(tp)
         try:
-            kwargs = {f.name: _from_plain(hints[f.name], value[f.name])
+            kwargs = {f.name: from_plain(hints[f.name], value[f.name])
                       for f in fields(tp) if f.name in value}
             return tp(**kwargs)
         except (TypeError, KeyError, ValueError) as exc:
@@ -380,17 +380,17 @@ def _from_plain(tp: Any, value: Any) -> Any:
                                     f"{_kind(value)})")
         args = typing.get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_from_plain(args[0], v) for v in value)
+            return tuple(from_plain(args[0], v) for v in value)
         if len(args) != len(value):
             raise InvalidInputError(f"not a valid explanation file (expected {len(args)} "
                                     f"values, got {len(value)})")
-        return tuple(_from_plain(a, v) for a, v in zip(args, value, strict=True))
+        return tuple(from_plain(a, v) for a, v in zip(args, value, strict=True))
     if origin is dict:
         if not isinstance(value, dict):
             raise InvalidInputError(f"not a valid explanation file (expected an object, got "
                                     f"{_kind(value)})")
         key_type, value_type = typing.get_args(tp)
-        return {_from_plain(key_type, k): _from_plain(value_type, v) for k, v in value.items()}
+        return {from_plain(key_type, k): from_plain(value_type, v) for k, v in value.items()}
     return _leaf(tp, value)
 
 

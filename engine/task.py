@@ -20,7 +20,8 @@ STAGES = {"load": "Loading model", "read": "Reading the case",
           "information": "Masked forwards", "attention": "Attention gradients",
           "attention flow": "Attention flow", "evaluate": "Faithfulness metrics",
           "method": "Methods on this case", "reliability": "Checking reliability",
-          "cases": "Cases", "claims": "Claims and evidence"}
+          "cases": "Cases", "claims": "Claims and evidence",
+          "whatif": "What if"}
 
 
 class TaskState:

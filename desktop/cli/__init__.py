@@ -177,12 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
         action = next(a for a in explain._actions if option in a.option_strings)
         evaluate._add_action(action)
 
+    from desktop.cli.whatif import add_commands
+
+    add_commands(commands, explain)
     methods = commands.add_parser("methods", help="list attribution methods and their cost")
     methods.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
-def run_explain(args: argparse.Namespace) -> int:
+def _case_of(args: argparse.Namespace) -> tuple[str, tuple[tuple[str, int, int], ...]]:
+    """The case the options give (TEXT, --case-file or --fields-file), and its field spans."""
     from engine.cases import read_case, read_fields
 
     if args.fields_file is not None:
@@ -193,10 +197,12 @@ def run_explain(args: argparse.Namespace) -> int:
                                     "not several")
         from engine.fields import render_fields
 
-        case, spans = render_fields(read_fields(args.fields_file))
-    else:
-        case, spans = read_case(args.text, args.case_file), ()
+        return render_fields(read_fields(args.fields_file))
+    return read_case(args.text, args.case_file), ()
 
+
+def run_explain(args: argparse.Namespace) -> int:
+    case, spans = _case_of(args)
     request = replace(_request(args, case), fields=spans)
     request.validate()  # bad settings fail before a model is loaded
     from engine.record import check_writable
@@ -365,8 +371,11 @@ def run_methods(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from desktop.cli.whatif import run_sensitivity, run_whatif
+
     handler = {"explain": run_explain, "app": run_app_command, "batch": run_batch_command,
-               "evaluate": run_evaluate_command, "methods": run_methods}[args.command]
+               "evaluate": run_evaluate_command, "methods": run_methods, "whatif": run_whatif,
+               "sensitivity": run_sensitivity}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:

@@ -3,6 +3,7 @@ method list and an evaluation's summary."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from rich.color import Color
@@ -20,7 +21,7 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-from desktop.present import UNCOLOURED_BELOW, ExplanationView, claim_views
+from desktop.present import UNCOLOURED_BELOW, ExplanationView, claim_views, whatif_view
 from engine.jobs.evaluate import LABELS, best_methods
 from engine.metrics import HIGHER_IS_BETTER, METRICS
 from engine.record import Explanation
@@ -199,3 +200,47 @@ def render_evaluation(report: dict[str, Any], console: Console | None = None) ->
         table.add_row(method, str(report["cases"][method]),
                       f"{report['seconds'][method]:.1f}", *cells)
     (console or Console()).print(table)
+
+
+def render_whatif(found: Any, console: Console | None = None) -> None:
+    """Both answers with the differences marked, and how likely the original one still is."""
+    console = console or Console()
+    view = whatif_view(found)
+    console.print(Text.assemble(("What if", "bold"), ": " + "; ".join(view.edits)))
+    merged = Text()
+    for piece in view.diff:
+        if merged:
+            merged.append(" ")
+        style = {"same": "", "removed": "strike red", "added": "bold green"}[piece.kind]
+        merged.append(piece.text, style=style)
+    title = ("Answer: changed (struck: only in the original; bold: only in the new)"
+             if view.changed else "Answer: the same")
+    console.print(Panel(merged, title=title, title_align="left"))
+    console.print(view.shift)
+    if view.token_changes:
+        console.print("Original answer tokens that lost most: " + ", ".join(
+            f"{token!r} {change:+.2f}" for token, change in view.token_changes))
+
+
+def render_sensitivity(record: Explanation, effects: Any, console: Console | None = None
+                       ) -> None:
+    """The case's sentences ranked by what taking each away does to the answer."""
+    console = console or Console()
+    console.print(Panel(record.answer.text or "(empty)", title="Answer", title_align="left"))
+    table = Table(title="What removing each sentence does to the answer", title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("sentence", ratio=3)
+    table.add_column("answer", justify="right")
+    table.add_column("greedy answer", justify="left")
+    case = record.prompt.case_text
+    for effect in effects:
+        factor = math.exp(min(abs(effect.fall), 50.0))
+        likely = ("same" if abs(effect.fall) < 1e-9 else
+                  f"{'over 1,000' if factor >= 1000 else f'{factor:.2f}'}x "
+                  f"{'less' if effect.fall > 0 else 'more'} likely")
+        table.add_row(str(effect.sentence + 1), case[effect.start:effect.end], likely,
+                      f"changes at token {effect.first_change + 1}" if effect.answer_changes
+                      else "unchanged")
+    table.caption = ("one forward per sentence on the cached prefix; sentence numbers are what "
+                     "whatif --remove-sentence takes")
+    console.print(table)

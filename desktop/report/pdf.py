@@ -13,10 +13,18 @@ from __future__ import annotations
 import html
 import math
 import os
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from desktop.present import UNCOLOURED_BELOW, ExplanationView, claim_views, flagged_first
+from desktop.present import (
+    UNCOLOURED_BELOW,
+    ExplanationView,
+    claim_views,
+    flagged_first,
+    whatif_view,
+)
 from desktop.report.charts import chart_image
 from desktop.report.qt import ensure_gui_application, font_family
 from engine.audit import audited
@@ -46,7 +54,8 @@ def _check_complete(written: Path, target: Path) -> None:
         raise OutputError(f"the report {target} was not written completely (is the disk full?)")
 
 
-def report_html(record: Explanation, created: datetime | None = None) -> str:
+def report_html(record: Explanation, created: datetime | None = None,
+                what_ifs: Sequence[Any] = ()) -> str:
     """The report as Qt rich text. Images are referenced as ``chart`` (see :func:`write_pdf`)."""
     created = created or datetime.now()
     esc = html.escape
@@ -89,6 +98,7 @@ def report_html(record: Explanation, created: datetime | None = None) -> str:
 <p>{esc(view.answer)}</p>
 {_reliability_html(view)}
 {_claims_html(record)}
+{"".join(_whatif_html(found) for found in what_ifs)}
 <h2>Most influential words</h2>
 <p><img src="chart" width="620"/></p>
 <table border="1" cellspacing="0" cellpadding="3">
@@ -159,8 +169,26 @@ def _claims_html(record: Explanation) -> str:
     return "".join(parts)
 
 
-def write_pdf(record: Explanation, path: str | os.PathLike[str]) -> Path:
-    """Write the report as an A4 PDF (atomically) and return its path."""
+def _whatif_html(found: Any) -> str:
+    """One what-if: the edits, both answers with the differences marked, the shift."""
+    esc = html.escape
+    view = whatif_view(found)
+    styles = {"same": "{}", "removed": "<s style='color:#b2182b;'>{}</s>",
+              "added": "<b style='color:#1b7837;'>{}</b>"}
+    merged = " ".join(styles[piece.kind].format(esc(piece.text)) for piece in view.diff)
+    moved = ", ".join(f"“{esc(token)}” {change:+.2f}" for token, change in view.token_changes)
+    return (f"<h2>What if: {esc('; '.join(view.edits))}</h2>"
+            f"<p><b>Original answer:</b> {esc(view.original)}</p>"
+            f"<p><b>Answer to the edited case</b> "
+            f"({'changed' if view.changed else 'the same'}):<br/>{merged}</p>"
+            f"<p>{esc(view.shift)}"
+            + (f" Answer tokens that lost most (nats): {moved}." if moved else "") + "</p>")
+
+
+def write_pdf(record: Explanation, path: str | os.PathLike[str],
+              what_ifs: Sequence[Any] = ()) -> Path:
+    """Write the report as an A4 PDF (atomically) and return its path; ``what_ifs``
+    (engine.whatif.WhatIf of this case) each get a section."""
     ensure_gui_application()
     from PySide6.QtCore import QMarginsF, QUrl
     from PySide6.QtGui import QFont, QPageLayout, QPageSize, QPdfWriter, QTextDocument
@@ -180,7 +208,7 @@ def write_pdf(record: Explanation, path: str | os.PathLike[str]) -> Path:
     chart = chart_image(record)
     document.addResource(QTextDocument.ResourceType.ImageResource, QUrl("chart"),
                          chart.scaledToWidth(900))
-    document.setHtml(report_html(record))
+    document.setHtml(report_html(record, what_ifs=what_ifs))
     document.print_(writer)  # lays the document out again for the page, and paginates
     del writer  # flushes and closes the file
     _check_complete(tmp, target)

@@ -168,3 +168,34 @@ def test_out_of_memory_is_reported_or_avoided(tiny_model_folder, fixed_batch):
         assert done.stderr.count("\n") == 1
     else:  # the automatic batch size halves until it fits, and the run completes
         assert done.returncode == 0, done.stderr
+
+
+def test_whatif_and_sensitivity_from_the_command_line(tiny_model_folder, tmp_path, capsys):
+    from pypdf import PdfReader
+
+    from engine.whatif import WhatIf
+
+    case = "52 year old woman . ER positive , HER2 negative . left breast mass 2 cm ."
+    model = ["--model", str(tiny_model_folder), "--max-new-tokens", "4", "--quiet"]
+    code = main(["whatif", case, *model, "--replace", "HER2 negative=HER2 positive",
+                 "--remove-sentence", "1", "--json", str(tmp_path / "w.json"),
+                 "--pdf", str(tmp_path / "w.pdf")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "What if: replace “HER2 negative” with “HER2 positive”; remove sentence 1" in out
+    found = WhatIf.load(tmp_path / "w.json")
+    assert found.edited_case == "ER positive , HER2 positive . left breast mass 2 cm ."
+    assert [e.kind for e in found.edits] == ["replace", "remove-sentence"]
+    text = " ".join(" ".join(p.extract_text().split()) for p in PdfReader(tmp_path / "w.pdf").pages)
+    assert "What if: replace" in text and "Original answer:" in text
+
+    code = main(["sensitivity", case, *model, "--json", str(tmp_path / "s.json")])
+    assert code == 0 and "What removing each sentence does" in capsys.readouterr().out
+    ranking = json.loads((tmp_path / "s.json").read_text())["sentences"]
+    assert sorted(r["sentence"] for r in ranking) == [1, 2, 3]
+    assert [r["fall"] for r in ranking] == sorted((r["fall"] for r in ranking), reverse=True)
+
+    assert main(["whatif", case, *model]) == 2  # no edit
+    assert "give at least one edit" in capsys.readouterr().err
+    assert main(["whatif", case, *model, "--remove", "PR positive"]) == 2
+    assert "“PR positive” is not in the case" in capsys.readouterr().err

@@ -1,0 +1,252 @@
+"""What if: change a finding of the case and see whether, and how, the answer changes.
+
+``what_if`` applies edits to an explanation's case (replace a value, remove a phrase, remove a
+sentence), answers the edited case with the same model and settings, and measures how much less
+(or more) likely the *original* answer is under the edit: log p(y | x') - log p(y | x), per
+token and summed, both read in one batched pass that reuses the unchanged prefix's keys and
+values. ``sensitivity`` removes each sentence of the case in turn (the leave-one-out engine of
+engine/claims.py) and ranks the sentences by the fall of the original answer's probability; it
+also says whether the greedy answer would change, from the same pass: the greedy answer after an
+edited prompt is the original one exactly when every original token is still the most likely
+next token where it stands. One forward per sentence, no generation.
+
+A what-if record names the original case by its sha256 and lists the edits; it is saved as JSON
+with ``tokentrace_whatif`` = 1 and the usual record conventions (atomic writes, checked on load).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.errors import ContextTooLongError, InvalidInputError, InvalidSettingsError
+from engine.files import check_regular_file
+from engine.generation import generate_answer
+from engine.methods import AttributionInput
+from engine.metrics import answer_log_probs
+from engine.prompting import answer_pieces, build_prompt, validate_case_text
+from engine.record import (
+    MAX_RECORD_BYTES,
+    Explanation,
+    ModelInfo,
+    Versions,
+    from_plain,
+    to_plain,
+    write_text_atomic,
+)
+from engine.reliability import check_usable
+from engine.sentences import split_sentences
+from engine.task import SubTask, TaskState
+
+WHATIF_VERSION = 1
+EDIT_KINDS = ("replace", "remove", "remove-sentence")
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One change to a case. ``target``: the text to replace or remove (every occurrence), or
+    for ``remove-sentence`` the sentence's number (from 1, as ``engine.sentences`` splits)."""
+
+    kind: str
+    target: str
+    replacement: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in EDIT_KINDS:
+            raise InvalidSettingsError(f"unknown edit {self.kind!r}; use {', '.join(EDIT_KINDS)}")
+
+    def describe(self) -> str:
+        if self.kind == "replace":
+            return f"replace “{self.target}” with “{self.replacement}”"
+        if self.kind == "remove":
+            return f"remove “{self.target}”"
+        return f"remove sentence {self.target}"
+
+
+def apply_edits(case: str, edits: Sequence[Edit]) -> str:
+    """``case`` with ``edits`` applied in order; one clear error for an edit that finds nothing
+    to change or leaves no case."""
+    text = case
+    for edit in edits:
+        if edit.kind == "remove-sentence":
+            spans = split_sentences(text)
+            try:
+                number = int(edit.target)
+            except ValueError:
+                number = 0
+            if not 1 <= number <= len(spans):
+                raise InvalidInputError(f"there is no sentence {edit.target} to remove: the case "
+                                        f"has {len(spans)} sentences")
+            start, end = spans[number - 1]
+            following = len(text) - len(text[end:].lstrip())
+            text = text[:start] + text[following:]
+            continue
+        if not edit.target:
+            raise InvalidInputError(f"{edit.describe()}: give the text to change")
+        if edit.target not in text:
+            raise InvalidInputError(f"{edit.describe()}: “{edit.target}” is not in the case")
+        text = text.replace(edit.target, edit.replacement if edit.kind == "replace" else "")
+        if edit.kind == "remove":
+            text = re.sub(r"[ \t]{2,}", " ", text)
+    try:
+        return validate_case_text(text)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"after the edits: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Answered:
+    text: str
+    token_ids: tuple[int, ...]
+    tokens: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class WhatIf:
+    """One what-if of an explained case: the edits, the new answer, and the original answer's
+    log-probabilities before and after the edit."""
+
+    versions: Versions
+    model: ModelInfo
+    original_case_sha256: str
+    edits: tuple[Edit, ...]
+    edited_case: str
+    edited_prompt_ids: tuple[int, ...]
+    original: Answered
+    original_log_probs: tuple[float, ...]  # log p(y_t | x, y_<t), the original case
+    shifted_log_probs: tuple[float, ...]  # log p(y_t | x', y_<t), the edited case
+    still_greedy: bool  # every original token is still the most likely one after the edit
+    answer: Answered  # the edited case's own (greedy) answer
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    tokentrace_whatif: int = WHATIF_VERSION
+
+    def __post_init__(self) -> None:
+        t = len(self.original.token_ids)
+        if not len(self.original_log_probs) == len(self.shifted_log_probs) == t:
+            raise ValueError(f"the original answer has {t} tokens but "
+                             f"{len(self.original_log_probs)} and {len(self.shifted_log_probs)} "
+                             "log-probabilities")
+        if not self.edits:
+            raise ValueError("a what-if needs at least one edit")
+
+    @property
+    def shift(self) -> float:
+        """log p(original answer | edited case) - log p(it | original case), in nats: below 0,
+        the edit makes the original answer less likely."""
+        return sum(self.shifted_log_probs) - sum(self.original_log_probs)
+
+    @property
+    def answer_changed(self) -> bool:
+        return self.answer.token_ids != self.original.token_ids
+
+    def to_json(self) -> str:
+        return json.dumps(to_plain(self), indent=1, ensure_ascii=False)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        write_text_atomic(Path(path), self.to_json())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> WhatIf:
+        check_regular_file(Path(path), "what-if file", MAX_RECORD_BYTES)
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidInputError(f"{path} is not a what-if record ({exc})") from None
+        if not isinstance(data, dict) or data.get("tokentrace_whatif") != WHATIF_VERSION:
+            raise InvalidInputError(f"{path} is not a what-if record of format "
+                                    f"{WHATIF_VERSION}")
+        return from_plain(cls, data)
+
+
+def what_if(model: Any, tokenizer: Any, record: Explanation, edits: Sequence[Edit], *,
+            max_new_tokens: int | None = None, state: TaskState | None = None) -> WhatIf:
+    """Answer ``record``'s case with ``edits`` applied, and measure how the original answer's
+    probability shifts (module docstring). ``model`` must be the one that made ``record``."""
+    state = state or TaskState()
+    if not edits:
+        raise InvalidInputError("give at least one edit (--replace, --remove, "
+                                "--remove-sentence)")
+    check_usable(record, model)
+    edited = apply_edits(record.prompt.case_text, edits)
+    prompt = record.prompt
+    new = build_prompt(tokenizer, edited, system_prompt=prompt.system_prompt,
+                       raw=prompt.format == "raw", state=state)
+    answer = record.answer.token_ids
+    budget = max_new_tokens or max(64, len(answer))
+    context = record.model.context_length
+    if context and len(new.token_ids) + max(budget, len(answer)) > context:
+        raise ContextTooLongError(
+            f"the edited case makes a prompt of {len(new.token_ids):,} tokens; with the answer "
+            f"that is more than this model's context of {context:,} tokens")
+    device = next(model.parameters()).device
+    problem = AttributionInput(torch.tensor(prompt.token_ids, device=device),
+                               torch.tensor(prompt.attributable, device=device),
+                               torch.tensor(answer, device=device))
+    greedy = torch.zeros(2, len(answer), dtype=torch.bool)
+    logp = answer_log_probs(model, problem, [problem.prompt_ids.cpu(),
+                                             torch.tensor(new.token_ids)],
+                            state=SubTask(state, "whatif", 0, 2), greedy=greedy)
+    state.progressed("whatif", 1, 2)
+    new_ids = generate_answer(model, tokenizer, list(new.token_ids), budget,
+                              SubTask(state, "generate", 0, 1))
+    if not new_ids:
+        raise InvalidInputError("the model gave an empty answer to the edited case")
+    text, tokens = answer_pieces(tokenizer, new_ids)
+    state.progressed("whatif", 2, 2)
+    return WhatIf(versions=record.versions, model=record.model,
+                  original_case_sha256=prompt.case_sha256, edits=tuple(edits),
+                  edited_case=edited, edited_prompt_ids=new.token_ids,
+                  original=Answered(record.answer.text, answer, record.answer.tokens),
+                  original_log_probs=tuple(logp[0].tolist()),
+                  shifted_log_probs=tuple(logp[1].tolist()),
+                  still_greedy=bool(greedy[1].all()),
+                  answer=Answered(text, tuple(new_ids), tokens))
+
+
+@dataclass(frozen=True)
+class SentenceEffect:
+    """What removing one sentence does to the original answer."""
+
+    sentence: int  # from 0, in case order
+    start: int  # character span in the case
+    end: int
+    fall: float  # log p(answer | case) - log p(answer | case without it), nats
+    answer_changes: bool  # the greedy answer would differ without it
+    first_change: int | None  # the first answer token that would differ
+
+
+def sensitivity(model: Any, record: Explanation, *, state: TaskState | None = None,
+                batch_size: int | None = None) -> list[SentenceEffect]:
+    """Every case sentence removed in turn, ranked by how much the original answer's
+    probability falls (largest first). One batched pass, one forward per sentence."""
+    from engine.claims import _without, segment
+
+    state = state or TaskState()
+    check_usable(record, model)
+    parts = segment(record)
+    device = next(model.parameters()).device
+    problem = AttributionInput(torch.tensor(record.prompt.token_ids, device=device),
+                               torch.tensor(record.prompt.attributable, device=device),
+                               torch.tensor(record.answer.token_ids, device=device))
+    prompt = problem.prompt_ids.cpu()
+    prompts = [prompt, *(_without(prompt, parts.sentence_tokens, frozenset({s}))
+                         for s in range(len(parts.sentences)))]
+    greedy = torch.zeros(len(prompts), len(record.answer.token_ids), dtype=torch.bool)
+    logp = answer_log_probs(model, problem, prompts, state=state, batch_size=batch_size,
+                            greedy=greedy)
+    full = float(logp[0].sum())
+    effects = []
+    for index, (start, end) in enumerate(parts.sentences):
+        same = greedy[index + 1]
+        changed = [t for t, kept in enumerate(same.tolist()) if not kept]
+        effects.append(SentenceEffect(index, start, end, full - float(logp[index + 1].sum()),
+                                      bool(changed), changed[0] if changed else None))
+    return sorted(effects, key=lambda e: -e.fall)

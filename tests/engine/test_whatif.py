@@ -1,0 +1,98 @@
+"""What if: edits, the shift of the original answer, and sensitivity by sentence removal."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.errors import ContextTooLongError, InvalidInputError
+from engine.explain import ExplainRequest, explain
+from engine.models import ModelRequest, load_model
+from engine.prompting import MAX_CASE_CHARS
+from engine.whatif import Edit, WhatIf, apply_edits, sensitivity, what_if
+
+CASE = "52 year old woman . ER positive , HER2 negative . left breast mass 2 cm ."
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_folder):
+    loaded = load_model(ModelRequest(str(tiny_model_folder)))
+    record = explain(ExplainRequest(CASE, max_new_tokens=5, matrix=False, method="ifr"), loaded)
+    return loaded, record
+
+
+def test_edits_apply_in_order_and_refuse_what_finds_nothing():
+    assert apply_edits(CASE, [Edit("replace", "HER2 negative", "HER2 positive")]) == \
+        CASE.replace("HER2 negative", "HER2 positive")
+    assert apply_edits(CASE, [Edit("remove-sentence", "2")]) == \
+        "52 year old woman . left breast mass 2 cm ."
+    assert apply_edits(CASE, [Edit("remove", "left ")]) == CASE.replace("left ", "")
+    with pytest.raises(InvalidInputError, match="“PR positive” is not in the case"):
+        apply_edits(CASE, [Edit("replace", "PR positive", "PR negative")])
+    with pytest.raises(InvalidInputError, match="no sentence 9 to remove: the case has 3"):
+        apply_edits(CASE, [Edit("remove-sentence", "9")])
+
+
+def test_edits_that_leave_no_case_or_too_much_get_one_clear_message(tiny):
+    loaded, record = tiny
+    with pytest.raises(InvalidInputError, match="after the edits: the case is empty"):
+        apply_edits(CASE, [Edit("remove", CASE)])
+    with pytest.raises(InvalidInputError, match="after the edits: the case is"):
+        apply_edits(CASE, [Edit("replace", "woman", "x" * MAX_CASE_CHARS)])
+    with pytest.raises(ContextTooLongError, match="more than this model's context"):
+        what_if(loaded.model, loaded.tokenizer, record,
+                [Edit("replace", "woman", " woman" * 300)])
+
+
+def test_an_edit_that_changes_nothing_shifts_nothing(tiny):
+    loaded, record = tiny
+    found = what_if(loaded.model, loaded.tokenizer, record,
+                    [Edit("replace", "ER positive", "ER positive")], max_new_tokens=5)
+    assert found.shift == pytest.approx(0.0, abs=1e-6)
+    assert not found.answer_changed and found.still_greedy
+    assert found.original_case_sha256 == record.prompt.case_sha256
+
+
+def test_the_shift_is_the_original_answer_under_the_edited_case(tiny, tmp_path):
+    loaded, record = tiny
+    edits = [Edit("replace", "HER2 negative", "HER2 positive"), Edit("remove-sentence", "1")]
+    found = what_if(loaded.model, loaded.tokenizer, record, edits)
+    prompt = torch.tensor(found.edited_prompt_ids)
+    answer = torch.tensor(record.answer.token_ids)
+    with torch.no_grad():  # one fresh forward over the edited prompt and the original answer
+        logits = loaded.model(torch.cat([prompt, answer[:-1]]).view(1, -1)).logits[0]
+    logp = torch.log_softmax(logits[-len(answer):].double(), -1)
+    expected = logp.gather(-1, answer.view(-1, 1)).squeeze(-1)
+    assert found.shifted_log_probs == pytest.approx(expected.tolist(), abs=1e-4)
+    assert found.still_greedy == bool((logits[-len(answer):].argmax(-1) == answer).all())
+    assert found.edited_case == "ER positive , HER2 positive . left breast mass 2 cm ."
+    found.save(tmp_path / "w.json")
+    assert WhatIf.load(tmp_path / "w.json") == found
+
+
+def test_sensitivity_ranks_sentences_as_removing_each_by_hand_does(tiny):
+    from engine.claims import segment
+
+    loaded, record = tiny
+    effects = sensitivity(loaded.model, record)
+    parts = segment(record)
+    prompt = torch.tensor(record.prompt.token_ids)
+    answer = torch.tensor(record.answer.token_ids)
+
+    def by_hand(ids):
+        with torch.no_grad():
+            logits = loaded.model(torch.cat([ids, answer[:-1]]).view(1, -1)).logits[0]
+        logits = logits[-len(answer):]
+        logp = torch.log_softmax(logits.double(), -1).gather(-1, answer.view(-1, 1)).sum()
+        return float(logp), bool((logits.argmax(-1) == answer).all())
+
+    full, _ = by_hand(prompt)
+    expected = []
+    for index, (a, b) in enumerate(parts.sentence_tokens):
+        logp, same = by_hand(torch.cat([prompt[:a], prompt[b:]]))
+        expected.append((index, full - logp, not same))
+    expected.sort(key=lambda e: -e[1])
+    assert [e.sentence for e in effects] == [e[0] for e in expected]
+    for effect, (_, fall, changes) in zip(effects, expected, strict=True):
+        assert effect.fall == pytest.approx(fall, abs=1e-4)
+        assert effect.answer_changes == changes
