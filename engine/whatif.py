@@ -93,13 +93,77 @@ def apply_edits(case: str, edits: Sequence[Edit]) -> str:
             raise InvalidInputError(f"{edit.describe()}: give the text to change")
         if edit.target not in text:
             raise InvalidInputError(f"{edit.describe()}: “{edit.target}” is not in the case")
-        text = text.replace(edit.target, edit.replacement if edit.kind == "replace" else "")
-        if edit.kind == "remove":
-            text = re.sub(r"[ \t]{2,}", " ", text)
+        text = _apply_one(text, edit)
     try:
         return validate_case_text(text)
     except InvalidInputError as exc:
         raise InvalidInputError(f"after the edits: {exc}") from None
+
+
+def edits_between(original: str, edited: str) -> list[Edit]:
+    """Edits that turn ``original`` into ``edited`` (a case changed by hand in the window), as
+    a reader would state them: each changed stretch of words, widened by a word on each side
+    until it occurs once, so that applying the edits gives ``edited`` exactly. When that cannot
+    be done stretch by stretch, one edit replaces the whole changed region."""
+    import difflib
+
+    if original == edited:
+        return []
+    words = list(re.finditer(r"\S+", original))
+    new_words = list(re.finditer(r"\S+", edited))
+    matcher = difflib.SequenceMatcher(a=[w.group() for w in words],
+                                      b=[w.group() for w in new_words], autojunk=False)
+    changes: list[list[int]] = []  # stretches that differ; close ones (<= 2 words apart) merged
+    for op, i1, i2, j1, j2 in matcher.get_opcodes():
+        if op == "equal":
+            continue
+        if changes and i1 - changes[-1][1] <= 2 and j1 - changes[-1][3] <= 2:
+            changes[-1][1], changes[-1][3] = i2, j2
+        else:
+            changes.append([i1, i2, j1, j2])
+    edits: list[Edit] = []
+    text = original
+    for i1, i2, j1, j2 in reversed(changes):
+        edit = _unique_edit(original, edited, words, new_words, i1, i2, j1, j2)
+        if edit is None:
+            break
+        edits.insert(0, edit)
+    else:
+        for edit in edits:
+            text = _apply_one(text, edit)
+        if text == edited:
+            return edits
+    start = next(i for i, (a, b) in enumerate(zip(original + "\0", edited + "\1",
+                                                   strict=False)) if a != b)
+    end = 0
+    while end < min(len(original), len(edited)) - start and \
+            original[len(original) - 1 - end] == edited[len(edited) - 1 - end]:
+        end += 1
+    old, new = original[start:len(original) - end], edited[start:len(edited) - end]
+    return [Edit("replace", old, new) if old else Edit("replace", original, edited)]
+
+
+def _unique_edit(original: str, edited: str, words: list[re.Match], new_words: list[re.Match],
+                 i1: int, i2: int, j1: int, j2: int) -> Edit | None:
+    """The stretch of words i1:i2 (original) that became j1:j2 (edited), widened until it
+    occurs once in ``original`` (a lone word takes the word before it: "ER negative", not
+    "negative")."""
+    left = 1 if i2 - i1 <= 1 and i1 > 0 else 0
+    for grow in range(len(words) + 1):
+        a, b = max(0, i1 - left - grow), min(len(words), i2 + grow)
+        c, d = j1 - (i1 - a), j2 + (b - i2)
+        if a == b:
+            continue
+        old = original[words[a].start():words[b - 1].end()]
+        new = edited[new_words[c].start():new_words[d - 1].end()] if d > c else ""
+        if original.count(old) == 1:
+            return Edit("replace", old, new) if new else Edit("remove", old)
+    return None
+
+
+def _apply_one(text: str, edit: Edit) -> str:
+    text = text.replace(edit.target, edit.replacement if edit.kind == "replace" else "")
+    return re.sub(r"[ \t]{2,}", " ", text) if edit.kind == "remove" else text
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from desktop.qt.hardware import HardwarePanel
 from desktop.qt.overlay import Legend, TokenOverlay
 from desktop.qt.requests import Kind, Request, Requests
 from desktop.qt.settings_panel import SettingsPanel
+from desktop.qt.whatif_panel import WhatIfPanel
 from desktop.qt.worker import EngineThread
 from desktop.session import ViewState, load_session, save_session
 from engine.audit import audited
@@ -79,6 +80,7 @@ class MainWindow(QMainWindow):
     row_shown = Signal(int)  # an answer token's row, computed on demand, is on screen
     reliability_shown = Signal()  # the badge shows a finished check
     claims_shown = Signal()  # the statements list shows found claims
+    whatif_shown = Signal()  # a what-if or a sensitivity ranking is in the What if dock
     model_ready = Signal(object)  # ModelInfo, after a load finished
     failed = Signal(str)  # an error message, after it was shown
 
@@ -111,6 +113,8 @@ class MainWindow(QMainWindow):
         worker.finished.connect(self._on_finished)
         worker.checked.connect(self._on_checked)
         worker.claimed.connect(self._on_claimed)
+        worker.whatif_ready.connect(self._on_whatif)
+        worker.sensitivity_ready.connect(self._on_sensitivity)
         worker.row_ready.connect(self._on_row_ready)
         worker.errored.connect(self._on_errored)
         worker.cancelled.connect(self._on_cancelled)
@@ -232,6 +236,14 @@ class MainWindow(QMainWindow):
                                         Qt.DockWidgetArea.RightDockWidgetArea)
         self.settings_dock = self._dock("Settings", self.settings_panel,
                                         Qt.DockWidgetArea.RightDockWidgetArea)
+        self.whatif_panel = WhatIfPanel()
+        self.whatif_dock = self._dock("What if", self.whatif_panel,
+                                      Qt.DockWidgetArea.RightDockWidgetArea)
+        self.tabifyDockWidget(self.hardware_dock, self.whatif_dock)
+        self.hardware_dock.raise_()
+        self.whatif_panel.whatif_requested.connect(self.what_if)
+        self.whatif_panel.sensitivity_requested.connect(self.sensitivity)
+        self.whatif_panel.revert_requested.connect(self.revert_case)
         self.chart.hovered.connect(self.overlay.highlight)
         self.overlay.hovered.connect(self.chart.highlight)
 
@@ -254,12 +266,17 @@ class MainWindow(QMainWindow):
         self.explain_action = self._action(run_menu, "Explain", QKeySequence("Ctrl+Return"),
                                            self.explain)
         self.cancel_action = self._action(run_menu, "Cancel", QKeySequence("Esc"), self.cancel)
+        run_menu.addSeparator()
+        self._action(run_menu, "What if (the case as edited)", QKeySequence("Ctrl+Shift+W"),
+                     self.what_if)
+        self._action(run_menu, "Sensitivity (each sentence removed)", None, self.sensitivity)
+        self._action(run_menu, "Revert the case", None, self.revert_case)
         self.cases_menu = menu.addMenu("&Cases")
         for title, text in demo_cases():
             self._action(self.cases_menu, title, None,
                          lambda checked=False, t=text: self.case_edit.setPlainText(t))
         view_menu = menu.addMenu("&View")
-        for dock in (self.chart_dock, self.hardware_dock, self.settings_dock):
+        for dock in (self.chart_dock, self.hardware_dock, self.settings_dock, self.whatif_dock):
             view_menu.addAction(dock.toggleViewAction())
         self.presentation_action = self._action(view_menu, "Presentation mode",
                                                 QKeySequence("F11"), self.toggle_presentation)
@@ -333,8 +350,8 @@ class MainWindow(QMainWindow):
                 self.stage_label.setText("Busy: the answer token can be explained when the "
                                          "current run has finished")
                 self.selected_row = None
-            elif self.requests.is_running(Kind.RELIABILITY) or self.requests.is_running(
-                    Kind.CLAIMS):
+            elif any(self.requests.is_running(kind) for kind in (
+                    Kind.RELIABILITY, Kind.CLAIMS, Kind.WHATIF, Kind.SENSITIVITY)):
                 self._pending_row = row  # explained once the check has finished
             else:
                 self.cancel_button.setEnabled(True)
@@ -454,6 +471,77 @@ class MainWindow(QMainWindow):
         self.claims_shown.emit()
         self._run_pending_row()
 
+    def what_if(self) -> None:
+        """Answer the case as edited in the case editor, and compare with the explanation on
+        screen (the What if dock keeps every what-if of this case)."""
+        from engine.errors import TokenTraceError
+        from engine.prompting import validate_case_text
+        from engine.whatif import apply_edits, edits_between
+
+        record = self.record
+        if record is None:
+            self._show_error("Explain a case first; then edit it and ask what if.")
+            return
+        try:
+            edited = validate_case_text(self.case_edit.toPlainText())
+            edits = edits_between(record.prompt.case_text, edited)
+            if edits:
+                apply_edits(record.prompt.case_text, edits)
+        except TokenTraceError as exc:
+            self._show_error(str(exc))
+            return
+        if not edits:
+            self._show_error("The case is unchanged: edit it in the case editor (strike out a "
+                             "sentence, change a value), then press What if.")
+            return
+        self.whatif_dock.show()
+        self.whatif_dock.raise_()
+        self._set_busy(True)
+        self.requests.issued(Request(
+            self.engine.what_if(record, edits, self.settings_panel.max_new_tokens.value()),
+            Kind.WHATIF, record.created_at))
+
+    def _on_whatif(self, request_id: int, found) -> None:
+        request = self.requests.settle(request_id)
+        if request is None:
+            return
+        self._set_busy(False)
+        if not request.about(self._on_screen()):
+            return  # a what-if of an explanation no longer on screen
+        self.whatif_panel.add(found)
+        self.stage_label.setText("What if answered: the answer "
+                                 + ("changed" if found.answer_changed else "is the same"))
+        self.whatif_shown.emit()
+        self._run_pending_row()
+
+    def sensitivity(self) -> None:
+        """Rank the case's sentences by what removing each does to the answer on screen."""
+        if self.record is None:
+            self._show_error("Explain a case first.")
+            return
+        self.whatif_dock.show()
+        self.whatif_dock.raise_()
+        self._set_busy(True)
+        self.requests.issued(Request(self.engine.sensitivity(self.record), Kind.SENSITIVITY,
+                                     self.record.created_at))
+
+    def _on_sensitivity(self, request_id: int, effects) -> None:
+        request = self.requests.settle(request_id)
+        if request is None:
+            return
+        self._set_busy(False)
+        if not request.about(self._on_screen()):
+            return
+        self.whatif_panel.show_sensitivity(self.record.prompt.case_text, effects)
+        self.stage_label.setText(f"Sensitivity: {len(effects)} sentences ranked")
+        self.whatif_shown.emit()
+        self._run_pending_row()
+
+    def revert_case(self) -> None:
+        """Put the explained case back into the case editor."""
+        if self.record is not None:
+            self.case_edit.setPlainText(self.record.prompt.case_text)
+
     def select_claim(self, index: int | None) -> None:
         """Colour the case by what statement ``index`` rests on (None: back to the answer)."""
         record = self.record
@@ -560,6 +648,8 @@ class MainWindow(QMainWindow):
     # ---- showing a result ---------------------------------------------------------------
 
     def show_record(self, record: Explanation) -> None:
+        if self.record is None or record.created_at != self.record.created_at:
+            self.whatif_panel.reset()  # what-ifs belong to one explanation
         self.record = record
         self.selected_row = None
         self.rows = {}
@@ -576,6 +666,7 @@ class MainWindow(QMainWindow):
         self._show_badge(record)
         self.selected_claim = None
         self._render_claims()
+        self.whatif_panel.set_ready(self.explain_button.isEnabled())
         self.explanation_shown.emit()
 
     def _render_claims(self) -> None:
@@ -754,6 +845,7 @@ class MainWindow(QMainWindow):
     # ---- helpers ------------------------------------------------------------------------
 
     def _set_busy(self, busy: bool) -> None:
+        self.whatif_panel.set_ready(not busy and self.record is not None)
         self.explain_button.setEnabled(not busy)
         self.explain_action.setEnabled(not busy)
         self.cancel_button.setEnabled(busy)
@@ -842,7 +934,7 @@ class MainWindow(QMainWindow):
         from desktop.report import write_pdf
 
         try:
-            write_pdf(self.record, path)
+            write_pdf(self.record, path, what_ifs=self.whatif_panel.for_report())
         except TokenTraceError as exc:
             self._show_error(str(exc))
             return

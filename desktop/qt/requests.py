@@ -17,6 +17,8 @@ class Kind(Enum):
     EXPLAIN = "explain"
     RELIABILITY = "reliability"
     CLAIMS = "claims"
+    WHATIF = "whatif"
+    SENSITIVITY = "sensitivity"
     ROW = "row"
 
 

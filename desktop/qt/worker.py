@@ -59,6 +59,8 @@ class EngineWorker(QObject):
     finished = Signal(int, object)  # id, Explanation
     checked = Signal(int, object)  # id, Explanation with its reliability check
     claimed = Signal(int, object)  # id, Explanation with its claims and their evidence
+    whatif_ready = Signal(int, object)  # id, engine.whatif.WhatIf
+    sensitivity_ready = Signal(int, object)  # id, list of engine.whatif.SentenceEffect
     row_ready = Signal(int, object)  # id, AnswerRow
     errored = Signal(int, str)  # id, one readable message
     cancelled = Signal(int)  # id
@@ -164,6 +166,43 @@ class EngineWorker(QObject):
         if found is not None:
             self.claimed.emit(request_id, found)
 
+    def _same_model(self, record: Any, what: str) -> Any:
+        from engine.errors import ModelLoadError
+
+        if self._loaded is None:
+            raise ModelLoadError("no model is loaded yet; open a model first")
+        if self._loaded.info.sha256 != record.model.sha256:
+            raise ModelLoadError(f"this explanation was made with another model; load it to "
+                                 f"{what}")
+        return self._loaded
+
+    @Slot(int, object)
+    def what_if(self, request_id: int, request: Any) -> None:
+        from engine.whatif import what_if
+
+        record, edits, max_new_tokens = request
+
+        def work(state: TaskState) -> Any:
+            loaded = self._same_model(record, "ask what if")
+            return what_if(loaded.model, loaded.tokenizer, record, edits,
+                           max_new_tokens=max_new_tokens, state=state)
+
+        found = self._run(request_id, "whatif", work)
+        if found is not None:
+            self.whatif_ready.emit(request_id, found)
+
+    @Slot(int, object)
+    def sensitivity(self, request_id: int, record: Any) -> None:
+        from engine.whatif import sensitivity
+
+        def work(state: TaskState) -> Any:
+            return sensitivity(self._same_model(record, "rank its sentences").model, record,
+                               state=state)
+
+        effects = self._run(request_id, "sensitivity", work)
+        if effects is not None:
+            self.sensitivity_ready.emit(request_id, effects)
+
     @Slot(int, object)
     def explain_row(self, request_id: int, request: Any) -> None:
         from engine.errors import ModelLoadError
@@ -206,6 +245,8 @@ class EngineThread(QObject):
     _explain_requested = Signal(int, object)
     _check_requested = Signal(int, object)
     _claims_requested = Signal(int, object)
+    _whatif_requested = Signal(int, object)
+    _sensitivity_requested = Signal(int, object)
     _row_requested = Signal(int, object)
 
     def __init__(self, parent: QObject | None = None) -> None:
@@ -218,6 +259,8 @@ class EngineThread(QObject):
         self._explain_requested.connect(self.worker.explain)
         self._check_requested.connect(self.worker.check_reliability)
         self._claims_requested.connect(self.worker.find_claims)
+        self._whatif_requested.connect(self.worker.what_if)
+        self._sensitivity_requested.connect(self.worker.sensitivity)
         self._row_requested.connect(self.worker.explain_row)
         self.thread.start()
         self._next_id = 0
@@ -247,6 +290,16 @@ class EngineThread(QObject):
     def find_claims(self, record: Any) -> int:
         request_id = self._new_id()
         self._claims_requested.emit(request_id, record)
+        return request_id
+
+    def what_if(self, record: Any, edits: Any, max_new_tokens: int) -> int:
+        request_id = self._new_id()
+        self._whatif_requested.emit(request_id, (record, edits, max_new_tokens))
+        return request_id
+
+    def sensitivity(self, record: Any) -> int:
+        request_id = self._new_id()
+        self._sensitivity_requested.emit(request_id, record)
         return request_id
 
     def answer_row(self, record: Any, row: int) -> int:

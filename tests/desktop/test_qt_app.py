@@ -659,3 +659,46 @@ def test_late_claims_never_replace_an_opened_explanation(ready_window, qtbot, tm
     window.open_session(tmp_path / "first.json")  # ...while the first is opened
     qtbot.waitUntil(lambda: window.requests.running is None, timeout=60_000)
     assert window.record.created_at == opened.created_at and window.record.claims is None
+
+
+def test_what_if_an_edited_case_compare_revert_and_rank_sentences(ready_window, qtbot,
+                                                                   tmp_path):
+    window = ready_window
+    window.settings_panel.reliability.setChecked(False)
+    window.settings_panel.claims.setChecked(False)
+    _explain(window, qtbot, method="ifr", max_new_tokens=4)
+    panel = window.whatif_panel
+    assert panel.whatif_button.isEnabled()
+    original = window.record.prompt.case_text
+    panel.whatif_button.click()  # nothing edited yet
+    assert "The case is unchanged" in window.last_error
+
+    edited = original.replace("HER2 negative", "HER2 positive")
+    window.case_edit.setPlainText(edited)
+    with qtbot.waitSignal(window.whatif_shown, timeout=60_000):
+        panel.whatif_button.click()
+    (found,) = panel.found
+    assert found.edited_case == edited and found.original.text == window.record.answer.text
+    assert [e.describe() for e in found.edits] == ["replace “HER2 negative” with “HER2 positive”"]
+    details = panel.details.toPlainText()
+    assert "What if: replace “HER2 negative” with “HER2 positive”" in details
+    assert ("the original answer is" in details) or ("exactly as likely" in details)
+    assert window.case_edit.toPlainText() == edited  # the edit stays until reverted
+    panel.revert_button.click()
+    assert window.case_edit.toPlainText() == original
+
+    with qtbot.waitSignal(window.whatif_shown, timeout=60_000):
+        panel.sensitivity_button.click()
+    table = panel.details.toPlainText()
+    assert "Sensitivity" in table and "ER positive" in table
+
+    pdf = tmp_path / "whatif.pdf"
+    window.export_pdf(pdf)
+    from pypdf import PdfReader
+
+    text = " ".join(" ".join(p.extract_text().split()) for p in PdfReader(pdf).pages)
+    assert "What if: replace" in text
+    panel.list.item(0).setCheckState(Qt.CheckState.Unchecked)  # left out of the report
+    window.export_pdf(pdf)
+    text = " ".join(" ".join(p.extract_text().split()) for p in PdfReader(pdf).pages)
+    assert "What if: replace" not in text

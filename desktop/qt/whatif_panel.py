@@ -1,0 +1,141 @@
+"""The What if dock: edit the case, ask what if, compare, revert; sensitivity at a glance.
+
+The clinician edits the case text in the case editor (strikes out a sentence or a word, changes
+a value) and presses What if. The panel turns the change into edits a reader can check
+(``engine.whatif.edits_between``), keeps every what-if of the case on screen in a list (ticked
+ones go into the PDF report), and shows the selected one: both answers with the differences
+marked and the original answer's probability shift. Revert puts the explained case back.
+Sensitivity ranks the case's sentences by what removing each does to the answer.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from typing import Any
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QTextBrowser,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop.present import whatif_view
+
+DIFF_STYLES = {"same": "{}", "removed": "<s style='color:#b2182b;'>{}</s>",
+               "added": "<b style='color:#1b7837;'>{}</b>"}
+
+
+class WhatIfPanel(QWidget):
+    """What-ifs of the explanation on screen. Signals ask the window to run things."""
+
+    whatif_requested = Signal()
+    sensitivity_requested = Signal()
+    revert_requested = Signal()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.whatif_button = QPushButton("What if")
+        self.whatif_button.setObjectName("whatIfButton")
+        self.whatif_button.setToolTip("Answer the case as edited in the case editor and compare "
+                                      "(Ctrl+Shift+W)")
+        self.revert_button = QPushButton("Revert")
+        self.revert_button.setToolTip("Put the explained case back into the case editor")
+        self.sensitivity_button = QPushButton("Sensitivity")
+        self.sensitivity_button.setToolTip("Remove each sentence in turn and rank them by what "
+                                           "that does to the answer (one forward each)")
+        self.whatif_button.clicked.connect(self.whatif_requested)
+        self.revert_button.clicked.connect(self.revert_requested)
+        self.sensitivity_button.clicked.connect(self.sensitivity_requested)
+        self.hint = QLabel("Explain a case, edit it in the case editor, then press What if.")
+        self.hint.setWordWrap(True)
+        self.hint.setTextFormat(Qt.TextFormat.PlainText)
+        self.list = QListWidget()
+        self.list.setObjectName("whatIfList")
+        self.list.currentRowChanged.connect(self._show_current)
+        self.details = QTextBrowser()
+        self.details.setObjectName("whatIfDetails")
+        buttons = QHBoxLayout()
+        for button in (self.whatif_button, self.revert_button, self.sensitivity_button):
+            buttons.addWidget(button)
+        buttons.addStretch(1)
+        layout = QVBoxLayout(self)
+        layout.addLayout(buttons)
+        layout.addWidget(self.hint)
+        layout.addWidget(QLabel("What-ifs of this case (ticked ones go into the PDF report)"))
+        layout.addWidget(self.list, 1)
+        layout.addWidget(self.details, 2)
+        self.found: list[Any] = []  # engine.whatif.WhatIf, in the list's order
+        self.set_ready(False)
+
+    def set_ready(self, ready: bool) -> None:
+        """Whether an explanation is on screen and the engine is free to run one."""
+        for button in (self.whatif_button, self.revert_button, self.sensitivity_button):
+            button.setEnabled(ready)
+
+    def reset(self) -> None:
+        """A new explanation: its what-ifs start empty."""
+        self.found = []
+        self.list.clear()
+        self.details.clear()
+
+    def add(self, found: Any) -> None:
+        view = whatif_view(found)
+        self.found.append(found)
+        mark = "changed" if view.changed else "same answer"
+        item = QListWidgetItem(f"{'; '.join(view.edits)} — {mark}, "
+                               f"{found.shift:+.2f} nats")
+        item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+        item.setCheckState(Qt.CheckState.Checked)
+        self.list.addItem(item)
+        self.list.setCurrentRow(self.list.count() - 1)
+
+    def for_report(self) -> list[Any]:
+        """The ticked what-ifs, in the list's order."""
+        return [found for index, found in enumerate(self.found)
+                if self.list.item(index).checkState() == Qt.CheckState.Checked]
+
+    def _show_current(self, row: int) -> None:
+        if not 0 <= row < len(self.found):
+            self.details.clear()
+            return
+        view = whatif_view(self.found[row])
+        esc = html.escape
+        merged = " ".join(DIFF_STYLES[piece.kind].format(esc(piece.text)) for piece in view.diff)
+        moved = ", ".join(f"“{esc(token)}” {change:+.2f}" for token, change in
+                          view.token_changes)
+        how = ("changed: struck only in the original, bold only in the new" if view.changed
+               else "the same")
+        self.details.setHtml(
+            f"<p><b>What if:</b> {esc('; '.join(view.edits))}</p>"
+            f"<p><b>Original answer</b><br/>{esc(view.original)}</p>"
+            f"<p><b>Answer to the edited case</b> ({how})<br/>{merged}</p>"
+            f"<p>{esc(view.shift)}</p>"
+            + (f"<p>Answer tokens that lost most (nats): {moved}</p>" if moved else ""))
+
+    def show_sensitivity(self, case: str, effects: Any) -> None:
+        """The case's sentences, ranked by what removing each does to the answer."""
+        esc = html.escape
+        rows = []
+        for effect in effects:
+            factor = math.exp(min(abs(effect.fall), 50.0))
+            likely = ("the same" if abs(effect.fall) < 1e-9 else
+                      f"{'over 1,000' if factor >= 1000 else f'{factor:.2f}'}x "
+                      f"{'less' if effect.fall > 0 else 'more'} likely")
+            change = (f"<b style='color:#b2182b;'>changes at token {effect.first_change + 1}"
+                      "</b>" if effect.answer_changes else "unchanged")
+            rows.append(f"<tr><td align='right'>{effect.sentence + 1}</td>"
+                        f"<td>{esc(case[effect.start:effect.end])}</td>"
+                        f"<td>{likely}</td><td>{change}</td></tr>")
+        self.list.setCurrentRow(-1)
+        self.details.setHtml(
+            "<p><b>Sensitivity:</b> each sentence removed in turn (largest effect first)</p>"
+            "<table border='1' cellspacing='0' cellpadding='3'><tr><th>#</th><th>sentence</th>"
+            "<th>the answer without it</th><th>greedy answer</th></tr>" + "".join(rows)
+            + "</table>")
