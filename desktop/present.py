@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from engine.fields import field_shares
 from engine.grouping import GROUPINGS, Span, top_spans
@@ -266,13 +267,14 @@ def claim_views(record: Explanation, top: int = 3) -> tuple[ClaimView, ...]:
         evidence = tuple(EvidenceView(i, case[slice(*claims.sentences[i])], claim.evidence[i],
                                       drops.get(i)) for i in ranked if claim.evidence[i] > 0)
         tested = len(claim.drops)
-        if tested:
-            support = (f"without its top {tested} sentence{'s' if tested != 1 else ''}, each of "
-                       f"its words is on average {_fold(claim.support)} less likely")
-            if not claim.grounded:
-                support += f" (under {_fold(claims.threshold)}: it rests on nothing in the case)"
-        else:
-            support = "no sentence of the case carries any of its attribution"
+        words = claim.tokens[1] - claim.tokens[0]
+        support = (f"without the case, each of its words is on average {_fold(claim.support)} "
+                   "less likely")
+        if not claim.grounded:
+            support += f" (under {_fold(claims.threshold)}: it rests on nothing in the case)"
+        elif tested:
+            support += (f"; without its top {tested} sentence{'s' if tested != 1 else ''} "
+                        f"alone, {_fold(claim.joint_drop / words)}")
         views.append(ClaimView(index, claim.text, claim.grounded,
                                "✓" if claim.grounded else "!",
                                "rests on the case" if claim.grounded else UNGROUNDED,
@@ -291,6 +293,20 @@ def claim_units(record: Explanation, index: int) -> list[Span]:
     evidence = claims.claims[index].evidence
     return [Span(shift + start, shift + end, case[start:end], share)
             for (start, end), share in zip(claims.sentences, evidence, strict=True)]
+
+
+def evidence_words(claims: Any) -> str:
+    """How a record's claims were given their evidence, in one sentence."""
+    if claims.evidence_method == "leave-one-out":
+        how = ("each case sentence removed in turn; a sentence's share is its part of the fall "
+               "of the statement's probability")
+    else:
+        how = (f"{claims.evidence_method} attribution of each statement's words, summed per "
+               "case sentence")
+    return (f"Evidence: {how}. Support: how much less likely the statement's words become "
+            f"when its top {claims.candidates} sentences are removed together; under "
+            f"{math.exp(claims.threshold):.2f} times on average, the statement rests on nothing "
+            f"in the case. Found in {claims.seconds:.1f} s.")
 
 
 def _fold(nats: float) -> str:

@@ -3,26 +3,31 @@
 The answer is split into claims (sentences, and clauses joined by ";"; engine/sentences.py) and
 the case into sentences. For each claim:
 
-1. **Evidence.** The claim's span of answer tokens (the sum of their log-probabilities) is
-   attributed to the case in one pass by the evidence method (IFR by default, the single-pass
-   method that the 20-case evaluation found most faithful; its ``span`` option explains a span
-   of answer tokens as one sink). Token scores are summed per case sentence; a sentence's
-   evidence is its share of the claim's positive total.
-2. **Support, checked causally.** The claim's ``candidates`` top sentences are removed, each on
-   its own and all together, and the fall of the claim's log-probability is measured; so is the
-   fall when only the top sentence is kept. The support is the fall with all of them removed,
-   per token of the claim (nats per token: the mean fall of each word's log-probability).
-   Every removal reuses the unchanged prefix's keys and values and the removals are batched
-   (``engine.metrics.answer_log_probs``), so a removal costs the forward of what follows the
-   removed sentence, not of the whole prompt.
+1. **Evidence.** Each case sentence's share of what the claim rests on. Up to
+   ``LEAVE_ONE_OUT_SENTENCES`` sentences (every demo case, most clinical notes' summaries) it is
+   measured directly: each sentence is removed in turn and its share is its part of the total
+   fall of the claim's log-probability (one batched pass, a removal costing the forward of what
+   follows the sentence). Above, an attribution pass per claim ranks the sentences instead: the
+   claim's span of answer tokens (the sum of their log-probabilities) is attributed to the case
+   by IFR (its ``span`` option explains a span of answer tokens as one sink) and token scores are
+   summed per sentence. On the 20 demo cases IFR's top sentence is leave-one-out's for 68% of
+   claims, ContextCite's for 97% at seven times IFR's cost (docs/evaluation.md).
+2. **Support, checked causally.** The claim's ``candidates`` top sentences are removed, each
+   on its own and all together, and so is the whole case; the fall of the claim's
+   log-probability is measured each time, and when only the top sentence is kept. The support
+   is the fall without the whole case, per token of the claim (nats per token: the mean fall of
+   each word's log-probability). Not the fall without the top sentences: those were chosen
+   because removing them lowers the claim (with leave-one-out evidence), so their fall is biased
+   upward by chance; the whole case is chosen by no one. Every removal reuses the unchanged
+   prefix's keys and values and the removals are batched (``engine.metrics.answer_log_probs``),
+   so a removal costs the forward of what follows the removed sentence.
 3. **Flag.** A claim whose support is below ``THRESHOLD`` = ln 1.25 is "not grounded in this
-   case": without its best evidence, each of its words becomes on average less than 1.25 times
-   less likely. Per token, because removing any sentence shifts every later word a little: on
-   the embedded model a statement the case says nothing about ("Paris is the capital of
-   France.") moves by up to 1.5 nats in total when an unrelated sentence goes (0.2 per token),
-   while a statement copied from a sentence falls by over 4 nats per token without it
-   (tests/e2e/test_embedded.py; the threshold's agreement with leave-one-out on the 20 demo
-   cases is in docs/evaluation.md).
+   case": without the case, each of its words becomes on average less than 1.25 times less
+   likely. Per token, because removing text shifts every later word a little. On the embedded
+   model a statement copied from a case sentence falls by 6.8 nats per token without the case,
+   while a statement the case says nothing about ("Paris is the capital of France.") becomes
+   more likely (-0.3 nats per token); removing single unrelated sentences moves it by up to
+   0.2 per token (tests/e2e/test_embedded.py).
 
 Leave-one-sentence-out over every sentence (``leave_one_out``) is the reference the evidence is
 measured against (docs/evaluation.md); it costs one removal per sentence, which an 8,000-token
@@ -47,7 +52,13 @@ from engine.reliability import check_usable
 from engine.sentences import split_claims, split_sentences
 from engine.task import SubTask, TaskState
 
-EVIDENCE_METHOD = "ifr"
+EVIDENCE_METHOD = "ifr"  # the attribution that ranks sentences when there are many
+LEAVE_ONE_OUT = "leave-one-out"
+# Up to this many case sentences the evidence is leave-one-out itself: on the 20 demo cases
+# (6 to 9 sentences) it costs 1.4 s a case against 2.9 s for IFR per claim and the checks, and
+# IFR's top sentence is leave-one-out's for only 68% of claims (docs/evaluation.md). Above, a
+# removal per sentence (about half a forward each) is more than the window can pay.
+LEAVE_ONE_OUT_SENTENCES = 64
 CANDIDATES = 3
 THRESHOLD = math.log(1.25)  # nats per claim token
 
@@ -125,61 +136,86 @@ def _containing(spans: Sequence[tuple[int, int]], position: int) -> int | None:
 
 
 def find_claims(model: Any, tokenizer: Any, record: Explanation, *,
-                method: str = EVIDENCE_METHOD, candidates: int = CANDIDATES,
+                method: str = "auto", candidates: int = CANDIDATES,
                 state: TaskState | None = None, batch_size: int | None = None) -> Claims:
     """The claims of ``record``'s answer with their evidence and support (module docstring).
-    ``model`` must be the one that made the record."""
+    ``model`` must be the one that made the record.
+
+    ``method``: ``leave-one-out`` (evidence = each sentence's share of the falls when it alone
+    is removed), an attribution method (one pass per claim), or ``auto``: leave-one-out up to
+    ``LEAVE_ONE_OUT_SENTENCES`` sentences, IFR above.
+    """
     state = state or TaskState()
     started = time.perf_counter()
     check_usable(record, model)
     parts = segment(record)
+    if method == "auto":
+        method = (LEAVE_ONE_OUT if len(parts.sentences) <= LEAVE_ONE_OUT_SENTENCES
+                  else EVIDENCE_METHOD)
     device = next(model.parameters()).device
     problem = AttributionInput(torch.tensor(record.prompt.token_ids, device=device),
                                torch.tensor(record.prompt.attributable, device=device),
                                torch.tensor(record.answer.token_ids, device=device))
-    steps = len(parts.claims) + 1
-    evidence = claim_evidence(model, tokenizer, problem, parts, method,
-                              SubTask(state, "claims", 0, steps))
-
-    # Removals: each claim's top sentences one by one (shared between claims), all of them
-    # together, and all but the top one.
-    tops = [_top(shares, candidates) for shares in evidence]
-    removals: dict[frozenset[int], int] = {}
+    prompt = problem.prompt_ids.cpu()
     everything = frozenset(range(len(parts.sentences)))
+    falls: dict[frozenset[int], torch.Tensor] = {}  # removed sentences -> log p [T]
+
+    def measure(removals: list[frozenset[int]], step: int, steps: int) -> None:
+        """The answer's log-probabilities without each removal set, in one batched pass."""
+        todo = [r for r in dict.fromkeys(removals) if r not in falls]
+        prompts = [prompt, *(_without(prompt, parts.sentence_tokens, r) for r in todo)]
+        logp = answer_log_probs(model, problem, prompts, batch_size=batch_size,
+                                state=SubTask(state, "claims", step, steps))
+        falls[frozenset()] = logp[0]
+        falls.update(zip(todo, logp[1:], strict=True))
+
+    if method == LEAVE_ONE_OUT:
+        measure([frozenset({s}) for s in everything], 0, 2)
+        evidence = [_shares([float(falls[frozenset()][a:b].sum() - falls[frozenset({s})][a:b]
+                                   .sum()) for s in range(len(parts.sentences))])
+                    for a, b in parts.claims]
+    else:
+        evidence = claim_evidence(model, tokenizer, problem, parts, method,
+                                  SubTask(state, "claims", 0, 2))
+    # The checks: the whole case, each claim's top sentences one by one, all of them together,
+    # and all but the top one (the singles are already measured with leave-one-out).
+    tops = [_top(shares, candidates) for shares in evidence]
+    checks: list[frozenset[int]] = [everything]
     for top in tops:
-        for sentence in top:
-            removals.setdefault(frozenset({sentence}), len(removals))
+        checks += [frozenset({s}) for s in top]
         if len(top) > 1:
-            removals.setdefault(frozenset(top), len(removals))
+            checks.append(frozenset(top))
         if top and len(everything) > 1:
-            removals.setdefault(everything - {top[0]}, len(removals))
-    prompts = [problem.prompt_ids.cpu(),
-               *(_without(problem.prompt_ids.cpu(), parts.sentence_tokens, removed)
-                 for removed in removals)]
-    logp = answer_log_probs(model, problem, prompts,
-                            state=SubTask(state, "claims", steps - 1, steps),
-                            batch_size=batch_size)
-    state.progressed("claims", steps, steps)
+            checks.append(everything - {top[0]})
+    measure(checks, 1, 2)
+    state.progressed("claims", 2, 2)
 
     claims = []
     for (first, end), text, shares, top in zip(parts.claims, parts.claim_texts, evidence, tops,
                                                strict=True):
-        full = float(logp[0, first:end].sum())
+        full = float(falls[frozenset()][first:end].sum())
 
         def fall(removed: frozenset[int], first: int = first, end: int = end,
                  full: float = full) -> float:
-            return full - float(logp[1 + removals[removed], first:end].sum())
+            return full - float(falls[removed][first:end].sum())
 
         drops = tuple((s, fall(frozenset({s}))) for s in top)
         joint = fall(frozenset(top)) if len(top) > 1 else (drops[0][1] if drops else 0.0)
         kept = fall(everything - {top[0]}) if top and len(everything) > 1 else 0.0
-        support = joint / (end - first)
+        support = fall(everything) / (end - first)
         claims.append(Claim(text=text, tokens=(first, end), evidence=tuple(shares),
                             log_prob=full, drops=drops, joint_drop=joint, kept_drop=kept,
                             support=support, grounded=support >= THRESHOLD))
     return Claims(sentences=parts.sentences, claims=tuple(claims), evidence_method=method,
                   candidates=candidates, threshold=THRESHOLD,
                   seconds=time.perf_counter() - started)
+
+
+def _shares(scores: Sequence[float]) -> list[float]:
+    """Positive parts of ``scores`` as shares of their total (all 0 when none is positive)."""
+    positive = [max(0.0, score) for score in scores]
+    total = sum(positive)
+    return [score / total if total > 0 else 0.0 for score in positive]
 
 
 def claim_evidence(model: Any, tokenizer: Any, problem: AttributionInput, parts: Segments,
@@ -210,9 +246,7 @@ def claim_evidence(model: Any, tokenizer: Any, problem: AttributionInput, parts:
     evidence = []
     for scores in rows:
         scores = scores.double().cpu().clamp(min=0)
-        per_sentence = [float(scores[a:b].sum()) for a, b in parts.sentence_tokens]
-        total = sum(per_sentence)
-        evidence.append([s / total if total > 0 else 0.0 for s in per_sentence])
+        evidence.append(_shares([float(scores[a:b].sum()) for a, b in parts.sentence_tokens]))
     return evidence
 
 

@@ -162,7 +162,7 @@ class Claim:
     drops: tuple[tuple[int, float], ...]  # (sentence, fall of log_prob with it removed)
     joint_drop: float  # fall of log_prob with every tested sentence removed at once
     kept_drop: float  # fall of log_prob with only the top sentence kept (0 when it suffices)
-    support: float  # joint_drop per claim token, in nats
+    support: float  # fall of log_prob without the whole case, per claim token, in nats
     grounded: bool  # support >= the threshold
 
     def __post_init__(self) -> None:

@@ -21,7 +21,13 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-from desktop.present import UNCOLOURED_BELOW, ExplanationView, claim_views, whatif_view
+from desktop.present import (
+    UNCOLOURED_BELOW,
+    ExplanationView,
+    claim_views,
+    evidence_words,
+    whatif_view,
+)
 from engine.jobs.evaluate import LABELS, best_methods
 from engine.metrics import HIGHER_IS_BETTER, METRICS
 from engine.record import Explanation
@@ -144,9 +150,7 @@ def claims_table(record: Explanation) -> Table:
                          style="dim" if view.grounded else "red")
         evidence = "\n".join(f"{100 * e.share:.0f}%  {e.text}" for e in view.evidence) or "-"
         table.add_row(mark, statement, evidence)
-    table.caption = (f"evidence: {claims.evidence_method} per claim; support: the fall of the "
-                     f"claim's probability when its top {claims.candidates} sentences are "
-                     f"removed ({claims.seconds:.1f} s)")
+    table.caption = evidence_words(claims)
     return table
 
 

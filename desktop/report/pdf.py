@@ -11,7 +11,6 @@ hardware profile.
 from __future__ import annotations
 
 import html
-import math
 import os
 from collections.abc import Sequence
 from datetime import datetime
@@ -22,6 +21,7 @@ from desktop.present import (
     UNCOLOURED_BELOW,
     ExplanationView,
     claim_views,
+    evidence_words,
     flagged_first,
     whatif_view,
 )
@@ -159,13 +159,7 @@ def _claims_html(record: Explanation) -> str:
                 f"<tr><td width='10%' align='right'>{100 * e.share:.0f}%</td>"
                 f"<td>&ldquo;{esc(e.text)}&rdquo;</td></tr>" for e in view.evidence)
                 + "</table>")
-    parts.append(
-        f"<p><small>Evidence: {esc(claims.evidence_method)} attribution of each statement's "
-        "words, summed per case sentence (share of the statement's attribution). Support: "
-        f"how much less likely the statement's words become when its top {claims.candidates} "
-        "sentences are removed from the case; under "
-        f"{math.exp(claims.threshold):.2f} times on average, the statement rests on nothing in "
-        f"the case. Found in {claims.seconds:.1f} s.</small></p>")
+    parts.append(f"<p><small>{esc(evidence_words(claims))}</small></p>")
     return "".join(parts)
 
 

@@ -69,7 +69,9 @@ def test_claim_views_quote_the_top_sentences_and_say_how_much_support_there_is()
     first, second = claim_views(record)
     assert first.marker == "✓" and first.evidence[0].text == case[:cut]
     assert first.evidence[0].share == 0.75 and first.evidence[0].drop == 2.0
-    assert f"on average {math.exp(2.2):.2f} times less likely" in first.support
+    assert f"without the case, each of its words is on average {math.exp(2.2):.2f} times less " \
+        "likely" in first.support
+    assert f"without its top 2 sentences alone, {math.exp(2.2):.2f} times" in first.support
     assert second.marker == "!" and "not grounded in this case" in second.verdict
     assert "under 1.25 times: it rests on nothing in the case" in second.support
     assert [v.text for v in flagged_first([first, second])] == ["second", "first"]

@@ -89,18 +89,31 @@ def test_leaving_a_sentence_out_on_the_cached_prefix_equals_a_fresh_forward(tiny
             assert falls[c, s].item() == pytest.approx(expected, abs=1e-4)
 
 
-def test_claims_record_their_evidence_and_support_and_round_trip(tiny, tmp_path):
+@pytest.mark.parametrize("method", ["auto", "ifr", "input-x-gradient"])
+def test_claims_record_their_evidence_and_support_and_round_trip(tiny, tmp_path, method):
     loaded, record = tiny
-    claims = find_claims(loaded.model, loaded.tokenizer, record)
-    assert claims.threshold == pytest.approx(THRESHOLD) and claims.evidence_method == "ifr"
-    _, falls = leave_one_out(loaded.model, record)
+    claims = find_claims(loaded.model, loaded.tokenizer, record, method=method)
+    assert claims.threshold == pytest.approx(THRESHOLD)
+    assert claims.evidence_method == ("leave-one-out" if method == "auto" else method)
+    parts, falls = leave_one_out(loaded.model, record)
+    prompt = torch.tensor(record.prompt.token_ids)
+    answer = torch.tensor(record.answer.token_ids)
+    first_case, last_case = parts.sentence_tokens[0][0], parts.sentence_tokens[-1][1]
+    without_case = torch.cat([prompt[:first_case], prompt[last_case:], answer[:-1]])
+    with torch.no_grad():  # a fresh forward over the prompt with every case sentence removed
+        logits = loaded.model(without_case.view(1, -1)).logits[0, -len(answer):]
+    bare = torch.log_softmax(logits.double(), -1).gather(-1, answer.view(-1, 1)).squeeze(-1)
     for c, claim in enumerate(claims.claims):
+        if method == "auto":  # the evidence is the leave-one-out falls' positive shares
+            positive = falls[c].clamp(min=0)
+            assert claim.evidence == pytest.approx((positive / positive.sum()).tolist())
         assert sum(claim.evidence) == pytest.approx(1.0)
         assert len(claim.drops) == min(3, sum(e > 0 for e in claim.evidence))
         for sentence, drop in claim.drops:  # the batched removals agree with the reference
             assert drop == pytest.approx(falls[c, sentence].item(), abs=1e-4)
         first, end = claim.tokens
-        assert claim.support == pytest.approx(claim.joint_drop / (end - first))
+        expected = (claim.log_prob - float(bare[first:end].sum())) / (end - first)
+        assert claim.support == pytest.approx(expected, abs=1e-4)
         assert claim.grounded == (claim.support >= THRESHOLD)
     from dataclasses import replace
 
