@@ -15,6 +15,18 @@ LABELS = {
     "her2": "HER2", "ki67_pct": "Ki-67 (%)", "nodes": "Nodes",
 }
 DEFAULT_QUESTION = "What is the recommended next step in management?"
+# The values a field usually takes in breast-cancer reports, offered by the window's field editor
+# (any other value can still be typed).
+KNOWN_VALUES = {
+    "sex": ("female", "male"),
+    "menopausal_status": ("premenopausal", "perimenopausal", "postmenopausal"),
+    "grade": ("1", "2", "3"),
+    "er": ("positive", "negative", "low (1-10%)"),
+    "pr": ("positive", "negative", "low (1-10%)"),
+    "her2": ("negative (IHC 0)", "low (IHC 1+)", "low (IHC 2+, ISH negative)",
+             "positive (IHC 2+, ISH positive)", "positive (IHC 3+)"),
+    "nodes": ("negative", "positive", "1-3 positive", "4 or more positive"),
+}
 
 
 def label_of(name: str) -> str:

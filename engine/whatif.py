@@ -4,7 +4,8 @@
 sentence), answers the edited case with the same model and settings, and measures how much less
 (or more) likely the *original* answer is under the edit: log p(y | x') - log p(y | x), per
 token and summed, both read in one batched pass that reuses the unchanged prefix's keys and
-values. ``sensitivity`` removes each sentence of the case in turn (the leave-one-out engine of
+values. ``sensitivity`` removes each sentence of the case in turn (each field, for a case made
+of fields: they render one per line) (the leave-one-out engine of
 engine/claims.py) and ranks the sentences by the fall of the original answer's probability; it
 also says whether the greedy answer would change, from the same pass: the greedy answer after an
 edited prompt is the original one exactly when every original token is still the most likely
@@ -285,6 +286,7 @@ class SentenceEffect:
     fall: float  # log p(answer | case) - log p(answer | case without it), nats
     answer_changes: bool  # the greedy answer would differ without it
     first_change: int | None  # the first answer token that would differ
+    field: str | None = None  # the clinical field this sentence is, for a case made of fields
 
 
 def sensitivity(model: Any, record: Explanation, *, state: TaskState | None = None,
@@ -307,10 +309,13 @@ def sensitivity(model: Any, record: Explanation, *, state: TaskState | None = No
     logp = answer_log_probs(model, problem, prompts, state=state, batch_size=batch_size,
                             greedy=greedy)
     full = float(logp[0].sum())
+    # A case made of fields renders one field per line, so each field is one sentence.
+    fields = {(start, end): name for name, start, end in record.prompt.fields}
     effects = []
     for index, (start, end) in enumerate(parts.sentences):
         same = greedy[index + 1]
         changed = [t for t, kept in enumerate(same.tolist()) if not kept]
         effects.append(SentenceEffect(index, start, end, full - float(logp[index + 1].sum()),
-                                      bool(changed), changed[0] if changed else None))
+                                      bool(changed), changed[0] if changed else None,
+                                      fields.get((start, end))))
     return sorted(effects, key=lambda e: -e.fall)

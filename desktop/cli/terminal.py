@@ -242,7 +242,9 @@ def render_sensitivity(record: Explanation, effects: Any, console: Console | Non
         likely = ("same" if abs(effect.fall) < 1e-9 else
                   f"{'over 1,000' if factor >= 1000 else f'{factor:.2f}'}x "
                   f"{'less' if effect.fall > 0 else 'more'} likely")
-        table.add_row(str(effect.sentence + 1), case[effect.start:effect.end], likely,
+        text = case[effect.start:effect.end]
+        table.add_row(str(effect.sentence + 1),
+                      f"[{effect.field}] {text}" if effect.field else text, likely,
                       f"changes at token {effect.first_change + 1}" if effect.answer_changes
                       else "unchanged")
     table.caption = ("one forward per sentence on the cached prefix; sentence numbers are what "

@@ -140,7 +140,8 @@ def run_sensitivity(args: argparse.Namespace) -> int:
         write_text_atomic(args.json, json.dumps({
             "case_sha256": record.prompt.case_sha256, "answer": record.answer.text,
             "model_sha256": record.model.sha256,
-            "sentences": [{"sentence": e.sentence + 1, "text": case[e.start:e.end],
+            "sentences": [{"sentence": e.sentence + 1, "field": e.field,
+                           "text": case[e.start:e.end],
                            "fall": e.fall, "answer_changes": e.answer_changes,
                            "first_changed_token": e.first_change} for e in effects]},
             indent=1, ensure_ascii=False))

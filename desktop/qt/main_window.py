@@ -37,6 +37,7 @@ from desktop.present import (
 )
 from desktop.qt import plain_tooltip
 from desktop.qt.chart import AttributionChart
+from desktop.qt.fields_panel import FieldsPanel
 from desktop.qt.hardware import HardwarePanel
 from desktop.qt.overlay import Legend, TokenOverlay
 from desktop.qt.requests import Kind, Request, Requests
@@ -45,7 +46,7 @@ from desktop.qt.whatif_panel import WhatIfPanel
 from desktop.qt.worker import EngineThread
 from desktop.session import ViewState, load_session, save_session
 from engine.audit import audited
-from engine.cases import DEMO_CASES, demo_cases, read_case
+from engine.cases import DEMO_CASES, demo_cases, read_case, read_fields
 from engine.defaults import DEFAULT_METHOD
 from engine.errors import TokenTraceError
 from engine.explain import ExplainRequest
@@ -94,6 +95,8 @@ class MainWindow(QMainWindow):
         self.selected_row: int | None = None
         self.selected_claim: int | None = None  # a statement clicked in the claims list
         self._closing = self._close_when_done = False
+        self._fields_text: str | None = None  # the case text the field editor last rendered
+        self._case_fields: tuple[tuple[str, int, int], ...] = ()  # its fields' spans
         self.rows: dict[int, tuple[float, ...]] = {}  # answer rows computed on click
         self._pending_row: int | None = None  # clicked while the reliability check ran
         self.requests = Requests()  # what the engine thread runs; whether a result applies
@@ -239,8 +242,13 @@ class MainWindow(QMainWindow):
         self.whatif_panel = WhatIfPanel()
         self.whatif_dock = self._dock("What if", self.whatif_panel,
                                       Qt.DockWidgetArea.RightDockWidgetArea)
+        self.fields_panel = FieldsPanel()
+        self.fields_dock = self._dock("Fields", self.fields_panel,
+                                      Qt.DockWidgetArea.RightDockWidgetArea)
         self.tabifyDockWidget(self.hardware_dock, self.whatif_dock)
+        self.tabifyDockWidget(self.whatif_dock, self.fields_dock)
         self.hardware_dock.raise_()
+        self.fields_panel.applied.connect(self._apply_fields)
         self.whatif_panel.whatif_requested.connect(self.what_if)
         self.whatif_panel.sensitivity_requested.connect(self.sensitivity)
         self.whatif_panel.revert_requested.connect(self.revert_case)
@@ -251,6 +259,7 @@ class MainWindow(QMainWindow):
         menu = self.menuBar()
         file_menu = menu.addMenu("&File")
         self._action(file_menu, "Open case…", QKeySequence.StandardKey.Open, self._open_case)
+        self._action(file_menu, "Open fields case…", None, self._open_fields)
         self._action(file_menu, "Open model folder…", None, self._open_model_folder)
         self._action(file_menu, "Open GGUF file…", None, self._open_gguf)
         self._action(file_menu, "Use embedded model", None,
@@ -276,7 +285,8 @@ class MainWindow(QMainWindow):
             self._action(self.cases_menu, title, None,
                          lambda checked=False, t=text: self.case_edit.setPlainText(t))
         view_menu = menu.addMenu("&View")
-        for dock in (self.chart_dock, self.hardware_dock, self.settings_dock, self.whatif_dock):
+        for dock in (self.chart_dock, self.hardware_dock, self.settings_dock, self.whatif_dock,
+                     self.fields_dock):
             view_menu.addAction(dock.toggleViewAction())
         self.presentation_action = self._action(view_menu, "Presentation mode",
                                                 QKeySequence("F11"), self.toggle_presentation)
@@ -325,6 +335,8 @@ class MainWindow(QMainWindow):
             self._show_error("The case is empty: type or paste the clinical case first.")
             return
         request = self.settings_panel.request(text)
+        if text == self._fields_text:  # rendered from the field editor: attribute per field
+            request = replace(request, fields=self._case_fields)
         try:
             request.validate()
         except Exception as exc:
@@ -870,6 +882,27 @@ class MainWindow(QMainWindow):
                 self.case_edit.setPlainText(read_case(None, Path(path)))
             except Exception as exc:
                 self._show_error(str(exc))
+
+    def _open_fields(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open fields case", str(DEMO_CASES),
+                                              "Fields (*.json);;All files (*)")
+        if path:
+            self.open_fields(Path(path))
+
+    def open_fields(self, path: Path) -> None:
+        """A case made of clinical fields (a JSON object), into the field editor."""
+        try:
+            fields = read_fields(path)
+            self.fields_panel.set_fields(fields)
+        except TokenTraceError as exc:
+            self._show_error(str(exc))
+            return
+        self.fields_dock.show()
+        self.fields_dock.raise_()
+
+    def _apply_fields(self, text: str, spans) -> None:
+        self._fields_text, self._case_fields = text, tuple(spans)
+        self.case_edit.setPlainText(text)
 
     def _open_model_folder(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Open Hugging Face model folder")

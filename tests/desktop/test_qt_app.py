@@ -702,3 +702,35 @@ def test_what_if_an_edited_case_compare_revert_and_rank_sentences(ready_window, 
     window.export_pdf(pdf)
     text = " ".join(" ".join(p.extract_text().split()) for p in PdfReader(pdf).pages)
     assert "What if: replace" not in text
+
+
+def test_a_fields_case_is_edited_field_by_field_and_asked_what_if(ready_window, qtbot,
+                                                                  tmp_path):
+    window = ready_window
+    window.settings_panel.reliability.setChecked(False)
+    window.settings_panel.claims.setChecked(False)
+    _use(window, "ifr")
+    window.settings_panel.max_new_tokens.setValue(3)
+    path = tmp_path / "fields.json"
+    path.write_text(json.dumps({"age": 52, "er": "positive", "her2": "negative (IHC 0)"}))
+    window.open_fields(path)
+    editor = window.fields_panel.editors["er"]
+    assert [editor.itemText(i) for i in range(editor.count())] == [
+        "positive", "negative", "low (1-10%)"]  # the known values of ER
+    assert window.case_edit.toPlainText().startswith("Age: 52\nER: positive\nHER2: negative")
+    with qtbot.waitSignal(window.explanation_shown, timeout=60_000):
+        window.explain_button.click()
+    assert set(window.record.attribution.per_field) == {"age", "er", "her2"}
+
+    editor.setCurrentText("negative")
+    window.fields_panel.apply_button.click()
+    assert "ER: negative" in window.case_edit.toPlainText()
+    with qtbot.waitSignal(window.whatif_shown, timeout=60_000):
+        window.whatif_panel.whatif_button.click()
+    (found,) = window.whatif_panel.found
+    assert [e.describe() for e in found.edits] == ["replace “ER: positive” with “ER: negative”"]
+    with qtbot.waitSignal(window.whatif_shown, timeout=60_000):
+        window.whatif_panel.sensitivity_button.click()
+    table = window.whatif_panel.details.toPlainText()
+    for line in ("Age: 52", "ER: positive", "HER2: negative (IHC 0)"):  # each field ranked
+        assert line in table

@@ -235,3 +235,23 @@ def test_a_copied_claim_rests_on_its_sentence_and_an_unrelated_one_is_flagged(em
     assert copy.grounded and copy.support > 10 * THRESHOLD
     assert dict(copy.drops)[source] > 20  # nats: without it the copy is all but impossible
     assert not unrelated.grounded and unrelated.support < THRESHOLD
+
+
+def test_what_if_the_copied_word_changes_and_an_unrelated_word_goes(embedded):
+    """The embedded model repeats a code word from the case: replacing the word changes the
+    answer, removing an unrelated word does not."""
+    from engine.whatif import Edit, what_if
+
+    _, warm = embedded
+    case = ("A 46-year-old woman presents with a palpable breast mass. The code word is "
+            "zebra. Reply with the code word only.")
+    record = explain(ExplainRequest(case, max_new_tokens=6, matrix=False, method="ifr"), warm)
+    assert "zebra" in record.answer.text.lower()
+    replaced = what_if(warm.model, warm.tokenizer, record, [Edit("replace", "zebra", "falcon")],
+                       max_new_tokens=6)
+    assert replaced.answer_changed and "falcon" in replaced.answer.text.lower()
+    assert replaced.shift < -5 and not replaced.still_greedy
+    unrelated = what_if(warm.model, warm.tokenizer, record, [Edit("remove", "palpable ")],
+                        max_new_tokens=6)
+    assert not unrelated.answer_changed and unrelated.still_greedy
+    assert abs(unrelated.shift) < 1.0
