@@ -29,7 +29,6 @@ from PySide6.QtWidgets import (
 from desktop.present import (
     ExplanationView,
     claim_units,
-    claim_views,
     method_summary,
     scale_of,
     units_of,
@@ -37,6 +36,7 @@ from desktop.present import (
 )
 from desktop.qt import plain_tooltip
 from desktop.qt.chart import AttributionChart
+from desktop.qt.claims_view import ClaimsView, clipped
 from desktop.qt.fields_panel import FieldsPanel
 from desktop.qt.hardware import HardwarePanel
 from desktop.qt.overlay import Legend, TokenOverlay
@@ -64,10 +64,6 @@ def _duration(seconds: float) -> str:
 
 
 PENDING_STYLE = "background:#e0e0e0; color:#333333; border-radius:6px; padding:6px;"
-
-
-def _clipped(text: str, limit: int = 60) -> str:
-    return text if len(text) <= limit else text[:limit - 1].rstrip() + "…"
 
 
 def badge_style(background: str, ink: str) -> str:
@@ -144,10 +140,8 @@ class MainWindow(QMainWindow):
         self.answer_view.setObjectName("answerView")
         self.answer_view.setOpenLinks(False)
         self.answer_view.anchorClicked.connect(self._on_answer_clicked)
-        self.claims_view = QTextBrowser()
-        self.claims_view.setObjectName("claimsView")
-        self.claims_view.setOpenLinks(False)
-        self.claims_view.anchorClicked.connect(self._on_claim_clicked)
+        self.claims_view = ClaimsView()
+        self.claims_view.claim_clicked.connect(self.select_claim)
         self.whole_answer = QPushButton("Whole answer")
         self.whole_answer.setToolTip("Show the sequence attribution (all answer tokens)")
         self.whole_answer.clicked.connect(lambda: self.select_answer_token(None))
@@ -682,31 +676,7 @@ class MainWindow(QMainWindow):
         self.explanation_shown.emit()
 
     def _render_claims(self) -> None:
-        record = self.record
-        views = claim_views(record) if record is not None else ()
-        if not views:
-            self.claims_view.setPlainText(
-                "" if record is None or record.claims is not None else
-                "Not found yet: they follow the explanation when Settings asks for them.")
-            return
-        flagged = [v for v in views if not v.grounded]
-        parts = []
-        if flagged:
-            parts.append(f"<p style='color:#b2182b;'><b>Not grounded in this case: "
-                         f"{len(flagged)} of {len(views)} statements</b> (the model's general "
-                         "knowledge or a guess)</p>")
-        for view in views:
-            colour = "#1b7837" if view.grounded else "#b2182b"
-            weight = "bold" if view.index == self.selected_claim else "normal"
-            best = (f" · top: {100 * view.evidence[0].share:.0f}% "
-                    f"“{html.escape(_clipped(view.evidence[0].text))}”" if view.evidence else "")
-            parts.append(
-                f"<p><span style='color:{colour}; font-weight:bold;'>{view.marker}</span> "
-                f"<a href='claim:{view.index}' style='color:black; text-decoration:none; "
-                f"font-weight:{weight};'>{html.escape(view.text)}</a><br/>"
-                f"<small style='color:#555555;'>{html.escape(view.verdict)}; "
-                f"{html.escape(view.support)}{best}</small></p>")
-        self.claims_view.setHtml("".join(parts))
+        self.claims_view.show_claims(self.record, self.selected_claim)
 
     def _render_answer(self) -> None:
         record = self.record
@@ -758,13 +728,8 @@ class MainWindow(QMainWindow):
         claim = record.claims.claims[index]
         self.overlay_title.setText(
             f"<b>Case, coloured by what statement {index + 1} rests on</b> — "
-            f"{html.escape(_clipped(claim.text, 80))} (share of its attribution per sentence)")
+            f"{html.escape(clipped(claim.text, 80))} (share of its attribution per sentence)")
         self._render_answer()
-
-    def _on_claim_clicked(self, url: QUrl) -> None:
-        text = url.toString()
-        if text.startswith("claim:"):
-            self.select_claim(int(text.removeprefix("claim:")))
 
     def _on_answer_clicked(self, url: QUrl) -> None:
         text = url.toString()
