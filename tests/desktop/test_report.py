@@ -78,7 +78,8 @@ def test_claims_section_quotes_the_evidence_flagged_claims_first(tiny_model_fold
     assert code == 0
     assert "What each statement rests on" in capsys.readouterr().out
     record = Explanation.load(tmp_path / "r.json")
-    assert json.loads((tmp_path / "r.json").read_text())["claims"]["evidence_method"] == "ifr"
+    assert json.loads((tmp_path / "r.json").read_text())["claims"]["evidence_method"] == \
+        "leave-one-out"  # 3 sentences: measured, not attributed
     claims = record.claims.claims
     assert [c.text for c in claims] == ["ER positive .", "breast mass 2 cm"]
     text = " ".join(" ".join(page.extract_text().split()) for page in PdfReader(

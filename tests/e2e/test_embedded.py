@@ -238,20 +238,20 @@ def test_a_copied_claim_rests_on_its_sentence_and_an_unrelated_one_is_flagged(em
 
 
 def test_what_if_the_copied_word_changes_and_an_unrelated_word_goes(embedded):
-    """The embedded model repeats a code word from the case: replacing the word changes the
-    answer, removing an unrelated word does not."""
+    """The embedded model repeats the patient's name from the case: replacing the name changes
+    the answer, removing an unrelated word does not."""
     from engine.whatif import Edit, what_if
 
     _, warm = embedded
-    case = ("A 46-year-old woman presents with a palpable breast mass. The code word is "
-            "zebra. Reply with the code word only.")
-    record = explain(ExplainRequest(case, max_new_tokens=6, matrix=False, method="ifr"), warm)
-    assert "zebra" in record.answer.text.lower()
-    replaced = what_if(warm.model, warm.tokenizer, record, [Edit("replace", "zebra", "falcon")],
-                       max_new_tokens=6)
-    assert replaced.answer_changed and "falcon" in replaced.answer.text.lower()
+    case = ("The patient's name is Zelda. She has a palpable breast mass. What is the "
+            "patient's name?")
+    record = explain(ExplainRequest(case, max_new_tokens=8, matrix=False, method="ifr"), warm)
+    assert "Zelda" in record.answer.text
+    replaced = what_if(warm.model, warm.tokenizer, record, [Edit("replace", "Zelda", "Maria")],
+                       max_new_tokens=8)
+    assert replaced.answer_changed and "Maria" in replaced.answer.text
     assert replaced.shift < -5 and not replaced.still_greedy
     unrelated = what_if(warm.model, warm.tokenizer, record, [Edit("remove", "palpable ")],
-                        max_new_tokens=6)
+                        max_new_tokens=8)
     assert not unrelated.answer_changed and unrelated.still_greedy
     assert abs(unrelated.shift) < 1.0
