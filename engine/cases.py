@@ -160,3 +160,17 @@ def demo_cases(folder: Path = DEMO_CASES) -> list[tuple[str, str]]:
     for path in sorted(folder.glob("*.jsonl")):
         entries += [(case.title or case.id, case.text) for case in load_cases(path)]
     return entries
+
+
+def read_any_case(text: str | None, case_file: Path | None, fields_file: Path | None
+                  ) -> tuple[str, tuple[tuple[str, int, int], ...]]:
+    """The case given as TEXT, a case file or a fields file (exactly one), and its fields'
+    (name, start, end) spans (none for plain text)."""
+    if fields_file is not None:
+        if text is not None or case_file is not None:
+            raise InvalidInputError("give the case as TEXT, --case-file or --fields-file, "
+                                    "not several")
+        from engine.fields import render_fields
+
+        return render_fields(read_fields(fields_file))
+    return read_case(text, case_file), ()

@@ -185,24 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _case_of(args: argparse.Namespace) -> tuple[str, tuple[tuple[str, int, int], ...]]:
-    """The case the options give (TEXT, --case-file or --fields-file), and its field spans."""
-    from engine.cases import read_case, read_fields
-
-    if args.fields_file is not None:
-        from engine.errors import InvalidInputError
-
-        if args.text is not None or args.case_file is not None:
-            raise InvalidInputError("give the case as TEXT, --case-file or --fields-file, "
-                                    "not several")
-        from engine.fields import render_fields
-
-        return render_fields(read_fields(args.fields_file))
-    return read_case(args.text, args.case_file), ()
-
-
 def run_explain(args: argparse.Namespace) -> int:
-    case, spans = _case_of(args)
+    from engine.cases import read_any_case
+
+    case, spans = read_any_case(args.text, args.case_file, args.fields_file)
     request = replace(_request(args, case), fields=spans)
     request.validate()  # bad settings fail before a model is loaded
     from engine.record import check_writable
