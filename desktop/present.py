@@ -342,6 +342,24 @@ class WhatIfView:
     token_changes: tuple[tuple[str, float], ...]  # answer tokens that moved most, nats
 
 
+def coloured_case_html(record: Explanation) -> str:
+    """The case coloured by its attribution to the whole answer, as HTML (what the overlay
+    shows), for views that place two cases side by side."""
+    import html
+
+    units = units_of(record)
+    parts = []
+    for piece in case_pieces(record, units):
+        text = html.escape(piece.text).replace("\n", "<br/>")
+        if piece.background is None:
+            parts.append(text)
+        else:
+            r, g, b = piece.background
+            parts.append(f"<span style='background-color:#{r:02x}{g:02x}{b:02x}; "
+                         f"color:{piece.ink};'>{text}</span>")
+    return "".join(parts)
+
+
 def answer_diff(original: str, new: str) -> tuple[DiffPiece, ...]:
     """The two answers merged word by word: kept words once, the rest marked."""
     import difflib

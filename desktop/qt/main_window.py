@@ -246,6 +246,7 @@ class MainWindow(QMainWindow):
         self.whatif_panel.whatif_requested.connect(self.what_if)
         self.whatif_panel.sensitivity_requested.connect(self.sensitivity)
         self.whatif_panel.revert_requested.connect(self.revert_case)
+        self.whatif_panel.explain_requested.connect(self.explain_whatif)
         self.chart.hovered.connect(self.overlay.highlight)
         self.overlay.hovered.connect(self.chart.highlight)
 
@@ -433,9 +434,16 @@ class MainWindow(QMainWindow):
         self.model_ready.emit(info)
 
     def _on_finished(self, request_id: int, record: Explanation) -> None:
-        if not self.requests.settle(request_id):
+        request = self.requests.settle(request_id)
+        if not request:
             return
         self._set_busy(False)
+        if request.kind is Kind.WHATIF_EXPLAIN:  # the new answer of a what-if, beside the case
+            if request.about(self._on_screen()):
+                self.whatif_panel.show_explained(request.row, self.record, record)
+                self.stage_label.setText("The new answer explained")
+                self.whatif_shown.emit()
+            return
         self.stage_label.setText(f"Done in {record.timings.attribute_s:.1f} s")
         self._remember_throughput(record)
         self.show_record(record)
@@ -519,6 +527,21 @@ class MainWindow(QMainWindow):
                                  + ("changed" if found.answer_changed else "is the same"))
         self.whatif_shown.emit()
         self._run_pending_row()
+
+    def explain_whatif(self, index: int) -> None:
+        """Explain what-if ``index``'s new answer on its edited case (the answer forced to the
+        one shown), to show it beside the original explanation; the original stays on screen."""
+        panel = self.whatif_panel
+        if self.record is None or not 0 <= index < len(panel.found):
+            return
+        found, prompt = panel.found[index], self.record.prompt
+        request = ExplainRequest(case_text=found.edited_case, method=self.record.method.name,
+                                 target=found.answer.text, matrix=False,
+                                 raw_prompt=prompt.format == "raw",
+                                 system_prompt=prompt.system_prompt)
+        self._set_busy(True)
+        self.requests.issued(Request(self.engine.explain(request), Kind.WHATIF_EXPLAIN,
+                                     self.record.created_at, index))
 
     def sensitivity(self) -> None:
         """Rank the case's sentences by what removing each does to the answer on screen."""

@@ -18,6 +18,7 @@ class Kind(Enum):
     RELIABILITY = "reliability"
     CLAIMS = "claims"
     WHATIF = "whatif"
+    WHATIF_EXPLAIN = "whatif-explain"  # a what-if's new answer explained, not put on screen
     SENSITIVITY = "sensitivity"
     ROW = "row"
 
@@ -27,7 +28,7 @@ class Request:
     id: int
     kind: Kind
     explanation: str | None = None  # created_at of the explanation it is about
-    row: int | None = None  # the answer token, for Kind.ROW
+    row: int | None = None  # the answer token (Kind.ROW) or the what-if (Kind.WHATIF_EXPLAIN)
 
     def about(self, on_screen: str | None) -> bool:
         """False when this request is about an explanation that is no longer on screen."""

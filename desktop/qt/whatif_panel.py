@@ -26,7 +26,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from desktop.present import whatif_view
+from desktop.present import coloured_case_html, whatif_view
 
 DIFF_STYLES = {"same": "{}", "removed": "<s style='color:#b2182b;'>{}</s>",
                "added": "<b style='color:#1b7837;'>{}</b>"}
@@ -38,6 +38,7 @@ class WhatIfPanel(QWidget):
     whatif_requested = Signal()
     sensitivity_requested = Signal()
     revert_requested = Signal()
+    explain_requested = Signal(int)  # explain the new answer of what-if N, side by side
 
     def __init__(self) -> None:
         super().__init__()
@@ -50,6 +51,11 @@ class WhatIfPanel(QWidget):
         self.sensitivity_button = QPushButton("Sensitivity")
         self.sensitivity_button.setToolTip("Remove each sentence in turn and rank them by what "
                                            "that does to the answer (one forward each)")
+        self.explain_button = QPushButton("Explain the new answer")
+        self.explain_button.setToolTip("Attribute the edited case's answer to the edited case, "
+                                       "next to the original explanation")
+        self.explain_button.clicked.connect(
+            lambda: self.explain_requested.emit(self.list.currentRow()))
         self.whatif_button.clicked.connect(self.whatif_requested)
         self.revert_button.clicked.connect(self.revert_requested)
         self.sensitivity_button.clicked.connect(self.sensitivity_requested)
@@ -62,7 +68,8 @@ class WhatIfPanel(QWidget):
         self.details = QTextBrowser()
         self.details.setObjectName("whatIfDetails")
         buttons = QHBoxLayout()
-        for button in (self.whatif_button, self.revert_button, self.sensitivity_button):
+        for button in (self.whatif_button, self.revert_button, self.sensitivity_button,
+                       self.explain_button):
             buttons.addWidget(button)
         buttons.addStretch(1)
         layout = QVBoxLayout(self)
@@ -72,16 +79,21 @@ class WhatIfPanel(QWidget):
         layout.addWidget(self.list, 1)
         layout.addWidget(self.details, 2)
         self.found: list[Any] = []  # engine.whatif.WhatIf, in the list's order
+        self.explained: dict[int, Any] = {}  # what-if index -> the new answer's Explanation
+        self._ready = False
         self.set_ready(False)
 
     def set_ready(self, ready: bool) -> None:
         """Whether an explanation is on screen and the engine is free to run one."""
         for button in (self.whatif_button, self.revert_button, self.sensitivity_button):
             button.setEnabled(ready)
+        self.explain_button.setEnabled(ready and 0 <= self.list.currentRow() < len(self.found))
+        self._ready = ready
 
     def reset(self) -> None:
         """A new explanation: its what-ifs start empty."""
         self.found = []
+        self.explained = {}
         self.list.clear()
         self.details.clear()
 
@@ -101,7 +113,15 @@ class WhatIfPanel(QWidget):
         return [found for index, found in enumerate(self.found)
                 if self.list.item(index).checkState() == Qt.CheckState.Checked]
 
+    def show_explained(self, index: int, original: Any, record: Any) -> None:
+        """What-if ``index``'s new answer explained: both cases coloured, side by side."""
+        self.explained[index] = record
+        self._original = original
+        self.list.setCurrentRow(index)
+        self._show_current(index)
+
     def _show_current(self, row: int) -> None:
+        self.explain_button.setEnabled(self._ready and 0 <= row < len(self.found))
         if not 0 <= row < len(self.found):
             self.details.clear()
             return
@@ -117,7 +137,19 @@ class WhatIfPanel(QWidget):
             f"<p><b>Original answer</b><br/>{esc(view.original)}</p>"
             f"<p><b>Answer to the edited case</b> ({how})<br/>{merged}</p>"
             f"<p>{esc(view.shift)}</p>"
-            + (f"<p>Answer tokens that lost most (nats): {moved}</p>" if moved else ""))
+            + (f"<p>Answer tokens that lost most (nats): {moved}</p>" if moved else "")
+            + self._side_by_side(row))
+
+    def _side_by_side(self, row: int) -> str:
+        record = self.explained.get(row)
+        if record is None:
+            return ""
+        original = self._original
+        return ("<table width='100%' cellspacing='6'><tr><th align='left'>The case, by what the "
+                "original answer rests on</th><th align='left'>The edited case, by what the new "
+                "answer rests on</th></tr><tr><td valign='top'>"
+                f"{coloured_case_html(original)}</td><td valign='top'>"
+                f"{coloured_case_html(record)}</td></tr></table>")
 
     def show_sensitivity(self, case: str, effects: Any) -> None:
         """The case's sentences, ranked by what removing each does to the answer."""

@@ -734,3 +734,23 @@ def test_a_fields_case_is_edited_field_by_field_and_asked_what_if(ready_window, 
     table = window.whatif_panel.details.toPlainText()
     for line in ("Age: 52", "ER: positive", "HER2: negative (IHC 0)"):  # each field ranked
         assert line in table
+
+
+def test_the_new_answer_of_a_what_if_is_explained_beside_the_original(ready_window, qtbot):
+    window = ready_window
+    window.settings_panel.reliability.setChecked(False)
+    window.settings_panel.claims.setChecked(False)
+    _explain(window, qtbot, method="ifr", max_new_tokens=4)
+    original = window.record
+    window.case_edit.setPlainText(original.prompt.case_text.replace("left breast", "right breast"))
+    with qtbot.waitSignal(window.whatif_shown, timeout=60_000):
+        window.whatif_panel.whatif_button.click()
+    assert window.whatif_panel.explain_button.isEnabled()
+    with qtbot.waitSignal(window.whatif_shown, timeout=60_000):
+        window.whatif_panel.explain_button.click()
+    new = window.whatif_panel.explained[0]
+    assert window.record is original  # the original explanation stays on screen
+    assert new.prompt.case_text == window.whatif_panel.found[0].edited_case
+    assert new.answer.text == window.whatif_panel.found[0].answer.text and new.answer.forced
+    details = window.whatif_panel.details.toPlainText()
+    assert "by what the new answer rests on" in details and "right breast" in details
