@@ -163,7 +163,7 @@ def find_claims(model: Any, tokenizer: Any, record: Explanation, *,
     def measure(removals: list[frozenset[int]], step: int, steps: int) -> None:
         """The answer's log-probabilities without each removal set, in one batched pass."""
         todo = [r for r in dict.fromkeys(removals) if r not in falls]
-        prompts = [prompt, *(_without(prompt, parts.sentence_tokens, r) for r in todo)]
+        prompts = [prompt, *(without_sentences(prompt, parts.sentence_tokens, r) for r in todo)]
         logp = answer_log_probs(model, problem, prompts, batch_size=batch_size,
                                 state=SubTask(state, "claims", step, steps))
         falls[frozenset()] = logp[0]
@@ -263,7 +263,7 @@ def leave_one_out(model: Any, record: Explanation, *, state: TaskState | None = 
                                torch.tensor(record.prompt.attributable, device=device),
                                torch.tensor(record.answer.token_ids, device=device))
     prompt = problem.prompt_ids.cpu()
-    prompts = [prompt, *(_without(prompt, parts.sentence_tokens, frozenset({s}))
+    prompts = [prompt, *(without_sentences(prompt, parts.sentence_tokens, frozenset({s}))
                          for s in range(len(parts.sentences)))]
     logp = answer_log_probs(model, problem, prompts, state=state, batch_size=batch_size)
     falls = torch.stack([logp[0, a:b].sum() - logp[1:, a:b].sum(-1) for a, b in parts.claims])
@@ -275,8 +275,10 @@ def _top(shares: Sequence[float], count: int) -> list[int]:
     return [i for i in ranked[:count] if shares[i] > 0]
 
 
-def _without(prompt: torch.Tensor, spans: Sequence[tuple[int, int]],
-             removed: frozenset[int]) -> torch.Tensor:
+def without_sentences(prompt: torch.Tensor, spans: Sequence[tuple[int, int]],
+                      removed: frozenset[int]) -> torch.Tensor:
+    """``prompt`` without the tokens [start, stop) of the sentences ``removed`` (indices into
+    ``spans``)."""
     keep = torch.ones(len(prompt), dtype=torch.bool)
     for index in removed:
         start, stop = spans[index]

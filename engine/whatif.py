@@ -293,7 +293,7 @@ def sensitivity(model: Any, record: Explanation, *, state: TaskState | None = No
                 batch_size: int | None = None) -> list[SentenceEffect]:
     """Every case sentence removed in turn, ranked by how much the original answer's
     probability falls (largest first). One batched pass, one forward per sentence."""
-    from engine.claims import _without, segment
+    from engine.claims import segment, without_sentences
 
     state = state or TaskState()
     check_usable(record, model)
@@ -303,7 +303,7 @@ def sensitivity(model: Any, record: Explanation, *, state: TaskState | None = No
                                torch.tensor(record.prompt.attributable, device=device),
                                torch.tensor(record.answer.token_ids, device=device))
     prompt = problem.prompt_ids.cpu()
-    prompts = [prompt, *(_without(prompt, parts.sentence_tokens, frozenset({s}))
+    prompts = [prompt, *(without_sentences(prompt, parts.sentence_tokens, frozenset({s}))
                          for s in range(len(parts.sentences)))]
     greedy = torch.zeros(len(prompts), len(record.answer.token_ids), dtype=torch.bool)
     logp = answer_log_probs(model, problem, prompts, state=state, batch_size=batch_size,
