@@ -233,15 +233,17 @@ class MainWindow(QMainWindow):
                                         Qt.DockWidgetArea.RightDockWidgetArea)
         self.settings_dock = self._dock("Settings", self.settings_panel,
                                         Qt.DockWidgetArea.RightDockWidgetArea)
+        # What if needs the window's width (two cases side by side): beside the chart.
         self.whatif_panel = WhatIfPanel()
         self.whatif_dock = self._dock("What if", self.whatif_panel,
-                                      Qt.DockWidgetArea.RightDockWidgetArea)
+                                      Qt.DockWidgetArea.BottomDockWidgetArea)
+        self.tabifyDockWidget(self.chart_dock, self.whatif_dock)
         self.fields_panel = FieldsPanel()
         self.fields_dock = self._dock("Fields", self.fields_panel,
                                       Qt.DockWidgetArea.RightDockWidgetArea)
-        self.tabifyDockWidget(self.hardware_dock, self.whatif_dock)
-        self.tabifyDockWidget(self.whatif_dock, self.fields_dock)
-        self.hardware_dock.raise_()
+        self.tabifyDockWidget(self.settings_dock, self.fields_dock)
+        self.chart_dock.raise_()
+        self.settings_dock.raise_()
         self.fields_panel.applied.connect(self._apply_fields)
         self.whatif_panel.whatif_requested.connect(self.what_if)
         self.whatif_panel.sensitivity_requested.connect(self.sensitivity)
@@ -508,8 +510,7 @@ class MainWindow(QMainWindow):
             self._show_error("The case is unchanged: edit it in the case editor (strike out a "
                              "sentence, change a value), then press What if.")
             return
-        self.whatif_dock.show()
-        self.whatif_dock.raise_()
+        self._show_whatif_dock()
         self._set_busy(True)
         self.requests.issued(Request(
             self.engine.what_if(record, edits, self.settings_panel.max_new_tokens.value()),
@@ -548,8 +549,7 @@ class MainWindow(QMainWindow):
         if self.record is None:
             self._show_error("Explain a case first.")
             return
-        self.whatif_dock.show()
-        self.whatif_dock.raise_()
+        self._show_whatif_dock()
         self._set_busy(True)
         self.requests.issued(Request(self.engine.sensitivity(self.record), Kind.SENSITIVITY,
                                      self.record.created_at))
@@ -565,6 +565,13 @@ class MainWindow(QMainWindow):
         self.stage_label.setText(f"Sensitivity: {len(effects)} sentences ranked")
         self.whatif_shown.emit()
         self._run_pending_row()
+
+    def _show_whatif_dock(self) -> None:
+        self.whatif_dock.show()
+        self.whatif_dock.raise_()
+        if self.whatif_dock.height() < self.height() // 3:
+            self.resizeDocks([self.whatif_dock], [int(self.height() * 0.45)],
+                             Qt.Orientation.Vertical)
 
     def revert_case(self) -> None:
         """Put the explained case back into the case editor."""

@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QPushButton,
+    QSplitter,
     QTextBrowser,
     QVBoxLayout,
     QWidget,
@@ -71,13 +72,19 @@ class WhatIfPanel(QWidget):
         for button in (self.whatif_button, self.revert_button, self.sensitivity_button,
                        self.explain_button):
             buttons.addWidget(button)
-        buttons.addStretch(1)
+        buttons.addWidget(self.hint, 1)
+        left = QWidget()
+        left_layout = QVBoxLayout(left)
+        left_layout.setContentsMargins(0, 0, 0, 0)
+        left_layout.addWidget(QLabel("What-ifs of this case (ticked ones go into the PDF)"))
+        left_layout.addWidget(self.list)
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(left)
+        split.addWidget(self.details)
+        split.setStretchFactor(1, 3)
         layout = QVBoxLayout(self)
         layout.addLayout(buttons)
-        layout.addWidget(self.hint)
-        layout.addWidget(QLabel("What-ifs of this case (ticked ones go into the PDF report)"))
-        layout.addWidget(self.list, 1)
-        layout.addWidget(self.details, 2)
+        layout.addWidget(split, 1)
         self.found: list[Any] = []  # engine.whatif.WhatIf, in the list's order
         self.explained: dict[int, Any] = {}  # what-if index -> the new answer's Explanation
         self._ready = False
