@@ -4,12 +4,14 @@ recomputing. Written atomically; files from another format version get a clear m
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from engine.errors import InvalidInputError
 from engine.files import check_regular_file
-from engine.record import MAX_RECORD_BYTES, Explanation, write_text_atomic
+from engine.record import MAX_RECORD_BYTES, Explanation, from_plain, to_plain, write_text_atomic
 
 SESSION_VERSION = 1
 
@@ -22,13 +24,33 @@ class ViewState:
     top_k: int = 20
 
 
-def save_session(path: str | Path, record: Explanation, view: ViewState) -> None:
+def save_session(path: str | Path, record: Explanation, view: ViewState,
+                 whatifs: Sequence[Any] = ()) -> None:
+    """Write the session; ``whatifs`` (engine.whatif.WhatIf of this explanation) are kept
+    with it."""
     data = {"tokentrace_session": SESSION_VERSION, "view": asdict(view),
-            "record": record.to_dict()}
+            "record": record.to_dict(), "whatifs": [to_plain(w) for w in whatifs]}
     write_text_atomic(Path(path), json.dumps(data, indent=1, ensure_ascii=False))
 
 
-def load_session(path: str | Path) -> tuple[Explanation, ViewState]:
+def _whatifs(path: str | Path, data: dict[str, Any], record: Explanation) -> list[Any]:
+    """The what-ifs saved with a session (none in an older one), each checked like a record and
+    checked to be about ``record``'s case and model."""
+    from engine.whatif import WhatIf
+
+    saved = data.get("whatifs", [])
+    if not isinstance(saved, list):
+        raise InvalidInputError(f"{path}: its what-ifs are not a list")
+    found = [from_plain(WhatIf, item) for item in saved]
+    for whatif in found:
+        if whatif.original_case_sha256 != record.prompt.case_sha256 \
+                or whatif.model.sha256 != record.model.sha256:
+            raise InvalidInputError(f"{path}: a what-if belongs to another case or model")
+    return found
+
+
+def load_session(path: str | Path) -> tuple[Explanation, ViewState, list[Any]]:
+    """The record, how it was viewed, and the what-ifs kept with it."""
     check_regular_file(Path(path), "session file", MAX_RECORD_BYTES)
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -37,7 +59,7 @@ def load_session(path: str | Path) -> tuple[Explanation, ViewState]:
     if not isinstance(data, dict):
         raise InvalidInputError(f"{path} is not a TokenTrace session")
     if "tokentrace_session" not in data and "schema_version" in data:
-        return Explanation.from_dict(data), ViewState()  # a bare record opens too
+        return Explanation.from_dict(data), ViewState(), []  # a bare record opens too
     version = data.get("tokentrace_session")
     if version != SESSION_VERSION:
         newer = isinstance(version, int) and version > SESSION_VERSION
@@ -50,7 +72,7 @@ def load_session(path: str | Path) -> tuple[Explanation, ViewState]:
         view = ViewState(**data.get("view", {}))
     except TypeError as exc:
         raise InvalidInputError(f"{path}: unreadable view state ({exc})") from None
-    return record, _sane(view, len(record.answer.token_ids))
+    return record, _sane(view, len(record.answer.token_ids)), _whatifs(path, data, record)
 
 
 def _sane(view: ViewState, answer_tokens: int) -> ViewState:

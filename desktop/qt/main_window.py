@@ -918,7 +918,7 @@ class MainWindow(QMainWindow):
             self._show_error("Nothing to save yet: explain a case first.")
             return
         try:
-            save_session(path, self.record, self.view_state())
+            save_session(path, self.record, self.view_state(), self.whatif_panel.found)
             audited("export", self.record, file=str(path))
         except (OSError, TokenTraceError) as exc:
             self._show_error(f"Cannot write {path}: {getattr(exc, 'strerror', None) or exc}")
@@ -927,11 +927,14 @@ class MainWindow(QMainWindow):
 
     def open_session(self, path: Path) -> None:
         try:
-            record, view = load_session(path)
+            record, view, whatifs = load_session(path)
         except TokenTraceError as exc:
             self._show_error(str(exc))
             return
         self.show_record(record)
+        self.whatif_panel.reset()
+        for found in whatifs:
+            self.whatif_panel.add(found)
         self.granularity.setCurrentText(view.granularity)
         self.chart.sorted_box.setChecked(view.sorted_chart)
         self.chart.top_k.setValue(view.top_k)

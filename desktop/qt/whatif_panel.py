@@ -134,17 +134,23 @@ class WhatIfPanel(QWidget):
             return
         view = whatif_view(self.found[row])
         esc = html.escape
-        merged = " ".join(DIFF_STYLES[piece.kind].format(esc(piece.text)) for piece in view.diff)
+        # Side by side: the original answer with what the edit took away struck, the new one
+        # with what it added in bold.
+        before = " ".join(DIFF_STYLES[p.kind].format(esc(p.text)) for p in view.diff
+                          if p.kind != "added")
+        after = " ".join(DIFF_STYLES[p.kind].format(esc(p.text)) for p in view.diff
+                         if p.kind != "removed")
         moved = ", ".join(f"“{esc(token)}” {change:+.2f}" for token, change in
                           view.token_changes)
-        how = ("changed: struck only in the original, bold only in the new" if view.changed
-               else "the same")
+        how = "changed" if view.changed else "the same"
         self.details.setHtml(
-            f"<p><b>What if:</b> {esc('; '.join(view.edits))}</p>"
-            f"<p><b>Original answer</b><br/>{esc(view.original)}</p>"
-            f"<p><b>Answer to the edited case</b> ({how})<br/>{merged}</p>"
-            f"<p>{esc(view.shift)}</p>"
-            + (f"<p>Answer tokens that lost most (nats): {moved}</p>" if moved else "")
+            f"<p><b>What if:</b> {esc('; '.join(view.edits))} — the answer is {how}. "
+            f"{esc(view.shift)}</p>"
+            "<table width='100%' cellspacing='6'><tr><th align='left' width='50%'>Original "
+            "answer (struck: gone after the edit)</th><th align='left'>Answer to the edited "
+            "case (bold: new)</th></tr>"
+            f"<tr><td valign='top'>{before}</td><td valign='top'>{after}</td></tr></table>"
+            + (f"<p>Original answer tokens that lost most (nats): {moved}</p>" if moved else "")
             + self._side_by_side(row))
 
     def _side_by_side(self, row: int) -> str:

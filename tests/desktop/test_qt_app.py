@@ -703,6 +703,17 @@ def test_what_if_an_edited_case_compare_revert_and_rank_sentences(ready_window, 
     text = " ".join(" ".join(p.extract_text().split()) for p in PdfReader(pdf).pages)
     assert "What if: replace" not in text
 
+    # The what-ifs are kept with the saved explanation, and only with their own case.
+    window.save_session(tmp_path / "session.json")
+    window.open_session(tmp_path / "session.json")
+    assert window.last_error is None or "unchanged" in window.last_error
+    assert panel.found == [found] and panel.list.count() == 1
+    data = json.loads((tmp_path / "session.json").read_text())
+    data["whatifs"][0]["original_case_sha256"] = "0" * 64
+    (tmp_path / "other.json").write_text(json.dumps(data))
+    window.open_session(tmp_path / "other.json")
+    assert "a what-if belongs to another case or model" in window.last_error
+
 
 def test_a_fields_case_is_edited_field_by_field_and_asked_what_if(ready_window, qtbot,
                                                                   tmp_path):
