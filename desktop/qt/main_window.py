@@ -250,6 +250,7 @@ class MainWindow(QMainWindow):
         self.whatif_panel.revert_requested.connect(self.revert_case)
         self.whatif_panel.explain_requested.connect(self.explain_whatif)
         self.chart.hovered.connect(self.overlay.highlight)
+        self.overlay.strike_requested.connect(self.strike_out)
         self.overlay.hovered.connect(self.chart.highlight)
 
     def _build_actions(self) -> None:
@@ -565,6 +566,18 @@ class MainWindow(QMainWindow):
         self.stage_label.setText(f"Sensitivity: {len(effects)} sentences ranked")
         self.whatif_shown.emit()
         self._run_pending_row()
+
+    def strike_out(self, start: int, end: int) -> None:
+        """What if the explained case had no [start, end) (a word or a sentence struck out on
+        the coloured case): the edited case goes into the editor and is answered."""
+        import re
+
+        if self.record is None:
+            return
+        case = self.record.prompt.case_text
+        edited = re.sub(r"[ \t]{2,}", " ", case[:start] + case[end:]).strip()
+        self.case_edit.setPlainText(edited)
+        self.what_if()
 
     def _show_whatif_dock(self) -> None:
         self.whatif_dock.show()

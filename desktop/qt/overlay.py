@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 
 from PySide6.QtCore import QUrl, Signal
 from PySide6.QtGui import QColor, QCursor, QFont, QTextCursor
@@ -12,12 +13,14 @@ from desktop.present import case_bounds, case_pieces, legend, legend_words
 from desktop.qt import plain_tooltip
 from engine.grouping import Span
 from engine.record import Explanation
+from engine.sentences import split_sentences
 
 
 class TokenOverlay(QTextBrowser):
     """Read-only case view; each unit is a link so hovering shows its value and rank."""
 
     hovered = Signal(int)  # unit index, or -1 when the pointer leaves a unit
+    strike_requested = Signal(int, int)  # (start, end) in the case: ask what if it were gone
 
     def __init__(self) -> None:
         super().__init__()
@@ -33,6 +36,37 @@ class TokenOverlay(QTextBrowser):
     @property
     def units(self) -> list[Span]:
         return self._units
+
+    def strike_actions(self, position: int) -> list[tuple[str, tuple[int, int]]]:
+        """What can be struck out at ``position`` (a character of the case): the word there and
+        its sentence, each with its (start, end) in the case."""
+        if self._record is None:
+            return []
+        case = self._record.prompt.case_text
+        actions = []
+        for match in re.finditer(r"\S+", case):
+            if match.start() <= position < match.end():
+                word = match.group().strip(".,;:!?()")
+                start = match.start() + match.group().index(word) if word else match.start()
+                if word:
+                    actions.append((f"What if “{word}” were struck out",
+                                    (start, start + len(word))))
+                break
+        for start, end in split_sentences(case):
+            if start <= position < end:
+                actions.append(("What if this sentence were struck out", (start, end)))
+        return actions
+
+    def contextMenuEvent(self, event) -> None:
+        menu = self.createStandardContextMenu()
+        position = self.cursorForPosition(event.pos()).position()
+        actions = self.strike_actions(position)
+        if actions:
+            menu.addSeparator()
+        for label, (start, end) in actions:
+            menu.addAction(label).triggered.connect(
+                lambda checked=False, s=start, e=end: self.strike_requested.emit(s, e))
+        menu.exec(event.globalPos())
 
     def show_units(self, record: Explanation, units: list[Span]) -> None:
         """Render ``units`` (spans of ``record.prompt.text`` inside the case), coloured."""

@@ -765,3 +765,22 @@ def test_the_new_answer_of_a_what_if_is_explained_beside_the_original(ready_wind
     assert new.answer.text == window.whatif_panel.found[0].answer.text and new.answer.forced
     details = window.whatif_panel.details.toPlainText()
     assert "by what the new answer rests on" in details and "right breast" in details
+
+
+def test_striking_out_a_word_or_sentence_on_the_coloured_case_asks_what_if(ready_window,
+                                                                          qtbot):
+    window = ready_window
+    window.settings_panel.reliability.setChecked(False)
+    window.settings_panel.claims.setChecked(False)
+    _explain(window, qtbot, method="ifr", max_new_tokens=3)
+    case = window.record.prompt.case_text
+    where = case.index("HER2")
+    actions = dict(window.overlay.strike_actions(where + 1))
+    assert actions["What if “HER2” were struck out"] == (where, where + 4)
+    sentence = actions["What if this sentence were struck out"]
+    assert case[sentence[0]:sentence[1]] == case  # the tiny case is one sentence
+    with qtbot.waitSignal(window.whatif_shown, timeout=60_000):
+        window.overlay.strike_requested.emit(where, where + 4)  # the menu's action
+    (found,) = window.whatif_panel.found
+    assert found.edited_case == case.replace("HER2 ", "")  # the word struck, spaces tidied
+    assert window.case_edit.toPlainText() == found.edited_case
