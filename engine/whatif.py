@@ -146,9 +146,10 @@ def edits_between(original: str, edited: str) -> list[Edit]:
 
 def _unique_edit(original: str, edited: str, words: list[re.Match], new_words: list[re.Match],
                  i1: int, i2: int, j1: int, j2: int) -> Edit | None:
-    """The stretch of words i1:i2 (original) that became j1:j2 (edited), with the word before
-    it ("HER2 negative", not "negative"), widened until it occurs once in ``original``."""
-    left = 1 if i1 > 0 else 0
+    """The stretch of words i1:i2 (original) that became j1:j2 (edited), widened until it
+    occurs once in ``original``; a replacement also takes the word before it ("HER2
+    negative", not "negative"), a removal does not ("Ki-67 is 60%.")."""
+    left = 1 if i1 > 0 and j2 > j1 else 0
     for grow in range(len(words) + 1):
         a, b = max(0, i1 - left - grow), min(len(words), i2 + grow)
         c, d = j1 - (i1 - a), j2 + (b - i2)

@@ -6,7 +6,7 @@ import html
 from dataclasses import replace
 from pathlib import Path
 
-from PySide6.QtCore import QSettings, Qt, QUrl, Signal
+from PySide6.QtCore import QSettings, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QAction, QFont, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
@@ -582,9 +582,9 @@ class MainWindow(QMainWindow):
     def _show_whatif_dock(self) -> None:
         self.whatif_dock.show()
         self.whatif_dock.raise_()
-        if self.whatif_dock.height() < self.height() // 3:
-            self.resizeDocks([self.whatif_dock], [int(self.height() * 0.45)],
-                             Qt.Orientation.Vertical)
+        if self.whatif_dock.height() < self.height() // 3:  # once laid out as the raised tab
+            QTimer.singleShot(0, lambda: self.resizeDocks(
+                [self.whatif_dock], [int(self.height() * 0.45)], Qt.Orientation.Vertical))
 
     def revert_case(self) -> None:
         """Put the explained case back into the case editor."""

@@ -96,3 +96,20 @@ def test_sensitivity_ranks_sentences_as_removing_each_by_hand_does(tiny):
     for effect, (_, fall, changes) in zip(effects, expected, strict=True):
         assert effect.fall == pytest.approx(fall, abs=1e-4)
         assert effect.answer_changes == changes
+
+
+@pytest.mark.parametrize(("edited", "described"), [
+    (CASE.replace("HER2 negative", "HER2 positive"),
+     ["replace “HER2 negative” with “HER2 positive”"]),
+    (CASE.replace("ER positive , ", ""), ["remove “ER positive ,”"]),
+    (CASE.replace("52", "70").replace("2 cm", "4 cm"),
+     ["replace “52” with “70”", "replace “mass 2” with “mass 4”"]),
+    ("something else entirely", [f"replace “{CASE}” with “something else entirely”"]),
+])
+def test_a_hand_edited_case_reads_back_as_edits_that_reproduce_it(edited, described):
+    from engine.whatif import edits_between
+
+    edits = edits_between(CASE, edited)
+    assert [e.describe() for e in edits] == described
+    assert apply_edits(CASE, edits) == edited
+    assert edits_between(CASE, CASE) == []
