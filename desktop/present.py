@@ -309,12 +309,28 @@ def evidence_words(claims: Any) -> str:
             f"in the case. Found in {claims.seconds:.1f} s.")
 
 
+def _times(nats: float) -> str:
+    """exp(|nats|) as "2.05 times", readable at any size."""
+    factor = math.exp(min(abs(nats), 50.0))
+    return "over 1,000 times" if factor >= 1000 else f"{factor:.2f} times"
+
+
 def _fold(nats: float) -> str:
-    """A fall in log-probability as "how many times less likely", readable at any size."""
-    factor = math.exp(min(nats, 50.0))
-    if factor >= 1000:
-        return "over 1,000 times"
-    return f"{factor:.2f} times" if factor > 1 else "not"
+    """A fall in log-probability as "how many times less likely" ("not" for no fall)."""
+    return _times(nats) if nats > 0 else "not"
+
+
+def likelihood_change(fall: float) -> str:
+    """What a fall of ``fall`` nats does to an answer: "2.05 times less likely", "1.30 times
+    more likely", or "as likely"."""
+    if abs(fall) < 1e-9:
+        return "as likely"
+    return f"{_times(fall)} {'less' if fall > 0 else 'more'} likely"
+
+
+# How the two answers of a what-if are marked in HTML views (the window, the PDF).
+DIFF_HTML = {"same": "{}", "removed": "<s style='color:#b2182b;'>{}</s>",
+             "added": "<b style='color:#1b7837;'>{}</b>"}
 
 
 def flagged_first(views: Sequence[ClaimView]) -> list[ClaimView]:
@@ -380,14 +396,12 @@ def answer_diff(original: str, new: str) -> tuple[DiffPiece, ...]:
 def whatif_view(found, moved: int = 5) -> WhatIfView:
     """``found`` (engine.whatif.WhatIf) for the terminal, the PDF and the window."""
     shift = found.shift
-    factor = math.exp(min(abs(shift), 50.0))
-    times = "over 1,000 times" if factor >= 1000 else f"{factor:.2f} times"
     if abs(shift) < 1e-9:
         sentence = "The edit leaves the original answer exactly as likely."
     else:
-        sentence = (f"Under the edit the original answer is {times} "
-                    f"{'less' if shift < 0 else 'more'} likely (log-probability "
-                    f"{sum(found.original_log_probs):.2f} → {sum(found.shifted_log_probs):.2f}).")
+        sentence = (f"Under the edit the original answer is {likelihood_change(-shift)} "
+                    f"(log-probability {sum(found.original_log_probs):.2f} → "
+                    f"{sum(found.shifted_log_probs):.2f}).")
     changes = sorted(((token, after - before) for token, before, after in zip(
         found.original.tokens, found.original_log_probs, found.shifted_log_probs, strict=True)),
         key=lambda item: item[1])[:moved]

@@ -48,7 +48,7 @@ from engine.errors import InvalidInputError
 from engine.methods import AttributionInput, get_method
 from engine.metrics import answer_log_probs
 from engine.record import Claim, Claims, Explanation
-from engine.reliability import check_usable
+from engine.reliability import check_usable, problem_of
 from engine.sentences import split_claims, split_sentences
 from engine.task import SubTask, TaskState
 
@@ -153,9 +153,7 @@ def find_claims(model: Any, tokenizer: Any, record: Explanation, *,
         method = (LEAVE_ONE_OUT if len(parts.sentences) <= LEAVE_ONE_OUT_SENTENCES
                   else EVIDENCE_METHOD)
     device = next(model.parameters()).device
-    problem = AttributionInput(torch.tensor(record.prompt.token_ids, device=device),
-                               torch.tensor(record.prompt.attributable, device=device),
-                               torch.tensor(record.answer.token_ids, device=device))
+    problem = problem_of(record, device)
     prompt = problem.prompt_ids.cpu()
     everything = frozenset(range(len(parts.sentences)))
     falls: dict[frozenset[int], torch.Tensor] = {}  # removed sentences -> log p [T]
@@ -259,9 +257,7 @@ def leave_one_out(model: Any, record: Explanation, *, state: TaskState | None = 
     check_usable(record, model)
     parts = segment(record)
     device = next(model.parameters()).device
-    problem = AttributionInput(torch.tensor(record.prompt.token_ids, device=device),
-                               torch.tensor(record.prompt.attributable, device=device),
-                               torch.tensor(record.answer.token_ids, device=device))
+    problem = problem_of(record, device)
     prompt = problem.prompt_ids.cpu()
     prompts = [prompt, *(without_sentences(prompt, parts.sentence_tokens, frozenset({s}))
                          for s in range(len(parts.sentences)))]

@@ -31,7 +31,6 @@ import torch
 from engine.errors import ContextTooLongError, InvalidInputError, InvalidSettingsError
 from engine.files import check_regular_file
 from engine.generation import generate_answer
-from engine.methods import AttributionInput
 from engine.metrics import answer_log_probs
 from engine.prompting import answer_pieces, build_prompt, validate_case_text
 from engine.record import (
@@ -43,7 +42,7 @@ from engine.record import (
     to_plain,
     write_text_atomic,
 )
-from engine.reliability import check_usable
+from engine.reliability import check_usable, problem_of
 from engine.sentences import split_sentences
 from engine.task import SubTask, TaskState
 
@@ -251,10 +250,7 @@ def what_if(model: Any, tokenizer: Any, record: Explanation, edits: Sequence[Edi
         raise ContextTooLongError(
             f"the edited case makes a prompt of {len(new.token_ids):,} tokens; with the answer "
             f"that is more than this model's context of {context:,} tokens")
-    device = next(model.parameters()).device
-    problem = AttributionInput(torch.tensor(prompt.token_ids, device=device),
-                               torch.tensor(prompt.attributable, device=device),
-                               torch.tensor(answer, device=device))
+    problem = problem_of(record, next(model.parameters()).device)
     greedy = torch.zeros(2, len(answer), dtype=torch.bool)
     logp = answer_log_probs(model, problem, [problem.prompt_ids.cpu(),
                                              torch.tensor(new.token_ids)],
@@ -299,9 +295,7 @@ def sensitivity(model: Any, record: Explanation, *, state: TaskState | None = No
     check_usable(record, model)
     parts = segment(record)
     device = next(model.parameters()).device
-    problem = AttributionInput(torch.tensor(record.prompt.token_ids, device=device),
-                               torch.tensor(record.prompt.attributable, device=device),
-                               torch.tensor(record.answer.token_ids, device=device))
+    problem = problem_of(record, device)
     prompt = problem.prompt_ids.cpu()
     prompts = [prompt, *(without_sentences(prompt, parts.sentence_tokens, frozenset({s}))
                          for s in range(len(parts.sentences)))]

@@ -3,7 +3,6 @@ method list and an evaluation's summary."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from rich.color import Color
@@ -26,6 +25,7 @@ from desktop.present import (
     ExplanationView,
     claim_views,
     evidence_words,
+    likelihood_change,
     whatif_view,
 )
 from engine.jobs.evaluate import LABELS, best_methods
@@ -238,10 +238,7 @@ def render_sensitivity(record: Explanation, effects: Any, console: Console | Non
     table.add_column("greedy answer", justify="left")
     case = record.prompt.case_text
     for effect in effects:
-        factor = math.exp(min(abs(effect.fall), 50.0))
-        likely = ("same" if abs(effect.fall) < 1e-9 else
-                  f"{'over 1,000' if factor >= 1000 else f'{factor:.2f}'}x "
-                  f"{'less' if effect.fall > 0 else 'more'} likely")
+        likely = likelihood_change(effect.fall)
         text = case[effect.start:effect.end]
         table.add_row(str(effect.sentence + 1),
                       f"[{effect.field}] {text}" if effect.field else text, likely,

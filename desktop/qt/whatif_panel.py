@@ -11,7 +11,6 @@ Sensitivity ranks the case's sentences by what removing each does to the answer.
 from __future__ import annotations
 
 import html
-import math
 from typing import Any
 
 from PySide6.QtCore import Qt, Signal
@@ -27,10 +26,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from desktop.present import coloured_case_html, whatif_view
-
-DIFF_STYLES = {"same": "{}", "removed": "<s style='color:#b2182b;'>{}</s>",
-               "added": "<b style='color:#1b7837;'>{}</b>"}
+from desktop.present import DIFF_HTML, coloured_case_html, likelihood_change, whatif_view
 
 
 class WhatIfPanel(QWidget):
@@ -136,9 +132,9 @@ class WhatIfPanel(QWidget):
         esc = html.escape
         # Side by side: the original answer with what the edit took away struck, the new one
         # with what it added in bold.
-        before = " ".join(DIFF_STYLES[p.kind].format(esc(p.text)) for p in view.diff
+        before = " ".join(DIFF_HTML[p.kind].format(esc(p.text)) for p in view.diff
                           if p.kind != "added")
-        after = " ".join(DIFF_STYLES[p.kind].format(esc(p.text)) for p in view.diff
+        after = " ".join(DIFF_HTML[p.kind].format(esc(p.text)) for p in view.diff
                          if p.kind != "removed")
         moved = ", ".join(f"“{esc(token)}” {change:+.2f}" for token, change in
                           view.token_changes)
@@ -169,10 +165,7 @@ class WhatIfPanel(QWidget):
         esc = html.escape
         rows = []
         for effect in effects:
-            factor = math.exp(min(abs(effect.fall), 50.0))
-            likely = ("the same" if abs(effect.fall) < 1e-9 else
-                      f"{'over 1,000' if factor >= 1000 else f'{factor:.2f}'}x "
-                      f"{'less' if effect.fall > 0 else 'more'} likely")
+            likely = likelihood_change(effect.fall)
             change = (f"<b style='color:#b2182b;'>changes at token {effect.first_change + 1}"
                       "</b>" if effect.answer_changes else "unchanged")
             rows.append(f"<tr><td align='right'>{effect.sentence + 1}</td>"

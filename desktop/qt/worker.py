@@ -128,17 +128,11 @@ class EngineWorker(QObject):
     def check_reliability(self, request_id: int, record: Any) -> None:
         from dataclasses import replace
 
-        from engine.errors import ModelLoadError
         from engine.reliability import check_reliability
 
         def work(state: TaskState) -> Any:
-            if self._loaded is None:
-                raise ModelLoadError("no model is loaded yet; open a model first")
-            if self._loaded.info.sha256 != record.model.sha256:
-                raise ModelLoadError("this explanation was made with another model; load it "
-                                     "to check the explanation's reliability")
-            found = check_reliability(self._loaded.model, self._loaded.tokenizer, record,
-                                      state=state)
+            loaded = self._same_model(record, "check the explanation's reliability")
+            found = check_reliability(loaded.model, loaded.tokenizer, record, state=state)
             return replace(record, reliability=found)
 
         checked = self._run(request_id, "reliability", work)
@@ -150,16 +144,10 @@ class EngineWorker(QObject):
         from dataclasses import replace
 
         from engine.claims import find_claims
-        from engine.errors import ModelLoadError
 
         def work(state: TaskState) -> Any:
-            if self._loaded is None:
-                raise ModelLoadError("no model is loaded yet; open a model first")
-            if self._loaded.info.sha256 != record.model.sha256:
-                raise ModelLoadError("this explanation was made with another model; load it "
-                                     "to find what the answer's statements rest on")
-            return replace(record, claims=find_claims(self._loaded.model,
-                                                      self._loaded.tokenizer, record,
+            loaded = self._same_model(record, "find what the answer's statements rest on")
+            return replace(record, claims=find_claims(loaded.model, loaded.tokenizer, record,
                                                       state=state))
 
         found = self._run(request_id, "claims", work)

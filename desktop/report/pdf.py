@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from desktop.present import (
+    DIFF_HTML,
     UNCOLOURED_BELOW,
     ExplanationView,
     claim_views,
@@ -167,9 +168,7 @@ def _whatif_html(found: Any) -> str:
     """One what-if: the edits, both answers with the differences marked, the shift."""
     esc = html.escape
     view = whatif_view(found)
-    styles = {"same": "{}", "removed": "<s style='color:#b2182b;'>{}</s>",
-              "added": "<b style='color:#1b7837;'>{}</b>"}
-    merged = " ".join(styles[piece.kind].format(esc(piece.text)) for piece in view.diff)
+    merged = " ".join(DIFF_HTML[piece.kind].format(esc(piece.text)) for piece in view.diff)
     moved = ", ".join(f"“{esc(token)}” {change:+.2f}" for token, change in view.token_changes)
     return (f"<h2>What if: {esc('; '.join(view.edits))}</h2>"
             f"<p><b>Original answer:</b> {esc(view.original)}</p>"
