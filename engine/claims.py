@@ -50,7 +50,7 @@ from engine.metrics import answer_log_probs
 from engine.record import Claim, Claims, Explanation
 from engine.reliability import check_usable, problem_of
 from engine.sentences import split_claims, split_sentences
-from engine.task import SubTask, TaskState
+from engine.task import TaskState
 
 EVIDENCE_METHOD = "ifr"  # the attribution that ranks sentences when there are many
 LEAVE_ONE_OUT = "leave-one-out"
@@ -158,23 +158,26 @@ def find_claims(model: Any, tokenizer: Any, record: Explanation, *,
     everything = frozenset(range(len(parts.sentences)))
     falls: dict[frozenset[int], torch.Tensor] = {}  # removed sentences -> log p [T]
 
-    def measure(removals: list[frozenset[int]], step: int, steps: int) -> None:
-        """The answer's log-probabilities without each removal set, in one batched pass."""
+    # Progress (stage "claims"): one unit per claim's evidence, then one for the checks.
+    steps = len(parts.claims) + 1
+
+    def measure(removals: list[frozenset[int]], done: int) -> None:
+        """The answer's log-probabilities without each removal set, in one batched pass; then
+        ``done`` units of progress are done."""
         todo = [r for r in dict.fromkeys(removals) if r not in falls]
         prompts = [prompt, *(without_sentences(prompt, parts.sentence_tokens, r) for r in todo)]
-        logp = answer_log_probs(model, problem, prompts, batch_size=batch_size,
-                                state=SubTask(state, "claims", step, steps))
+        logp = answer_log_probs(model, problem, prompts, batch_size=batch_size, state=state)
+        state.progressed("claims", done, steps)
         falls[frozenset()] = logp[0]
         falls.update(zip(todo, logp[1:], strict=True))
 
     if method == LEAVE_ONE_OUT:
-        measure([frozenset({s}) for s in everything], 0, 2)
+        measure([frozenset({s}) for s in everything], len(parts.claims))
         evidence = [_shares([float(falls[frozenset()][a:b].sum() - falls[frozenset({s})][a:b]
                                    .sum()) for s in range(len(parts.sentences))])
                     for a, b in parts.claims]
     else:
-        evidence = claim_evidence(model, tokenizer, problem, parts, method,
-                                  SubTask(state, "claims", 0, 2))
+        evidence = claim_evidence(model, tokenizer, problem, parts, method, state)
     # The checks: the whole case, each claim's top sentences one by one, all of them together,
     # and all but the top one (the singles are already measured with leave-one-out).
     tops = [_top(shares, candidates) for shares in evidence]
@@ -185,8 +188,7 @@ def find_claims(model: Any, tokenizer: Any, record: Explanation, *,
             checks.append(frozenset(top))
         if top and len(everything) > 1:
             checks.append(everything - {top[0]})
-    measure(checks, 1, 2)
-    state.progressed("claims", 2, 2)
+    measure(checks, steps)
 
     claims = []
     for (first, end), text, shares, top in zip(parts.claims, parts.claim_texts, evidence, tops,
@@ -209,6 +211,25 @@ def find_claims(model: Any, tokenizer: Any, record: Explanation, *,
                   seconds=time.perf_counter() - started)
 
 
+class _Quiet(TaskState):
+    """Cancels with ``parent`` but keeps a method's own progress (its blocks) to itself: the
+    claims report theirs in claims."""
+
+    def __init__(self, parent: TaskState) -> None:
+        super().__init__()
+        self._parent = parent
+
+    def cancel(self) -> None:
+        self._parent.cancel()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._parent.cancelled
+
+    def check(self) -> None:
+        self._parent.check()
+
+
 def _shares(scores: Sequence[float]) -> list[float]:
     """Positive parts of ``scores`` as shares of their total (all 0 when none is positive)."""
     positive = [max(0.0, score) for score in scores]
@@ -218,7 +239,8 @@ def _shares(scores: Sequence[float]) -> list[float]:
 
 def claim_evidence(model: Any, tokenizer: Any, problem: AttributionInput, parts: Segments,
                    method: str, state: TaskState) -> list[list[float]]:
-    """Per claim, each case sentence's share of the claim's positive attribution.
+    """Per claim, each case sentence's share of the claim's positive attribution; progress in
+    stage ``claims``, one unit per claim out of claims + 1.
 
     A method with a ``span`` option explains each claim's tokens as one target in its own pass;
     any other method runs once with its per-token matrix and a claim's scores are its rows
@@ -233,11 +255,14 @@ def claim_evidence(model: Any, tokenizer: Any, problem: AttributionInput, parts:
             params = {**defaults, "span": f"{first}:{end - 1}"}
             if "matrix" in params:
                 params["matrix"] = False
-            rows.append(spec.attribute(model, tokenizer, problem, state=state, **params).sequence)
+            rows.append(spec.attribute(model, tokenizer, problem, state=_Quiet(state),
+                                       **params).sequence)
             state.progressed("claims", index + 1, len(parts.claims) + 1)
     else:
         params = {**defaults, **({"matrix": True} if "matrix" in defaults else {})}
-        matrix = spec.attribute(model, tokenizer, problem, state=state, **params).per_token
+        matrix = spec.attribute(model, tokenizer, problem, state=_Quiet(state),
+                                **params).per_token
+        state.progressed("claims", len(parts.claims), len(parts.claims) + 1)
         if matrix is None:
             raise InvalidInputError(f"{method} gives no per-token matrix to find claims with")
         rows = [matrix[first:end].sum(0) for first, end in parts.claims]

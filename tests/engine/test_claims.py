@@ -135,3 +135,32 @@ def test_claims_with_spans_beyond_the_case_or_answer_are_refused_on_load(tiny):
     data["claims"]["claims"][0]["tokens"] = [0, 99]
     with pytest.raises(InvalidInputError, match="beyond the answer"):
         Explanation.from_dict(data)
+
+
+@pytest.mark.parametrize("method", ["auto", "ifr"])
+def test_claims_report_progress_in_order_and_cancel(tiny, method):
+    from engine.errors import Cancelled
+    from engine.task import TaskState
+
+    loaded, record = tiny
+
+    class Progress(TaskState):
+        def __init__(self, cancel_at=None):
+            super().__init__()
+            self.seen, self.cancel_at = [], cancel_at
+
+        def progressed(self, stage, done, total):
+            if stage == "claims":
+                self.seen.append((done, total))
+                if self.cancel_at is not None and done >= self.cancel_at:
+                    self.cancel()
+
+    state = Progress()
+    find_claims(loaded.model, loaded.tokenizer, record, method=method, state=state)
+    steps = len(segment(record).claims) + 1
+    assert all(total == steps for _, total in state.seen)
+    done = [d for d, _ in state.seen]
+    assert done == sorted(done) and done[-1] == steps
+    with pytest.raises(Cancelled):
+        find_claims(loaded.model, loaded.tokenizer, record, method=method,
+                    state=Progress(cancel_at=1))
