@@ -8,6 +8,11 @@ could not be explained; ``summary.csv`` and (with a report writer) ``summary.pdf
 A rerun resumes: a record is reused only if it was made with this run's settings, for this
 case's text, with this model, precision and tokenizer; otherwise the case is explained again
 and the log says why. A missing report of a reused record is made.
+
+``run_batch`` is the driver: it decides what to explain, and writes every record, report and
+summary. The explaining is a ``CasePool``'s: ``LocalPool`` explains in this process, one case
+after another; a pool of worker processes (issue 18) hands back the same records in the order
+they finish.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import hashlib
 import io
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -29,7 +34,7 @@ from engine.explain import ExplainRequest, explain
 from engine.fields import field_shares, render_fields
 from engine.grouping import top_spans, word_scores
 from engine.models import LoadedModel
-from engine.record import Explanation, check_writable, write_text_atomic
+from engine.record import Explanation, ModelInfo, check_writable, write_text_atomic
 from engine.task import TaskState
 
 SUMMARY_COLUMNS = ["case", "answer", "top_words", "top_fields", "completeness_error", "load_s",
@@ -42,6 +47,35 @@ class Reports(Protocol):
     def case_pdf(self, record: Explanation, path: Path) -> None: ...
 
     def summary_pdf(self, rows: list[dict[str, object]], path: Path) -> None: ...
+
+
+class CasePool(Protocol):
+    """Explains a batch's cases. ``info`` is the model every record is made with."""
+
+    info: ModelInfo
+
+    def explain(self, jobs: Iterable[tuple[str, ExplainRequest]], state: TaskState
+                ) -> Iterator[tuple[str, Explanation | TokenTraceError]]:
+        """(case id, its record or the error that stopped it) for every job, in the order
+        they finish; ``Cancelled`` stops it."""
+        ...
+
+
+class LocalPool:
+    """Explains in this process, one case after another, with a model already loaded."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded, self.info = loaded, loaded.info
+
+    def explain(self, jobs: Iterable[tuple[str, ExplainRequest]], state: TaskState
+                ) -> Iterator[tuple[str, Explanation | TokenTraceError]]:
+        for case_id, request in jobs:
+            try:
+                yield case_id, explain(request, self.loaded, state)
+            except Cancelled:
+                raise
+            except TokenTraceError as exc:
+                yield case_id, exc
 
 
 @dataclass(frozen=True)
@@ -111,11 +145,10 @@ def settings_fingerprint(template: ExplainRequest, from_fields: bool) -> dict[st
             "from_fields": from_fields}
 
 
-def stale_reason(record: Explanation, request: ExplainRequest, loaded: LoadedModel) -> str | None:
+def stale_reason(record: Explanation, request: ExplainRequest, info: ModelInfo) -> str | None:
     """Why an existing record cannot stand for this run's case (None: it can)."""
     if record.prompt.case_text != request.case_text:
         return "its case text differs"
-    info = loaded.info
     if (record.model.sha256, record.model.dtype) != (info.sha256, info.dtype):
         return "it was made with another model or precision"
     if record.model.tokenizer_sha256 and record.model.tokenizer_sha256 != info.tokenizer_sha256:
@@ -131,11 +164,13 @@ def request_for(case: Case, template: ExplainRequest, from_fields: bool) -> Expl
     return replace(template, case_text=case.text)
 
 
-def run_batch(settings: BatchSettings, loaded: LoadedModel, state: TaskState | None = None,
-              reports: Reports | None = None, log: Callable[[str], None] = lambda line: None
-              ) -> BatchResult:
-    """Explain every case not yet done; ``Cancelled`` (or Ctrl-C) keeps what finished."""
+def run_batch(settings: BatchSettings, loaded: LoadedModel | CasePool,
+              state: TaskState | None = None, reports: Reports | None = None,
+              log: Callable[[str], None] = lambda line: None) -> BatchResult:
+    """Explain every case not yet done, with ``loaded`` (a model: in this process) or a
+    ``CasePool``; ``Cancelled`` (or Ctrl-C) keeps what finished."""
     state = state or TaskState()
+    pool = LocalPool(loaded) if isinstance(loaded, LoadedModel) else loaded
     if settings.pdf and reports is None:
         raise InvalidSettingsError("PDF reports need a report writer (the desktop's)")
     cases = load_cases(settings.cases_file)
@@ -148,15 +183,16 @@ def run_batch(settings: BatchSettings, loaded: LoadedModel, state: TaskState | N
     failures: dict[str, str] = {}
     done_now = resumed = 0
     finished = False
+    by_id = {case.id: case for case in cases}
     try:
-        for number, case in enumerate(cases, 1):
-            state.progressed("cases", number - 1, len(cases))
+        jobs = []
+        for case in cases:
             request = request_for(case, settings.template, settings.from_fields)
             name = safe_name(case.id)
             record = existing_record(out, case) if name in index else None
             if record is not None:
                 reason = ("it was made with other settings" if index[name] != fingerprint
-                          else stale_reason(record, request, loaded))
+                          else stale_reason(record, request, pool.info))
                 if reason is None:
                     resumed += 1
                     if settings.pdf and reports is not None and not report_path(
@@ -164,27 +200,17 @@ def run_batch(settings: BatchSettings, loaded: LoadedModel, state: TaskState | N
                         reports.case_pdf(record, report_path(out, case))  # made on resume
                     continue
                 log(f"case {case.id}: explained again: {reason}")
-            try:
-                record = explain(request, loaded, state)
-            except Cancelled:
-                raise
-            except TokenTraceError as exc:
-                failures[case.id] = str(exc)
-                log(f"case {case.id}: skipped: {exc}")
-                continue
-            try:
-                record.save(record_path(out, case))
-                audited("export", record, file=str(record_path(out, case)), case_id=case.id)
-                index[name] = fingerprint
-                write_text_atomic(out / INDEX, json.dumps(index, indent=1, sort_keys=True))
-                if settings.pdf and reports is not None:
-                    reports.case_pdf(record, report_path(out, case))
-            except OutputError as exc:
-                failures[case.id] = str(exc)
-                log(f"case {case.id}: not saved: {exc}")
-                continue
-            done_now += 1
-            log(f"case {case.id}: done in {record.timings.attribute_s:.1f} s")
+            jobs.append((case.id, request))
+        state.progressed("cases", resumed, len(cases))
+        for case_id, found in pool.explain(jobs, state):
+            case = by_id[case_id]
+            if isinstance(found, TokenTraceError):
+                failures[case.id] = str(found)
+                log(f"case {case.id}: skipped: {found}")
+            elif _save(found, case, settings, reports, index, fingerprint, failures, log):
+                done_now += 1
+                log(f"case {case.id}: done in {found.timings.attribute_s:.1f} s")
+            state.progressed("cases", resumed + done_now + len(failures), len(cases))
         state.progressed("cases", len(cases), len(cases))
         finished = True
     finally:
@@ -198,6 +224,26 @@ def run_batch(settings: BatchSettings, loaded: LoadedModel, state: TaskState | N
                 raise
             log(f"the summary could not be written either: {exc}")
     return BatchResult(done_now, resumed, len(failures))
+
+
+def _save(record: Explanation, case: Case, settings: BatchSettings, reports: Reports | None,
+          index: dict[str, str], fingerprint: str, failures: dict[str, str],
+          log: Callable[[str], None]) -> bool:
+    """Write a case's record (and report), and the index that says what it was made with.
+    A file that cannot be written makes the case a failure, not the batch's end."""
+    out = settings.out
+    try:
+        record.save(record_path(out, case))
+        audited("export", record, file=str(record_path(out, case)), case_id=case.id)
+        index[safe_name(case.id)] = fingerprint
+        write_text_atomic(out / INDEX, json.dumps(index, indent=1, sort_keys=True))
+        if settings.pdf and reports is not None:
+            reports.case_pdf(record, report_path(out, case))
+    except OutputError as exc:
+        failures[case.id] = str(exc)
+        log(f"case {case.id}: not saved: {exc}")
+        return False
+    return True
 
 
 def summary_rows(cases: list[Case], out: Path, current: set[str] | None = None

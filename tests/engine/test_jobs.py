@@ -88,3 +88,37 @@ def test_evaluate_resume_recomputes_a_case_whose_text_changed(loaded, cases, tmp
     cases.write_text(cases.read_text().replace("HER2 positive", "HER2 negative"))
     run_evaluation(settings, loaded)  # the edited case is evaluated again
     assert len(settings.progress_path.read_text().splitlines()) == 3
+
+
+def test_a_pool_that_finishes_out_of_order_writes_what_the_serial_run_writes(loaded, cases,
+                                                                            tmp_path):
+    """The driver writes every record, index line and summary row whatever order a pool (a
+    set of worker processes) hands the cases back in."""
+
+    from engine.cases import load_cases
+    from engine.jobs.batch import LocalPool, record_path
+    from engine.record import Explanation
+
+    class LastFirst(LocalPool):
+        def explain(self, jobs, state):
+            return reversed(list(super().explain(jobs, state)))
+
+    template = ExplainRequest("placeholder", max_new_tokens=2, matrix=False, method="ifr")
+    serial = run_batch(BatchSettings(cases, tmp_path / "serial", template), loaded)
+    pooled = run_batch(BatchSettings(cases, tmp_path / "pooled", template), LastFirst(loaded))
+    assert (serial.explained, pooled.explained) == (2, 2)
+
+    def comparable(path):  # timings, memory and the creation time differ between runs
+        data = Explanation.load(path).to_dict()
+        for key in ("timings", "hardware", "created_at"):
+            data.pop(key)
+        return data
+
+    for case in load_cases(cases):
+        assert comparable(record_path(tmp_path / "serial", case)) == \
+            comparable(record_path(tmp_path / "pooled", case))
+    rows = lambda out: [line.split(",")[0] for line in  # noqa: E731
+                        (out / "summary.csv").read_text().splitlines()]
+    assert rows(tmp_path / "serial") == rows(tmp_path / "pooled") == ["case", "c0", "c1"]
+    assert json.loads((tmp_path / "pooled" / "records.json").read_text()).keys() == \
+        json.loads((tmp_path / "serial" / "records.json").read_text()).keys()
