@@ -57,6 +57,17 @@ class WindowUnavailableError(TokenTraceError):
     exit_code = 7
 
 
+class ClusterError(TokenTraceError):
+    """Work cannot be shared out: Ray is not installed, the cluster cannot be reached or
+    joined, or no worker could be kept alive."""
+
+    exit_code = 8
+
+
+class WorkerLostError(TokenTraceError):
+    """A case's worker process kept dying on it (killed, out of memory, its node lost)."""
+
+
 class Cancelled(TokenTraceError):
     """The user cancelled the request. Not an error to report."""
 

@@ -50,9 +50,35 @@ def _is_loopback(address: Any) -> bool:
         return False  # a host name other than localhost would need DNS: refuse
 
 
+# Hosts the user explicitly chose to send work to (``--ray ADDRESS``): names and addresses.
+_ALLOWED: set[str] = set()
+
+
+def allow_host(host: str) -> list[str]:
+    """Let this process resolve and reach ``host`` as well as loopback: the user's explicit
+    choice of a cluster to send cases to, and only that host. Returns its addresses."""
+    _ALLOWED.add(host)
+    try:
+        found = socket.getaddrinfo(host, None)
+    except OSError:
+        return []
+    addresses = sorted({str(entry[4][0]) for entry in found})
+    _ALLOWED.update(addresses)
+    return addresses
+
+
+def _permitted(address: Any) -> bool:
+    if _is_loopback(address):
+        return True
+    host = address[0] if isinstance(address, tuple) and address else None
+    if isinstance(host, bytes):
+        host = host.decode(errors="replace")
+    return isinstance(host, str) and (host in _ALLOWED or host.split("%")[0] in _ALLOWED)
+
+
 def _guarded(original: Callable[..., Any]) -> Callable[..., Any]:
     def connect(self: socket.socket, address: Any, *args: Any) -> Any:
-        if self.family != getattr(socket, "AF_UNIX", None) and not _is_loopback(address):
+        if self.family != getattr(socket, "AF_UNIX", None) and not _permitted(address):
             raise NetworkBlockedError(
                 f"TokenTrace is offline: refused a connection to {address!r}. "
                 "Only loopback (127.0.0.1, ::1) is allowed."
@@ -66,7 +92,7 @@ def _guarded(original: Callable[..., Any]) -> Callable[..., Any]:
 def _guarded_sendto(original: Callable[..., Any]) -> Callable[..., Any]:
     def sendto(self: socket.socket, data: Any, *args: Any) -> Any:
         address = args[-1] if args else None  # sendto(data, address) or (data, flags, address)
-        if self.family != getattr(socket, "AF_UNIX", None) and not _is_loopback(address):
+        if self.family != getattr(socket, "AF_UNIX", None) and not _permitted(address):
             raise NetworkBlockedError(
                 f"TokenTrace is offline: refused a datagram to {address!r}. "
                 "Only loopback (127.0.0.1, ::1) is allowed."
@@ -80,7 +106,7 @@ def _guarded_sendto(original: Callable[..., Any]) -> Callable[..., Any]:
 def _guarded_getaddrinfo(original: Callable[..., Any]) -> Callable[..., Any]:
     def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
         name = host.decode(errors="replace") if isinstance(host, bytes) else host
-        if name is not None and not _is_loopback((name, 0)):
+        if name is not None and not _permitted((name, 0)):
             # A DNS query for a host name leaks it (and often the reason) to the network.
             raise NetworkBlockedError(
                 f"TokenTrace is offline: refused to resolve {name!r}. "

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
@@ -143,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "--device", "--dtype", "--quiet"):
         action = next(a for a in explain._actions if option in a.option_strings)
         batch._add_action(action)
+    _add_cluster_options(batch)
 
     evaluate = commands.add_parser(
         "evaluate", help="faithfulness of attribution methods over a case file (resumable)",
@@ -176,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     for option in ("--model", "--baseline", "--system", "--device", "--dtype", "--quiet"):
         action = next(a for a in explain._actions if option in a.option_strings)
         evaluate._add_action(action)
+    _add_cluster_options(evaluate)
 
     from desktop.cli.whatif import add_commands
 
@@ -183,6 +187,37 @@ def build_parser() -> argparse.ArgumentParser:
     methods = commands.add_parser("methods", help="list attribution methods and their cost")
     methods.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
+
+
+def _add_cluster_options(command: argparse.ArgumentParser) -> None:
+    group = command.add_argument_group(
+        "many machines (Ray; pip install 'tokentrace[cluster]'; see docs/cluster.md)")
+    group.add_argument("--workers", type=_positive_int, metavar="N",
+                       help="share the cases among N worker processes, each loading the model "
+                            "once (on this machine, which nothing leaves; with --ray, on the "
+                            "cluster: default one per GPU, else one per node)")
+    group.add_argument("--ray", metavar="HOST:PORT",
+                       help="send the cases to the Ray cluster whose head is at HOST:PORT "
+                            "(`ray start --head` there): they leave this machine for it")
+    group.add_argument("--tries", type=_positive_int, default=2, metavar="N",
+                       help="a case whose worker dies N times (killed, out of memory) is "
+                            "skipped into failures.json (default: 2)")
+
+
+@contextmanager
+def _model_or_pool(args: argparse.Namespace, state: Any) -> Iterator[Any]:
+    """The model, loaded here; or, with --workers or --ray, a pool of Ray workers that each
+    load it (ended when the command ends, however it ends)."""
+    from engine.models import ModelRequest, load_model
+
+    request = ModelRequest(args.model, args.device, args.dtype)
+    if args.workers is None and args.ray is None:
+        yield load_model(request, state)
+        return
+    ClusterSettings, RayPool = _cluster("ClusterSettings", "RayPool")
+    cluster = ClusterSettings(workers=args.workers, address=args.ray, tries=args.tries)
+    with RayPool(request, cluster, state, log=lambda line: _stderr(f"tokentrace: {line}")) as pool:
+        yield pool
 
 
 def run_explain(args: argparse.Namespace) -> int:
@@ -242,16 +277,16 @@ def run_batch_command(args: argparse.Namespace) -> int:
     from desktop.report import PdfReports
     from engine.errors import Cancelled
     from engine.jobs.batch import BatchSettings, run_batch
-    from engine.models import ModelRequest, load_model
 
     settings = BatchSettings(
         cases_file=args.cases, out=args.out, template=_request(args, "placeholder"),
         from_fields=args.from_fields, pdf=args.pdf)
     settings.validate()  # bad settings and a broken case file fail before the model loads
+    _validate_cluster(args)
     with RichTaskState(quiet=args.quiet) as state:
-        loaded = load_model(ModelRequest(args.model, args.device, args.dtype), state)
         try:
-            result = run_batch(settings, loaded, state, PdfReports(), log=_stderr)
+            with _model_or_pool(args, state) as loaded:
+                result = run_batch(settings, loaded, state, PdfReports(), log=_stderr)
         except (KeyboardInterrupt, Cancelled):
             _stderr(f"tokentrace: batch stopped; what finished is in {args.out}. Run the same "
                     "command again to resume.")
@@ -267,7 +302,6 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     from engine.evaluation import EvaluationSettings
     from engine.jobs.evaluate import EvaluateSettings, parse_method_options, run_evaluation
     from engine.metrics import MetricSettings
-    from engine.models import ModelRequest, load_model
     from engine.prompting import DEFAULT_SYSTEM_PROMPT
 
     settings = EvaluateSettings(
@@ -280,6 +314,7 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
             metrics=MetricSettings(samples=args.samples, seed=args.seed,
                                    granularity=args.granularity, soft=not args.no_soft)))
     settings.validate()
+    _validate_cluster(args)
     if args.plot is not None:
         from engine.record import check_writable
 
@@ -288,10 +323,10 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     plot = None if args.no_soft else (args.plot or main_out.with_name(
         main_out.stem + "-pi-curves.png"))
     with RichTaskState(quiet=args.quiet) as state:
-        loaded = load_model(ModelRequest(args.model, args.device, args.dtype), state)
         try:
-            report = run_evaluation(settings, loaded, state,
-                                    log=lambda line: _stderr(f"tokentrace: {line}"))
+            with _model_or_pool(args, state) as loaded:
+                report = run_evaluation(settings, loaded, state,
+                                        log=lambda line: _stderr(f"tokentrace: {line}"))
         except (KeyboardInterrupt, Cancelled):
             _stderr(f"tokentrace: evaluation stopped; finished results are in "
                     f"{settings.progress_path}. Run the same command again to resume.")
@@ -306,6 +341,28 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     print(f"{report['cases_evaluated']} cases, {len(settings.evaluation.methods)} methods; "
           f"wrote {', '.join(written)}")
     return 0
+
+
+def _validate_cluster(args: argparse.Namespace) -> None:
+    """--workers/--ray settings, and Ray itself, are checked before any model loads."""
+    if args.workers is None and args.ray is None:
+        return
+    ClusterSettings, import_ray = _cluster("ClusterSettings", "import_ray")
+    ClusterSettings(workers=args.workers, address=args.ray, tries=args.tries).validate()
+    import_ray()
+
+
+def _cluster(*names: str) -> list[Any]:
+    """Names from engine.jobs.cluster, which the desktop bundle leaves out."""
+    try:
+        from engine.jobs import cluster
+    except ImportError:
+        from engine.errors import ClusterError
+
+        raise ClusterError("this build of TokenTrace runs on one machine only: --workers and "
+                           "--ray need the Python package with its cluster extra (pip install "
+                           "'tokentrace[cluster]'; docs/cluster.md)") from None
+    return [getattr(cluster, name) for name in names]
 
 
 def _request(args: argparse.Namespace, case: str):

@@ -10,9 +10,8 @@ case's text, with this model, precision and tokenizer; otherwise the case is exp
 and the log says why. A missing report of a reused record is made.
 
 ``run_batch`` is the driver: it decides what to explain, and writes every record, report and
-summary. The explaining is a ``CasePool``'s: ``LocalPool`` explains in this process, one case
-after another; a pool of worker processes (issue 18) hands back the same records in the order
-they finish.
+summary. The explaining is a pool's (``engine.jobs.pool``): this process, or Ray workers that
+hand back the same records in the order they finish.
 """
 
 from __future__ import annotations
@@ -22,17 +21,18 @@ import hashlib
 import io
 import json
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
 from engine.audit import audited
 from engine.cases import Case, load_cases
-from engine.errors import Cancelled, InvalidSettingsError, OutputError, TokenTraceError
-from engine.explain import ExplainRequest, explain
+from engine.errors import InvalidSettingsError, OutputError, TokenTraceError
+from engine.explain import ExplainRequest
 from engine.fields import field_shares, render_fields
 from engine.grouping import top_spans, word_scores
+from engine.jobs.pool import CasePool, as_pool
 from engine.models import LoadedModel
 from engine.record import Explanation, ModelInfo, check_writable, write_text_atomic
 from engine.task import TaskState
@@ -47,35 +47,6 @@ class Reports(Protocol):
     def case_pdf(self, record: Explanation, path: Path) -> None: ...
 
     def summary_pdf(self, rows: list[dict[str, object]], path: Path) -> None: ...
-
-
-class CasePool(Protocol):
-    """Explains a batch's cases. ``info`` is the model every record is made with."""
-
-    info: ModelInfo
-
-    def explain(self, jobs: Iterable[tuple[str, ExplainRequest]], state: TaskState
-                ) -> Iterator[tuple[str, Explanation | TokenTraceError]]:
-        """(case id, its record or the error that stopped it) for every job, in the order
-        they finish; ``Cancelled`` stops it."""
-        ...
-
-
-class LocalPool:
-    """Explains in this process, one case after another, with a model already loaded."""
-
-    def __init__(self, loaded: LoadedModel) -> None:
-        self.loaded, self.info = loaded, loaded.info
-
-    def explain(self, jobs: Iterable[tuple[str, ExplainRequest]], state: TaskState
-                ) -> Iterator[tuple[str, Explanation | TokenTraceError]]:
-        for case_id, request in jobs:
-            try:
-                yield case_id, explain(request, self.loaded, state)
-            except Cancelled:
-                raise
-            except TokenTraceError as exc:
-                yield case_id, exc
 
 
 @dataclass(frozen=True)
@@ -170,7 +141,7 @@ def run_batch(settings: BatchSettings, loaded: LoadedModel | CasePool,
     """Explain every case not yet done, with ``loaded`` (a model: in this process) or a
     ``CasePool``; ``Cancelled`` (or Ctrl-C) keeps what finished."""
     state = state or TaskState()
-    pool = LocalPool(loaded) if isinstance(loaded, LoadedModel) else loaded
+    pool = as_pool(loaded)
     if settings.pdf and reports is None:
         raise InvalidSettingsError("PDF reports need a report writer (the desktop's)")
     cases = load_cases(settings.cases_file)

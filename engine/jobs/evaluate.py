@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from engine.cases import load_cases
-from engine.errors import Cancelled, InvalidSettingsError, TokenTraceError
-from engine.evaluation import RANDOM, CaseResult, EvaluationSettings, evaluate_case, summarise
+from engine.errors import InvalidSettingsError
+from engine.evaluation import RANDOM, CaseResult, EvaluationSettings, summarise
+from engine.jobs.pool import CasePool, as_pool
 from engine.metrics import HIGHER_IS_BETTER, METRICS
 from engine.models import LoadedModel
 from engine.record import ModelInfo, check_writable, write_text_atomic
@@ -97,45 +98,53 @@ def _load_progress(path: Path) -> dict[tuple[str, str, str, str], CaseResult]:
     return done
 
 
-def run_evaluation(settings: EvaluateSettings, loaded: LoadedModel,
+def run_evaluation(settings: EvaluateSettings, loaded: LoadedModel | CasePool,
                    state: TaskState | None = None,
                    log: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
-    """Evaluate every (case, method) not yet done, write the outputs and return the report.
-    ``Cancelled`` (or Ctrl-C) keeps every finished result in the progress file."""
+    """Evaluate every (case, method) not yet done, with ``loaded`` (a model: in this process)
+    or a pool, write the outputs and return the report. ``Cancelled`` (or Ctrl-C) keeps every
+    finished result in the progress file."""
     state = state or TaskState()
+    pool = as_pool(loaded)
+    info = pool.info
     evaluation = settings.evaluation
     methods = evaluation.methods
     cases = load_cases(settings.cases_file)[: settings.limit]
     progress_path = settings.progress_path
-    keys = {m: fingerprint(loaded.info, evaluation, m) for m in methods}
+    keys = {m: fingerprint(info, evaluation, m) for m in methods}
     stored = _load_progress(progress_path)
     results: list[CaseResult] = []
     failures: list[dict[str, str]] = []
     progress_path.parent.mkdir(parents=True, exist_ok=True)
+    jobs = []
+    text_sha = {case.id: hashlib.sha256(case.text.encode("utf-8")).hexdigest() for case in cases}
+    for case in cases:
+        done = tuple(m for m in methods if (keys[m], case.id, m, text_sha[case.id]) in stored)
+        results.extend(stored[(keys[m], case.id, m, text_sha[case.id])] for m in done)
+        if len(done) < len(methods):
+            jobs.append((case, done))
+    finished = len(cases) - len(jobs)
+    state.progressed("cases", finished, len(cases))
     with progress_path.open("a", encoding="utf-8") as progress:
-        for number, case in enumerate(cases):
-            state.progressed("cases", number, len(cases))
-            text_sha = hashlib.sha256(case.text.encode("utf-8")).hexdigest()
 
-            def keep(result: CaseResult, text_sha: str = text_sha) -> None:
-                results.append(result)
-                progress.write(json.dumps({**result.to_dict(), "case_sha256": text_sha,
-                                           "fingerprint": keys[result.method]}) + "\n")
-                progress.flush()
+        def keep(case_id: str, result: CaseResult) -> None:
+            results.append(result)
+            progress.write(json.dumps({**result.to_dict(), "case_sha256": text_sha[case_id],
+                                       "fingerprint": keys[result.method]}) + "\n")
+            progress.flush()
 
-            done = [m for m in methods if (keys[m], case.id, m, text_sha) in stored]
-            results.extend(stored[(keys[m], case.id, m, text_sha)] for m in done)
-            try:
-                evaluate_case(loaded, case, evaluation, skip=done, state=state, on_result=keep)
-            except (Cancelled, KeyboardInterrupt):
-                raise
-            except TokenTraceError as exc:
-                failures.append({"case": case.id, "reason": str(exc)})
-                log(f"case {case.id} skipped: {exc}")
-        state.progressed("cases", len(cases), len(cases))
+        for case_id, error in pool.evaluate(jobs, evaluation, state, keep):
+            if error is not None:
+                failures.append({"case": case_id, "reason": str(error)})
+                log(f"case {case_id} skipped: {error}")
+            finished += 1
+            state.progressed("cases", finished, len(cases))
+    # In case order, each case's methods in the order asked, however the work was shared out.
+    order = {case.id: k for k, case in enumerate(cases)}
+    results.sort(key=lambda r: (order[r.case], methods.index(r.method)))
+    failures.sort(key=lambda f: order[f["case"]])
     report = {"created_at": datetime.now(UTC).isoformat(), "model": {
-        "name": loaded.info.name, "sha256": loaded.info.sha256, "device": loaded.info.device,
-        "dtype": loaded.info.dtype},
+        "name": info.name, "sha256": info.sha256, "device": info.device, "dtype": info.dtype},
         "cases_file": str(settings.cases_file), "settings": {
             "methods": list(methods), "options": evaluation.options,
             "max_new_tokens": evaluation.max_new_tokens, "baseline": evaluation.baseline,

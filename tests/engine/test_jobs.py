@@ -96,7 +96,8 @@ def test_a_pool_that_finishes_out_of_order_writes_what_the_serial_run_writes(loa
     set of worker processes) hands the cases back in."""
 
     from engine.cases import load_cases
-    from engine.jobs.batch import LocalPool, record_path
+    from engine.jobs.batch import record_path
+    from engine.jobs.pool import LocalPool
     from engine.record import Explanation
 
     class LastFirst(LocalPool):

