@@ -254,9 +254,15 @@ class RayPool:
         if address is None:
             start_local_ray(ray)
         else:
+            _token_auth_when_at_hand()
             try:
                 ray.init(address=f"{host}:{port}", **_QUIET)
             except (ConnectionError, RuntimeError, ValueError) as exc:
+                if _caused_by(exc, "AuthenticationError"):
+                    raise ClusterError(
+                        f"the Ray cluster at {host}:{port} refused this machine: it needs the "
+                        "cluster's token (run `ray get-auth-token` on its head, then set "
+                        "RAY_AUTH_TOKEN here; docs/cluster.md)") from exc
                 raise ClusterError(f"cannot join the Ray cluster at {host}:{port}: "
                                    f"{str(exc).splitlines()[0]}") from exc
         self._own_ray = True
@@ -454,6 +460,29 @@ class RayPool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _token_auth_when_at_hand() -> None:
+    """Ray clusters use token authentication by default, but a driver that joins one by its
+    address must turn it on itself: we do, when a token is at hand (RAY_AUTH_TOKEN,
+    RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) and RAY_AUTH_MODE does not say otherwise."""
+    if "RAY_AUTH_MODE" in os.environ or not (
+            os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+            or (Path.home() / ".ray" / "auth_token").is_file()):
+        return
+    os.environ["RAY_AUTH_MODE"] = "token"
+    with contextlib.suppress(ImportError, AttributeError):
+        from ray._raylet import Config
+
+        Config.initialize("")  # Ray caches its settings at import: read them again, as it does
+
+
+def _caused_by(exc: BaseException | None, name: str) -> bool:
+    while exc is not None:
+        if type(exc).__name__ == name:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _death_reason(exc: BaseException) -> str:

@@ -1,0 +1,141 @@
+"""`tokentrace batch/evaluate --workers N | --ray ADDRESS` as a user runs them: a real Ray of the
+command's own, a cluster started with `ray start --head`, Ctrl-C, and the errors one line each."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from desktop.cli import main
+
+TEXTS = ["52 year old woman , ER positive , HER2 negative .",
+         "45 year old woman , HER2 positive , grade 3 .",
+         "60 year old woman , ER negative , grade 2 ."]
+RAY = Path(sys.executable).with_name("ray")
+
+
+def write_cases(path: Path, count: int) -> Path:
+    path.write_text("".join(json.dumps({"id": f"c{k}", "text": TEXTS[k % 3]}) + "\n"
+                            for k in range(count)))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def ray_processes() -> list[str]:
+    found = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return [line for line in found.splitlines()
+            if "gcs_server" in line or "raylet" in line or line.startswith("ray::")]
+
+
+def test_ctrl_c_stops_the_workers_and_a_serial_run_resumes(tiny_model_folder, tmp_path,
+                                                           capsys):
+    cases, out = write_cases(tmp_path / "cases.jsonl", 6), tmp_path / "out"
+    before = ray_processes()
+    command = [sys.executable, "-m", "desktop.cli", "batch", "--cases", str(cases), "--out",
+               str(out), "--model", str(tiny_model_folder), "--max-new-tokens", "8",
+               "--method", "ig", "--steps", "600", "--quiet", "--workers", "2"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 600
+    while not list(out.glob("records/*.json")):
+        assert time.time() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Run the same command again to resume" in err and "Traceback" not in err
+    done = sorted(p.name for p in (out / "records").glob("*.json"))
+    assert 1 <= len(done) < 6
+    deadline = time.time() + 30
+    while ray_processes() != before:  # the command's Ray ends with it
+        assert time.time() < deadline, ray_processes()
+        time.sleep(0.2)
+
+    # The workers' records are the serial run's own: a run without --workers resumes them.
+    first = (out / "records" / done[0]).read_text()
+    assert main(command[3:-2]) == 0
+    assert f"{len(done)} already done" in capsys.readouterr().out
+    assert len(list((out / "records").glob("*.json"))) == 6
+    assert (out / "records" / done[0]).read_text() == first
+
+
+def test_evaluate_on_a_cluster_started_with_ray_start(tiny_model_folder, tmp_path, capsys):
+    port = free_port()
+    started = subprocess.run(
+        [str(RAY), "start", "--head", "--port", str(port), "--num-cpus", "2",
+         "--node-ip-address", "127.0.0.1", "--include-dashboard", "false",
+         "--disable-usage-stats"], capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stderr[-3000:]
+    try:
+        cases = write_cases(tmp_path / "cases.jsonl", 3)
+        common = ["evaluate", "--cases", str(cases), "--model", str(tiny_model_folder),
+                  "--methods", "ifr,random", "--max-new-tokens", "3", "--samples", "1",
+                  "--no-soft", "--quiet"]
+        assert main([*common, "--json", str(tmp_path / "cluster.json"), "--ray",
+                     f"127.0.0.1:{port}", "--workers", "2"]) == 0
+        assert main([*common, "--json", str(tmp_path / "serial.json")]) == 0
+    finally:
+        subprocess.run([str(RAY), "stop", "--force"], capture_output=True, timeout=120)
+    capsys.readouterr()
+
+    def results(name):
+        report = json.loads((tmp_path / name).read_text())
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in report["results"]]
+
+    assert len(results("cluster.json")) == 6
+    assert results("cluster.json") == results("serial.json")
+
+
+def test_an_unreachable_cluster_is_one_line(tiny_model_folder, tmp_path):
+    cases = write_cases(tmp_path / "cases.jsonl", 1)
+    port = free_port()
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "desktop.cli", "batch", "--cases", str(cases),
+                           "--out", str(tmp_path / "out"), "--model", str(tiny_model_folder),
+                           "--ray", f"127.0.0.1:{port}"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 8, done.stderr
+    assert done.stderr.splitlines() == [
+        f"tokentrace: cannot reach the Ray cluster at 127.0.0.1:{port} (Connection refused); "
+        "is `ray start --head --port PORT` running there, and is the port open?"]
+    assert time.monotonic() - started < 60
+    assert not (tmp_path / "out" / "records").exists()
+
+
+@pytest.mark.parametrize("argv", [["--workers", "2"], ["--ray", "10.0.0.5:6379"]])
+def test_without_ray_the_command_says_how_to_install_it(tmp_path, argv):
+    cases = write_cases(tmp_path / "cases.jsonl", 1)
+    hide_ray = ("import sys; sys.modules['ray'] = None; from desktop.cli import main; "
+                "sys.exit(main(sys.argv[1:]))")
+    done = subprocess.run([sys.executable, "-c", hide_ray, "batch", "--cases", str(cases),
+                           "--out", str(tmp_path / "out"), *argv], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 8, done.stderr
+    assert done.stderr.splitlines() == [
+        "tokentrace: Ray is not installed: pip install 'tokentrace[cluster]' (or, from a "
+        "checkout, pip install -e '.[cluster]')"]
+
+
+def test_cluster_settings_are_checked_before_anything_starts(tmp_path, capsys):
+    cases = write_cases(tmp_path / "cases.jsonl", 1)
+    for argv, message in ((["--ray", "ray://head:10001"], "not a ray:// client address"),
+                          (["--ray", "head:port"], "--ray needs HOST:PORT")):
+        assert main(["batch", "--cases", str(cases), "--out", str(tmp_path / "o"), *argv]) == 2
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:
+        main(["evaluate", "--cases", str(cases), "--json", str(tmp_path / "e.json"),
+              "--workers", "0"])
+    assert stopped.value.code == 2 and "must be at least 1" in capsys.readouterr().err
