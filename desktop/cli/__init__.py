@@ -191,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_cluster_options(command: argparse.ArgumentParser) -> None:
     group = command.add_argument_group(
-        "many machines (Ray; pip install 'tokentrace[cluster]'; see docs/cluster.md)")
+        "sharing the work (--workers and --ray need pip install 'tokentrace[cluster]'; "
+        "docs/cluster.md)")
     group.add_argument("--workers", type=_positive_int, metavar="N",
                        help="share the cases among N worker processes, each loading the model "
                             "once (on this machine, which nothing leaves; with --ray, on the "
@@ -199,6 +200,10 @@ def _add_cluster_options(command: argparse.ArgumentParser) -> None:
     group.add_argument("--ray", metavar="HOST:PORT",
                        help="send the cases to the Ray cluster whose head is at HOST:PORT "
                             "(`ray start --head` there): they leave this machine for it")
+    group.add_argument("--threads", type=_positive_int, metavar="N",
+                       help="CPU threads of this process, or of each worker (default: every "
+                            "core, shared out among the workers). Runs with the same threads "
+                            "give identical records; others differ in the last digits")
     group.add_argument("--tries", type=_positive_int, default=2, metavar="N",
                        help="a case whose worker dies N times (killed, out of memory) is "
                             "skipped into failures.json (default: 2)")
@@ -212,10 +217,15 @@ def _model_or_pool(args: argparse.Namespace, state: Any) -> Iterator[Any]:
 
     request = ModelRequest(args.model, args.device, args.dtype)
     if args.workers is None and args.ray is None:
+        if args.threads is not None:
+            import torch
+
+            torch.set_num_threads(args.threads)
         yield load_model(request, state)
         return
     ClusterSettings, RayPool = _cluster("ClusterSettings", "RayPool")
-    cluster = ClusterSettings(workers=args.workers, address=args.ray, tries=args.tries)
+    cluster = ClusterSettings(workers=args.workers, address=args.ray, tries=args.tries,
+                              threads=args.threads)
     with RayPool(request, cluster, state, log=lambda line: _stderr(f"tokentrace: {line}")) as pool:
         yield pool
 
