@@ -57,6 +57,7 @@ bench: setup installer
 	$(BIN)/python -m benchmarks.time_goals --out docs/benchmarks.md
 	$(BIN)/python -m benchmarks.single_pass --out docs/benchmarks.md
 	$(BIN)/python -m benchmarks.bundle --out docs/benchmarks.md
+	$(BIN)/python -m benchmarks.cluster --out docs/benchmarks.md
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
 	$(BIN)/python -m benchmarks.claims --out docs/evaluation.md
 

@@ -303,7 +303,8 @@ class RayPool:
             for ref in ready:
                 self._accept(loading.pop(ref), self._get(ref), info)
         state.progressed("load", self.count, self.count)
-        self._log(f"{self.count} workers ready ({self.threads} CPU threads each"
+        self._log(f"{self.count} worker{'s' if self.count > 1 else ''} ready ({self.threads} "
+                  f"CPU thread{'s' if self.threads > 1 else ''} each"
                   + (f", {self.gpus_each:g} GPU each" if self.gpus_each else "") + ")")
         return info
 
