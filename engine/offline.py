@@ -55,8 +55,9 @@ _ALLOWED: set[str] = set()
 
 
 def allow_host(host: str) -> list[str]:
-    """Let this process resolve and reach ``host`` as well as loopback: the user's explicit
-    choice of a cluster to send cases to, and only that host. Returns its addresses."""
+    """Let this process resolve and reach ``host`` as well as loopback, until
+    :func:`forget_hosts`: the user's explicit choice of a cluster's head. Returns its
+    addresses. (Code outside Python, such as Ray's core, is not governed by this guard.)"""
     _ALLOWED.add(host)
     try:
         found = socket.getaddrinfo(host, None)
@@ -65,6 +66,11 @@ def allow_host(host: str) -> list[str]:
     addresses = sorted({str(entry[4][0]) for entry in found})
     _ALLOWED.update(addresses)
     return addresses
+
+
+def forget_hosts(hosts: list[str]) -> None:
+    """Refuse ``hosts`` again."""
+    _ALLOWED.difference_update(hosts)
 
 
 def _permitted(address: Any) -> bool:

@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import socket
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -47,6 +48,8 @@ INSTALL_HINT = ("Ray is not installed: pip install 'tokentrace[cluster]' (or, fr
 DEFAULT_PORT = 6379  # where `ray start --head` listens unless told otherwise
 LOCAL_OBJECT_STORE = 256 * 2**20  # records are small: no need for Ray's 30% of the RAM
 _WAIT_S = 0.2  # how often the driver looks at cancel while workers compute
+_PLACE_WARN_S = 60.0  # a first worker not ready by then is reported (it may not fit anywhere)
+_STALL_S = 600.0  # cases left, no worker, replacements not ready for this long: give up
 
 
 @dataclass(frozen=True)
@@ -76,12 +79,16 @@ def split_address(address: str) -> tuple[str, int]:
         raise InvalidSettingsError(
             "--ray takes the head's HOST:PORT (as `ray start --head` prints), not a ray:// "
             "client address")
-    host, colon, port = text.rpartition(":") if text.count(":") == 1 else (text, "", "")
-    if not colon:
-        host, port = text.strip("[]"), str(DEFAULT_PORT)
+    if text.startswith("["):  # [IPv6]:PORT or [IPv6]
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else (str(DEFAULT_PORT) if not rest else "x")
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    else:  # a name, an IPv4 address or a bare IPv6 address: the default port
+        host, port = text, str(DEFAULT_PORT)
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise InvalidSettingsError(f"--ray needs HOST:PORT, e.g. 10.0.0.5:6379 (got {address!r})")
-    return host.strip("[]"), int(port)
+    return host, int(port)
 
 
 def import_ray() -> Any:
@@ -138,13 +145,13 @@ class CaseWorker:
     """One Ray actor's state: the model, loaded once. Every method returns plain data (no
     exception crosses the wire: an engine error comes back as its class name and message)."""
 
-    def __init__(self, request: ModelRequest, threads: int) -> None:
+    def __init__(self, request: ModelRequest, source: str, threads: int) -> None:
         import torch
 
         import engine.models  # noqa: F401 - transformers is imported while the others start
 
         torch.set_num_threads(threads)
-        self.request, self.threads, self.loaded = request, threads, None
+        self.request, self.source, self.threads, self.loaded = request, source, threads, None
 
     def load(self) -> dict[str, Any]:
         import engine
@@ -155,6 +162,8 @@ class CaseWorker:
             self.loaded = load_model(self.request)
         except TokenTraceError as exc:
             return {"error": _error_plain(exc)}
+        # Loaded by its absolute path, named as the user gave it: the serial run's records.
+        self.loaded.info = replace(self.loaded.info, source=self.source)
         return {"info": to_plain(self.loaded.info), "version": engine.__version__,
                 "guard": network_guard_installed(), "host": socket.gethostname(),
                 "pid": os.getpid(), "threads": self.threads}
@@ -211,14 +220,15 @@ class RayPool:
         self._log = log
         self.cluster = cluster
         self._own_ray = False
+        self._allowed: list[str] = []  # hosts the offline guard lets this pool reach
         self._workers: dict[Any, dict[str, Any]] = {}  # ready actor -> what its load() said
         self._actors: list[Any] = []  # every actor started, ready or not
         self._loading: dict[Any, Any] = {}  # a replacement's load answer -> the replacement
         self.restarts = 0  # replacement workers started for ones that died
         state = state or TaskState()
-        source = model.source
+        self._source = source = model.source
         if source != "embedded" and Path(source).expanduser().exists():
-            source = str(Path(source).expanduser().resolve())  # workers have their own cwd
+            source = str(Path(source).expanduser().absolute())  # workers have their own cwd
         self._request = replace(model, source=source)
         try:
             self._connect()
@@ -238,7 +248,9 @@ class RayPool:
             host, port = split_address(address)
             from engine.offline import allow_host
 
-            allow_host(host)  # the user's explicit choice: this host, and only it
+            # The user's explicit choice: this process may reach that host (Ray's own traffic,
+            # from its C++ core, goes to every node of that cluster: docs/cluster.md).
+            self._allowed = [host, *allow_host(host)]
             try:  # a clear line now, rather than Ray's retries for a minute
                 socket.create_connection((host, port), timeout=5).close()
             except OSError as exc:
@@ -250,6 +262,9 @@ class RayPool:
             if address is not None:
                 raise ClusterError("Ray is already running in this process: give no address, "
                                    "or call ray.shutdown() first")
+            if ray.util.get_node_ip_address() not in ("127.0.0.1", "::1"):
+                raise ClusterError("the Ray already running in this process is on the network, "
+                                   "not this machine alone: pass its address explicitly")
             return
         if address is None:
             start_local_ray(ray)
@@ -257,33 +272,43 @@ class RayPool:
             _token_auth_when_at_hand()
             try:
                 ray.init(address=f"{host}:{port}", **_QUIET)
-            except (ConnectionError, RuntimeError, ValueError) as exc:
+            except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
                 if _caused_by(exc, "AuthenticationError"):
                     raise ClusterError(
                         f"the Ray cluster at {host}:{port} refused this machine: it needs the "
                         "cluster's token (run `ray get-auth-token` on its head, then set "
                         "RAY_AUTH_TOKEN here; docs/cluster.md)") from exc
+                if "No node info found" in str(exc):
+                    raise ClusterError(
+                        f"this machine is not a node of the Ray cluster at {host}:{port}: run "
+                        f"`ray start --address {host}:{port}` here first (docs/cluster.md)"
+                    ) from exc
                 raise ClusterError(f"cannot join the Ray cluster at {host}:{port}: "
                                    f"{str(exc).splitlines()[0]}") from exc
         self._own_ray = True
 
     def _plan(self) -> None:
-        """How many workers, and the CPUs, threads and GPU share of each."""
+        """How many workers, and the CPUs, threads and GPU share of each. On this machine the
+        CPUs are shared out exactly; on a cluster each worker asks for one CPU (so it fits on
+        any node) and is spread over the nodes, and its threads are the CPUs per worker."""
         resources = self._ray.cluster_resources()
         cpus = float(resources.get("CPU", 1))
         gpus = float(resources.get("GPU", 0)) if self._request.device != "cpu" else 0.0
         nodes = sum(1 for node in self._ray.nodes() if node.get("Alive"))
         count = self.cluster.workers or (int(gpus) if gpus >= 1 else max(1, nodes))
         self.count = count
-        self.gpus_each = 0.0 if gpus == 0 else (1.0 if gpus >= count else gpus / count)
-        self.cpus_each = max(0.01, min(cpus / count, cpus))
+        share = math.floor(10_000 / count) / 10_000  # Ray counts in 1/10,000ths: never over 1
+        self.gpus_each = 0.0 if gpus == 0 else (1.0 if gpus >= count else gpus * share)
+        self.cpus_each = max(0.0001, cpus * share) if self.cluster.address is None else min(
+            1.0, cpus * share)
         self.threads = self.cluster.threads or max(1, math.floor(cpus / count))
 
     def _new_actor(self) -> Any:
         remote = self._ray.remote(CaseWorker).options(
             num_cpus=self.cpus_each, num_gpus=self.gpus_each, max_restarts=0,
-            max_concurrency=1)
-        actor = remote.remote(self._request, self.threads)
+            max_concurrency=1,
+            scheduling_strategy="DEFAULT" if self.cluster.address is None else "SPREAD")
+        actor = remote.remote(self._request, self._source, self.threads)
         self._actors.append(actor)
         return actor
 
@@ -309,8 +334,17 @@ class RayPool:
         return info
 
     def _wait_for(self, ref: Any, state: TaskState) -> Any:
+        started = time.monotonic()
+        warned = False
         while not self._ray.wait([ref], timeout=_WAIT_S)[0]:
             state.check()
+            if not warned and time.monotonic() - started > _PLACE_WARN_S:
+                warned = True
+                self._log(f"still waiting for the first worker after {_PLACE_WARN_S:.0f} s: a "
+                          "large model loads slowly, or Ray has no node with "
+                          f"{self.cpus_each:g} CPU{'s' if self.cpus_each != 1 else ''}"
+                          + (f" and {self.gpus_each:g} GPU" if self.gpus_each else "")
+                          + " free (`ray status` shows it)")
         return self._get(ref)
 
     def _get(self, ref: Any) -> Any:
@@ -388,6 +422,7 @@ class RayPool:
         idle = list(self._workers)
         running: dict[Any, tuple[Any, _Job]] = {}  # answer ref -> (actor, job)
         loading = self._loading  # replacements still loading (kept for the next run)
+        stalled_since: float | None = None
         try:
             while queue or running:
                 state.check()
@@ -397,6 +432,14 @@ class RayPool:
                 if not running and not loading:
                     raise ClusterError("no worker is left: every one died, and so did their "
                                        f"replacements ({self.restarts} started)")
+                if running:
+                    stalled_since = None
+                elif stalled_since is None:
+                    stalled_since = time.monotonic()
+                elif time.monotonic() - stalled_since > _STALL_S:
+                    raise ClusterError(
+                        f"no worker for {_STALL_S:.0f} s: the replacements for the workers that "
+                        "died could not be placed or loaded (`ray status` shows the cluster)")
                 ready, _ = ray.wait([*running, *loading], num_returns=1, timeout=_WAIT_S)
                 for ref in ready:
                     if ref in loading:
@@ -406,6 +449,7 @@ class RayPool:
                             idle.append(actor)
                         except TokenTraceError as exc:
                             self._log(f"a replacement worker could not start: {exc}")
+                            self._kill(actor)
                         continue
                     actor, job = running.pop(ref)
                     try:
@@ -413,12 +457,14 @@ class RayPool:
                     except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
                             ray.exceptions.ObjectLostError, ray.exceptions.OutOfMemoryError,
                             ray.exceptions.NodeDiedError) as exc:
-                        self._lost(actor, job, exc, queue, loading)
-                        if job not in queue:
+                        if not self._lost(actor, job, exc, queue, loading):
                             times = "once" if len(job.deaths) == 1 else f"{len(job.deaths)} times"
                             yield job, WorkerLostError(
                                 f"its worker died {times} ({'; '.join(job.deaths)})")
                         continue
+                    except ray.exceptions.RayTaskError as exc:
+                        # An error that is not the engine's (a bug): as the serial run raises it.
+                        raise exc.as_instanceof_cause() from None
                     idle.append(actor)
                     yield job, said
         finally:
@@ -426,12 +472,16 @@ class RayPool:
                 self.close()  # stopped early (cancel, Ctrl-C, an error): no worker lingers
 
     def _lost(self, actor: Any, job: _Job, exc: BaseException, queue: deque[_Job],
-              loading: dict[Any, Any]) -> None:
+              loading: dict[Any, Any]) -> bool:
+        """A worker is gone (or unusable): retire it, start a replacement, and put its job back
+        in the queue unless it has used its tries. Whether the job was put back."""
         said = self._workers.pop(actor, {})
+        self._kill(actor)  # an unreachable actor may still hold its CPUs or GPU
         reason = _death_reason(exc)
         job.deaths.append(reason)
         where = f"on {said.get('host', '?')}, pid {said.get('pid', '?')}"
-        if len(job.deaths) < self.cluster.tries:
+        again = len(job.deaths) < self.cluster.tries
+        if again:
             queue.appendleft(job)
             self._log(f"case {job.key}: its worker ({where}) died: {reason}; trying again "
                       f"({len(job.deaths)} of {self.cluster.tries} tries used)")
@@ -442,19 +492,28 @@ class RayPool:
             self.restarts += 1
             actor = self._new_actor()
             loading[actor.load.remote()] = actor
+        return again
+
+    def _kill(self, actor: Any) -> None:
+        with contextlib.suppress(Exception):  # already gone
+            self._ray.kill(actor, no_restart=True)
 
     def close(self) -> None:
         """Stop every worker, and Ray itself if it was started here."""
         ray = self._ray
         for actor in self._actors:
-            with contextlib.suppress(Exception):  # already gone
-                ray.kill(actor, no_restart=True)
+            self._kill(actor)
         self._workers.clear()
         self._actors.clear()
         self._loading.clear()
         if self._own_ray and ray.is_initialized():
             ray.shutdown()
             self._own_ray = False
+        if self._allowed:
+            from engine.offline import forget_hosts
+
+            forget_hosts(self._allowed)  # the cluster's host is reachable while the pool lives
+            self._allowed = []
 
     def __enter__(self) -> RayPool:
         return self

@@ -60,20 +60,21 @@ def comparable(path):
 
 def alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as handle:  # a zombie is dead too
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
         return False
-    with open(f"/proc/{pid}/stat") as handle:  # a zombie is dead too
-        return handle.read().split()[2] != "Z"
 
 
 def test_workers_write_what_the_serial_run_writes(local_ray, tiny_model_folder, cases,
-                                                  tmp_path):
+                                                  tmp_path, monkeypatch):
     path = cases(4)
-    loaded = load_model(ModelRequest(str(tiny_model_folder)))
+    monkeypatch.chdir(tiny_model_folder.parent)  # a model named by a relative path
+    model = ModelRequest(tiny_model_folder.name)
+    loaded = load_model(model)
     settings = EvaluationSettings(methods=("ifr", "grad-ellm", "random"), max_new_tokens=3,
                                   metrics=MetricSettings(samples=1, soft=False))
-    with RayPool(ModelRequest(str(tiny_model_folder)), ClusterSettings(workers=2)) as pool:
+    with RayPool(model, ClusterSettings(workers=2)) as pool:
         assert pool.info == loaded.info
         assert len(set(pool.worker_pids())) == 2 and os.getpid() not in pool.worker_pids()
         pooled = run_batch(BatchSettings(path, tmp_path / "pooled", TEMPLATE), pool)
@@ -113,11 +114,13 @@ def test_a_killed_worker_loses_nothing(local_ray, tiny_model_folder, cases, tmp_
     with RayPool(ModelRequest(str(tiny_model_folder)), ClusterSettings(workers=2, tries=2),
                  log=lines.append) as pool:
         victim = pool.worker_pids()[0]
+        killed = []
 
         def log(line: str) -> None:
             lines.append(line)
-            if "done" in line and alive(victim):
+            if "done" in line and not killed:
                 os.kill(victim, signal.SIGKILL)  # mid-run: ten cases are still to come
+                killed.append(victim)
 
         result = run_batch(BatchSettings(path, tmp_path / "out", TEMPLATE), pool, log=log)
         assert victim not in pool.worker_pids() and pool.restarts == 1
@@ -135,10 +138,12 @@ def test_a_case_whose_worker_keeps_dying_goes_to_the_failures(local_ray, tiny_mo
     with RayPool(ModelRequest(str(tiny_model_folder)), ClusterSettings(workers=2, tries=1)
                  ) as pool:
         victim = pool.worker_pids()[1]
+        killed = []
 
         def log(line: str) -> None:
-            if "done" in line and alive(victim):
+            if "done" in line and not killed:
                 os.kill(victim, signal.SIGKILL)
+                killed.append(victim)
 
         result = run_batch(BatchSettings(path, out, TEMPLATE), pool, log=log)
     failures = json.loads((out / "failures.json").read_text())
@@ -258,3 +263,26 @@ def test_an_address_is_checked_before_anything_is_sent(tiny_model_folder):
     assert time.monotonic() - started < 10
     with pytest.raises(Exception, match="HOST:PORT"):
         ClusterSettings(address="ray://head:10001").validate()
+
+
+def test_cluster_addresses():
+    from engine.jobs.cluster import split_address
+
+    assert split_address("10.0.0.5:7000") == ("10.0.0.5", 7000)
+    assert split_address("head") == ("head", 6379)
+    assert split_address("[fd00::5]:7000") == ("fd00::5", 7000)
+    assert split_address("fd00::5") == ("fd00::5", 6379)
+    for bad in ("head:port", "[fd00::5]x", ":6379", "head:0", "head:70000"):
+        with pytest.raises(Exception, match="HOST:PORT"):
+            split_address(bad)
+
+
+def test_the_chosen_host_is_reachable_only_while_it_is_chosen():
+    from engine import offline
+
+    assert not offline._permitted(("192.0.2.77", 6379))
+    chosen = ["192.0.2.77", *offline.allow_host("192.0.2.77")]
+    assert offline._permitted(("192.0.2.77", 6379))
+    assert not offline._permitted(("192.0.2.78", 6379))  # that host, and only it
+    offline.forget_hosts(chosen)
+    assert not offline._permitted(("192.0.2.77", 6379))
