@@ -3,11 +3,15 @@ command's own, a cluster started with `ray start --head`, Ctrl-C, and the errors
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,26 +37,47 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def ray_processes() -> set[int]:
-    """Ray's processes on this machine, by pid."""
-    found = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    pids = set()
-    for line in found.splitlines():
-        pid, _, args = line.strip().partition(" ")
-        if "gcs_server" in args or "raylet" in args or args.startswith("ray::"):
-            pids.add(int(pid))
-    return pids
+@pytest.fixture
+def ray_home():
+    """A Ray temp folder of this test's own (short: Ray's socket paths must fit 107 bytes).
+    Every process of a Ray started under it names it on its command line, so the test can find
+    and stop that Ray alone, never another one running on the machine."""
+    folder = tempfile.mkdtemp(prefix="tt-ray-", dir="/tmp")
+    yield folder
+    for pid in ray_processes(folder):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def ray_processes(folder: str) -> set[int]:
+    """The pids of the processes of the Ray whose temp folder is ``folder``: named on their
+    command line, or (Ray's agents, which rename themselves) writing their logs there."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():  # this test joined it as a driver
+            continue
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                if folder.encode() in handle.read():
+                    found.add(int(entry))
+                    continue
+            for fd in os.listdir(f"/proc/{entry}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{entry}/fd/{fd}").startswith(folder):
+                        found.add(int(entry))
+                        break
+    return found
 
 
 def test_ctrl_c_stops_the_workers_and_a_serial_run_resumes(tiny_model_folder, tmp_path,
-                                                           capsys):
+                                                           capsys, ray_home):
     cases, out = write_cases(tmp_path / "cases.jsonl", 6), tmp_path / "out"
-    before = ray_processes()
     command = [sys.executable, "-m", "desktop.cli", "batch", "--cases", str(cases), "--out",
                str(out), "--model", str(tiny_model_folder), "--max-new-tokens", "8",
                "--method", "ig", "--steps", "600", "--quiet", "--workers", "2"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True,
+                               text=True, env={**os.environ, "RAY_TMPDIR": ray_home},
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 600
     while not list(out.glob("records/*.json")):
@@ -65,8 +90,9 @@ def test_ctrl_c_stops_the_workers_and_a_serial_run_resumes(tiny_model_folder, tm
     done = sorted(p.name for p in (out / "records").glob("*.json"))
     assert 1 <= len(done) < 6
     deadline = time.time() + 30
-    while ray_processes() - before:  # the command's Ray ends with it
-        assert time.time() < deadline, ray_processes() - before
+    assert list(Path(ray_home).iterdir())  # its Ray ran there
+    while ray_processes(ray_home):  # and ended with it
+        assert time.time() < deadline, ray_processes(ray_home)
         time.sleep(0.2)
 
     # The workers' records are the serial run's own: a run without --workers resumes them.
@@ -77,12 +103,14 @@ def test_ctrl_c_stops_the_workers_and_a_serial_run_resumes(tiny_model_folder, tm
     assert (out / "records" / done[0]).read_text() == first
 
 
-def test_evaluate_on_a_cluster_started_with_ray_start(tiny_model_folder, tmp_path, capsys):
+def test_evaluate_on_a_cluster_started_with_ray_start(tiny_model_folder, tmp_path, capsys,
+                                                      ray_home):
     port = free_port()
     started = subprocess.run(
         [str(RAY), "start", "--head", "--port", str(port), "--num-cpus", "2",
          "--node-ip-address", "127.0.0.1", "--include-dashboard", "false",
-         "--disable-usage-stats"], capture_output=True, text=True, timeout=120)
+         "--disable-usage-stats", "--temp-dir", ray_home], capture_output=True, text=True,
+        timeout=120)
     assert started.returncode == 0, started.stderr[-3000:]
     try:
         cases = write_cases(tmp_path / "cases.jsonl", 3)
@@ -93,7 +121,8 @@ def test_evaluate_on_a_cluster_started_with_ray_start(tiny_model_folder, tmp_pat
                      f"127.0.0.1:{port}", "--workers", "2"]) == 0
         assert main([*common, "--json", str(tmp_path / "serial.json")]) == 0
     finally:
-        subprocess.run([str(RAY), "stop", "--force"], capture_output=True, timeout=120)
+        # Not `ray stop`, which stops every Ray on the machine: the fixture stops this one.
+        assert ray_processes(ray_home)
     capsys.readouterr()
 
     def results(name):
