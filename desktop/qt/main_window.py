@@ -12,7 +12,6 @@ from PySide6.QtWidgets import (
     QApplication,
     QComboBox,
     QDockWidget,
-    QFileDialog,
     QHBoxLayout,
     QLabel,
     QMainWindow,
@@ -32,11 +31,13 @@ from desktop.present import (
     method_summary,
     scale_of,
     units_of,
-    verdict_view,
 )
 from desktop.qt import plain_tooltip
+from desktop.qt.badge import ReliabilityBadge
 from desktop.qt.chart import AttributionChart
 from desktop.qt.claims_view import ClaimsView, clipped
+from desktop.qt.dialogs import ask_folder, ask_open, ask_save
+from desktop.qt.estimates import RunEstimates, duration
 from desktop.qt.fields_panel import FieldsPanel
 from desktop.qt.hardware import HardwarePanel
 from desktop.qt.overlay import Legend, TokenOverlay
@@ -46,8 +47,7 @@ from desktop.qt.whatif_panel import WhatIfPanel
 from desktop.qt.worker import EngineThread
 from desktop.session import ViewState, load_session, save_session
 from engine.audit import audited
-from engine.cases import DEMO_CASES, demo_cases, read_case, read_fields
-from engine.defaults import DEFAULT_METHOD
+from engine.cases import demo_cases, read_case, read_fields
 from engine.errors import TokenTraceError
 from engine.explain import ExplainRequest
 from engine.models import ModelRequest
@@ -55,19 +55,6 @@ from engine.record import Explanation
 from engine.task import STAGES
 
 CLOSE_WAIT_MS = 2000  # how long a running step may take to stop before a closed window hides
-LONG_RUN_SECONDS = 120
-FALLBACK_METHOD = DEFAULT_METHOD  # quick: one forward pass, no backward
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
-
-
-PENDING_STYLE = "background:#e0e0e0; color:#333333; border-radius:6px; padding:6px;"
-
-
-def badge_style(background: str, ink: str) -> str:
-    return f"background:{background}; color:{ink}; border-radius:6px; padding:6px;"
 
 
 class MainWindow(QMainWindow):
@@ -102,6 +89,7 @@ class MainWindow(QMainWindow):
         self._model_request = model or ModelRequest()
         self._answer_pieces: list[str] = []
         self.model_info = None  # engine.record.ModelInfo of the loaded model
+        self.estimates = RunEstimates(self._settings)
 
         self.engine = EngineThread(self)
         worker = self.engine.worker
@@ -184,11 +172,7 @@ class MainWindow(QMainWindow):
         self.completeness = QLabel()
         self.completeness.setWordWrap(True)
         self.completeness.setTextFormat(Qt.TextFormat.PlainText)
-        self.badge = QLabel()
-        self.badge.setObjectName("reliabilityBadge")
-        self.badge.setWordWrap(True)
-        self.badge.setTextFormat(Qt.TextFormat.RichText)
-        self.badge.hide()
+        self.badge = ReliabilityBadge()
         self.field_label = QLabel()
         self.field_label.setObjectName("fieldShares")
         self.field_label.setWordWrap(True)
@@ -258,8 +242,10 @@ class MainWindow(QMainWindow):
         file_menu = menu.addMenu("&File")
         self._action(file_menu, "Open case…", QKeySequence.StandardKey.Open, self._open_case)
         self._action(file_menu, "Open fields case…", None, self._open_fields)
-        self._action(file_menu, "Open model folder…", None, self._open_model_folder)
-        self._action(file_menu, "Open GGUF file…", None, self._open_gguf)
+        self._action(file_menu, "Open model folder…", None, lambda: self._open_model(
+            ask_folder(self, "Open Hugging Face model folder")))
+        self._action(file_menu, "Open GGUF file…", None,
+                     lambda: self._open_model(ask_open(self, "gguf")))
         self._action(file_menu, "Use embedded model", None,
                      lambda: self.load_model(ModelRequest()))
         self._action(file_menu, "Open explanation…", QKeySequence("Ctrl+Shift+O"),
@@ -378,21 +364,6 @@ class MainWindow(QMainWindow):
             return record.attribution.per_token[row]
         return self.rows.get(row)
 
-    def _row_estimate(self, row: int) -> float | None:
-        """Seconds to explain answer token ``row`` of the record on its own."""
-        from engine.methods import get_method
-        from engine.methods.base import Size, estimate_seconds
-
-        record, info = self.record, self.model_info
-        if record is None or info is None:
-            return None
-        params = {**record.method.params, "matrix": False}
-        size = Size(prompt=len(record.prompt.token_ids) + row,
-                    case=sum(record.prompt.attributable), answer=1)
-        cost = get_method(record.method.name).cost(size, params)
-        return estimate_seconds(cost, info.parameters, info.device.split(":")[0],
-                                self._measured_rate())
-
     def toggle_presentation(self, on: bool) -> None:
         font = QFont(self.font())
         font.setPointSizeF(font.pointSizeF() * (1.5 if on else 1 / 1.5))
@@ -432,7 +403,7 @@ class MainWindow(QMainWindow):
                                  f"{info.dtype} · {info.device} · sha256 {info.sha256[:12]}…")
         self.model_label.setToolTip(plain_tooltip(f"{info.source}\nsha256 {info.sha256}"))
         self.stage_label.setText("Ready")
-        self.model_info = info
+        self.model_info = self.estimates.model_info = info
         self._update_estimate()
         self.model_ready.emit(info)
 
@@ -448,7 +419,7 @@ class MainWindow(QMainWindow):
                 self.whatif_shown.emit()
             return
         self.stage_label.setText(f"Done in {record.timings.attribute_s:.1f} s")
-        self._remember_throughput(record)
+        self.estimates.remember(record)
         self.show_record(record)
         self._follow_up()
 
@@ -608,9 +579,7 @@ class MainWindow(QMainWindow):
         if self.record is None:
             return
         self.cancel_button.setEnabled(True)  # Explain stays enabled: a new run supersedes it
-        self.badge.setText("Checking how far this explanation can be trusted…")
-        self.badge.setStyleSheet(PENDING_STYLE)
-        self.badge.show()
+        self.badge.show_pending("Checking how far this explanation can be trusted…")
         self.requests.issued(Request(self.engine.check_reliability(self.record),
                                      Kind.RELIABILITY, self.record.created_at))
 
@@ -623,7 +592,7 @@ class MainWindow(QMainWindow):
             return  # the check of an explanation no longer on screen
         self.record = record
         self.stage_label.setText(f"Reliability checked in {record.reliability.seconds:.1f} s")
-        self._show_badge(record)
+        self.badge.show_check(record.reliability)
         self.reliability_shown.emit()
         if not self._follow_up():  # the claims next; a clicked token waits for them
             self._run_pending_row()
@@ -645,17 +614,6 @@ class MainWindow(QMainWindow):
         if found.row == self.selected_row:
             self._show_selection()
             self.row_shown.emit(found.row)
-
-    def _show_badge(self, record: Explanation) -> None:
-        check = record.reliability
-        if check is None:
-            self.badge.hide()
-            return
-        view = verdict_view(check)
-        self.badge.setText(f"<b>Reliability: {view.name}</b> — {html.escape(view.summary)}")
-        self.badge.setToolTip(plain_tooltip("\n".join(view.details)))
-        self.badge.setStyleSheet(badge_style(view.background, view.ink))
-        self.badge.show()
 
     def _on_errored(self, request_id: int, message: str) -> None:
         request = self.requests.settle(request_id)
@@ -682,9 +640,8 @@ class MainWindow(QMainWindow):
             if request.kind is Kind.ROW:
                 self.select_answer_token(None)
             elif request.kind is Kind.RELIABILITY:
-                self.badge.setText("Reliability check cancelled (Explain again, or turn the "
-                                   "check on in Settings, to run it)")
-                self.badge.setStyleSheet(PENDING_STYLE)
+                self.badge.show_pending("Reliability check cancelled (Explain again, or turn "
+                                        "the check on in Settings, to run it)")
                 self._run_pending_row()
             elif request.kind is Kind.CLAIMS:
                 self.claims_view.setPlainText("Cancelled: Explain again to find the statements.")
@@ -712,7 +669,7 @@ class MainWindow(QMainWindow):
             f"{field.label} {100 * field.share:.0f}% ({field.score:+.3f})"
             for field in ExplanationView.from_record(record).fields))
         self.completeness.setText(method_summary(record))
-        self._show_badge(record)
+        self.badge.show_check(record.reliability)
         self.selected_claim = None
         self._render_claims()
         self.whatif_panel.set_ready(self.explain_button.isEnabled())
@@ -755,9 +712,9 @@ class MainWindow(QMainWindow):
                 else f"answer token {row + 1}: {record.answer.tokens[row]!r}")
         title = f"<b>Case, coloured by attribution to {html.escape(what)}</b>"
         if row is not None and scores is None:
-            seconds = self._row_estimate(row)
+            seconds = self.estimates.row_seconds(record, row)
             when = ("after the reliability check" if self._pending_row == row
-                    else f"in about {_duration(seconds)}" if seconds else "shortly")
+                    else f"in about {duration(seconds)}" if seconds else "shortly")
             title += html.escape(f" — answer token {row + 1} {record.answer.tokens[row]!r} "
                                  f"follows {when}…")
         self.overlay_title.setText(title)
@@ -781,84 +738,25 @@ class MainWindow(QMainWindow):
 
     # ---- time estimate ------------------------------------------------------------------
 
-    def _throughput_key(self) -> str:
-        info = self.model_info
-        return f"throughput/{info.sha256[:16]}/{info.device}/{info.dtype}" if info else ""
-
-    def _remember_throughput(self, record: Explanation) -> None:
-        from engine.methods import get_method
-        from engine.methods.base import Size, measured_throughput
-
-        spec = get_method(record.method.name)
-        cost = spec.cost(Size(prompt=len(record.prompt.token_ids),
-                              case=sum(record.prompt.attributable),
-                              answer=len(record.answer.token_ids)), record.method.params)
-        if record.timings.attribute_s > 0 and self.model_info is not None:
-            self._settings.setValue(self._throughput_key(),
-                                    measured_throughput(cost, record.timings.attribute_s))
-
-    def _measured_rate(self) -> float | None:
-        """Token-passes per second this model achieved here (None before its first run)."""
-        measured = self._settings.value(self._throughput_key())
-        return float(measured) if measured is not None else None
-
     def estimate_seconds(self, request: ExplainRequest | None = None) -> float | None:
         """Attribution time for the current case and settings (or ``request``), or None
         without a model."""
-        from engine.methods import get_method
-        from engine.methods.base import Size, estimate_seconds
-
-        info = self.model_info
-        if info is None:
-            return None
-        panel = self.settings_panel
-        # The GUI never tokenizes (the tokenizer belongs to the engine thread): about four
-        # characters a token, plus the chat template.
-        case = len(self.case_edit.toPlainText()) // 4
-        target = panel.target.text().strip()
-        answer = max(1, len(target) // 4) if target else panel.max_new_tokens.value()
-        request = request or panel.request(self.case_edit.toPlainText())
-        params = request.method_params()  # raises on an unknown or malformed option
-        cost = get_method(request.method).cost(Size(prompt=case + 60, case=case, answer=answer),
-                                               params)
-        return estimate_seconds(cost, info.parameters, info.device.split(":")[0],
-                                self._measured_rate())
+        return self.estimates.seconds(
+            request or self.settings_panel.request(self.case_edit.toPlainText()))
 
     def quicker_settings(self) -> list[tuple[str, float]]:
         """(change, estimated seconds) for single changes that make a long run short."""
-        request = self.settings_panel.request(self.case_edit.toPlainText())
-        changes = []
-        if request.matrix and "matrix" in request.method_params():
-            changes.append(("without the per-token matrix", replace(request, matrix=False)))
-        if request.method != FALLBACK_METHOD:
-            changes.append((f"with {FALLBACK_METHOD}",
-                            replace(request, method=FALLBACK_METHOD, steps=None, options=())))
-        found = []
-        for change, quicker in changes:
-            seconds = self.estimate_seconds(quicker)
-            if seconds is not None and seconds <= LONG_RUN_SECONDS:
-                found.append((change, seconds))
-        return found
+        return self.estimates.quicker(self.settings_panel.request(self.case_edit.toPlainText()))
 
     def _update_estimate(self) -> None:
         label = self.settings_panel.estimate
         try:
-            seconds = self.estimate_seconds()
+            text, long_run = self.estimates.describe(
+                self.settings_panel.request(self.case_edit.toPlainText()))
         except TokenTraceError as exc:
             label.setText(str(exc))
             label.setStyleSheet("color: #b2182b; font-weight: bold;")
             return
-        if seconds is None:
-            label.setText("load a model first")
-            return
-        text = f"about {_duration(seconds)}"
-        long_run = seconds > LONG_RUN_SECONDS
-        if long_run:
-            quicker = self.quicker_settings()
-            text += " — a long run" + "".join(f"; {change}: about {_duration(s)}"
-                                               for change, s in quicker)
-            if not quicker:
-                text += ": fewer steps, samples or answer tokens would be quicker"
         label.setText(text)
         label.setStyleSheet("color: #b35806; font-weight: bold;" if long_run else "")
 
@@ -883,19 +781,15 @@ class MainWindow(QMainWindow):
         self.error_box = box
 
     def _open_case(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open case", str(DEMO_CASES),
-                                              "Text (*.txt);;All files (*)")
-        if path:
+        if path := ask_open(self, "case"):
             try:
-                self.case_edit.setPlainText(read_case(None, Path(path)))
+                self.case_edit.setPlainText(read_case(None, path))
             except Exception as exc:
                 self._show_error(str(exc))
 
     def _open_fields(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open fields case", str(DEMO_CASES),
-                                              "Fields (*.json);;All files (*)")
-        if path:
-            self.open_fields(Path(path))
+        if path := ask_open(self, "fields"):
+            self.open_fields(path)
 
     def open_fields(self, path: Path) -> None:
         """A case made of clinical fields (a JSON object), into the field editor."""
@@ -912,15 +806,10 @@ class MainWindow(QMainWindow):
         self._fields_text, self._case_fields = text, tuple(spans)
         self.case_edit.setPlainText(text)
 
-    def _open_model_folder(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Open Hugging Face model folder")
-        if folder:
-            self.load_model(ModelRequest(folder, device=self.settings_panel.device.currentText()))
-
-    def _open_gguf(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open GGUF model", "", "GGUF (*.gguf)")
+    def _open_model(self, path: Path | None) -> None:
         if path:
-            self.load_model(ModelRequest(path, device=self.settings_panel.device.currentText()))
+            self.load_model(ModelRequest(str(path),
+                                         device=self.settings_panel.device.currentText()))
 
     def view_state(self) -> ViewState:
         return ViewState(self.selected_row, self.granularity.currentText(),
@@ -954,25 +843,19 @@ class MainWindow(QMainWindow):
         self.select_answer_token(view.selected_row)  # in range: load_session checked it
 
     def _save_session(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save explanation", "explanation.json",
-                                              "TokenTrace explanation (*.json)")
-        if path:
-            self.save_session(Path(path))
+        if path := ask_save(self, "explanation"):
+            self.save_session(path)
 
     def _open_session(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open explanation", "",
-                                              "TokenTrace explanation (*.json)")
-        if path:
-            self.open_session(Path(path))
+        if path := ask_open(self, "explanation"):
+            self.open_session(path)
 
     def _export_pdf(self) -> None:
         if self.record is None:
             self._show_error("Nothing to export yet: explain a case first.")
             return
-        path, _ = QFileDialog.getSaveFileName(self, "Export PDF report", "tokentrace-report.pdf",
-                                              "PDF (*.pdf)")
-        if path:
-            self.export_pdf(Path(path))
+        if path := ask_save(self, "pdf"):
+            self.export_pdf(path)
 
     def export_pdf(self, path: Path) -> None:
         from desktop.report import write_pdf

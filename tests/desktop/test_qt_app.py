@@ -14,7 +14,8 @@ from PySide6.QtCore import QSettings, Qt
 from PySide6.QtWidgets import QWidget
 
 from desktop.present import blend
-from desktop.qt.main_window import LONG_RUN_SECONDS, MainWindow
+from desktop.qt.estimates import LONG_RUN_SECONDS
+from desktop.qt.main_window import MainWindow
 from engine.models import ModelRequest
 
 CASE = "52 year old woman , left breast mass 2 cm , ER positive , HER2 negative ."
@@ -286,12 +287,12 @@ def test_estimate_updates_and_learns_from_a_run(ready_window, qtbot):
     panel.matrix.setChecked(True)
     guess = window.estimate_seconds()
     _explain(window, qtbot, steps=4)
-    measured = float(window._settings.value(window._throughput_key()))
+    measured = float(window._settings.value(window.estimates.key()))
     assert measured > 0 and guess > 0
     # Same case and settings: the estimate now comes from the measured rate (a machine twice
     # as fast would halve it), not from the guess.
     learned = window.estimate_seconds()
-    window._settings.setValue(window._throughput_key(), 2 * measured)
+    window._settings.setValue(window.estimates.key(), 2 * measured)
     assert window.estimate_seconds() == pytest.approx(learned / 2, rel=0.01)
 
 
@@ -304,9 +305,9 @@ def test_a_long_run_estimate_names_the_single_change_that_makes_it_short(ready_w
     panel.max_new_tokens.setValue(64)
     panel.matrix.setChecked(True)
     # A machine on which IG without the matrix takes one minute for this case.
-    window._settings.setValue(window._throughput_key(), 1.0)
+    window._settings.setValue(window.estimates.key(), 1.0)
     per_pass = window.estimate_seconds(replace(panel.request(CASE), matrix=False))
-    window._settings.setValue(window._throughput_key(), per_pass / 60)
+    window._settings.setValue(window.estimates.key(), per_pass / 60)
     window._update_estimate()
     assert window.estimate_seconds() > 10 * LONG_RUN_SECONDS
     quicker = dict(window.quicker_settings())
