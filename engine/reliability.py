@@ -4,7 +4,7 @@ Three questions, each answered against chance:
 
 1. Comprehensiveness: does deleting the case words this explanation ranks highest lower the
    answer's probability more than deleting random words? (AOPC over the top 1, 5, 10, 20 and
-   50%, against the mean of ``draws`` random rankings.)
+   50%, against the mean over random rankings drawn in antithetic pairs: see "Chance" below.)
 2. Sufficiency: does keeping only those words preserve the answer better than keeping random
    ones?
 3. Agreement: does a second, cheap method of another family (IFR; input x gradient when
@@ -18,20 +18,28 @@ least twice chance's) and agrees with the second method (rho >= 0.3); ``weak`` w
 beat chance on comprehensiveness; ``fair`` otherwise. Beating chance means by at least 10% of
 chance's value, so a tie within noise is not called a win.
 
-Cost: 1 + 10 x (1 + draws) perturbed prompts, each with the whole answer. Every one runs only
-from its first changed token on, on the unperturbed prompt's keys and values (one forward over
-the prompt), and they are batched by the length left to run. Then the second method (one
-forward for IFR; one forward and one backward for input x gradient). Demo case (180 prompt and
-64 answer tokens, 2-core CPU): 4,900 tokens run instead of 7,500, about 10 s in all (16 s
-before the prefix was shared); the answer's 64 tokens in each of the 41 prompts are half of
-that, so a check of the same strength cannot reach 3 s on this CPU. With one random draw the
-verdict matched six draws' on 117 of 120 (case, draw) pairs of the 20 demo cases; with three,
-on all 40 checked, so three stays the default.
+Chance: each pair is a seeded uniformly random ranking and its reverse. The reverse is itself
+a uniformly random ranking, so the pair's mean estimates the same chance level as two
+independent draws; but the two delete disjoint words (the same words' complement at 50%), so
+when one happens to delete a word the answer rests on, the other does not. On the 20 demo cases
+(64-token answers, IFR; ``python -m benchmarks.reliability_draws``) a pair's chance AOPC varied
+0.81 times as much as two independent draws' (comprehensiveness; sufficiency 0.61), and one
+pair's verdict matched the verdict from 12 rankings in 89% of draws, three independent
+rankings' in 82% (docs/evaluation.md, "Reliability check: random rankings"). Cases near a threshold stay close calls at any number of
+rankings: the badge's tooltip gives the numbers.
+
+Cost: 1 + 10 x (1 + 2 x pairs) perturbed prompts, each with the whole answer (31 by default).
+Every one runs only from its first changed token on, on the unperturbed prompt's keys and
+values (one forward over the prompt), and they are batched by the length left to run. Then the
+second method (one forward for IFR; one forward and one backward for input x gradient). The
+answer's tokens in each prompt are about half of the work, so the check cannot reach 3 s on a
+2-core CPU for a 64-token answer: docs/benchmarks.md, "Time goals".
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -93,21 +101,33 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((ra * rb).sum()) / denominator if denominator > 0 else 0.0
 
 
-def check_reliability(model: Any, tokenizer: Any, record: Explanation, *, draws: int = 3,
+def antithetic_rankings(shape: Sequence[int], pairs: int) -> list[torch.Tensor]:
+    """``2 x pairs`` random rankings: for each seed, uniform random scores and their reverse."""
+    rankings = []
+    for seed in range(pairs):
+        scores = random_scores(shape, seed=seed)
+        rankings += [scores, 1 - scores]
+    return rankings
+
+
+def check_reliability(model: Any, tokenizer: Any, record: Explanation, *, pairs: int = 1,
                       state: TaskState | None = None) -> Reliability:
-    """The three checks on ``record`` (an explanation made with this model)."""
+    """The three checks on ``record`` (an explanation made with this model), against
+    ``pairs`` antithetic pairs of random rankings."""
+    if pairs < 1:
+        raise ValueError("the reliability check needs at least one pair of random rankings")
     state = state or TaskState()
     start = time.perf_counter()
     check_usable(record, model)
     device = next(model.parameters()).device
     problem = problem_of(record, device)
     scores = torch.tensor(record.attribution.sequence, dtype=torch.float64)
-    rankings = [scores, *(random_scores(scores.shape, seed=draw) for draw in range(draws))]
+    chance_rankings = antithetic_rankings(scores.shape, pairs)
     # One batched pass over every ranking's perturbed prompts, sharing the reference forward.
-    (comp, suff), *chance = deletion_aopc(model, problem, rankings,
+    (comp, suff), *chance = deletion_aopc(model, problem, [scores, *chance_rankings],
                                           state=SubTask(state, "reliability", 0, 2))
-    chance_comp = sum(c for c, _ in chance) / draws
-    chance_suff = sum(s for _, s in chance) / draws
+    chance_comp = sum(c for c, _ in chance) / len(chance_rankings)
+    chance_suff = sum(s for _, s in chance) / len(chance_rankings)
 
     second = second_opinion(record.method.name)
     spec = get_method(second)
@@ -126,7 +146,7 @@ def check_reliability(model: Any, tokenizer: Any, record: Explanation, *, draws:
                           second),
         comprehensiveness=comp, random_comprehensiveness=chance_comp, sufficiency=suff,
         random_sufficiency=chance_suff, second_method=second, rank_correlation=rho,
-        random_draws=draws, seconds=time.perf_counter() - start)
+        random_draws=len(chance_rankings), seconds=time.perf_counter() - start)
 
 
 def removes_more(comp: float, chance_comp: float) -> bool:

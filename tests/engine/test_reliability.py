@@ -14,6 +14,7 @@ from engine.metrics import MetricSettings, faithfulness, random_scores
 from engine.models import ModelRequest, load_model
 from engine.record import Explanation
 from engine.reliability import (
+    antithetic_rankings,
     check_reliability,
     comparable,
     problem_of,
@@ -66,7 +67,7 @@ def test_check_on_a_real_explanation(loaded, method, second):
     check = check_reliability(loaded.model, loaded.tokenizer, record)
     assert check.verdict in ("strong", "fair", "weak")
     assert check.second_method == second
-    assert -1 <= check.rank_correlation <= 1 and check.random_draws == 3
+    assert -1 <= check.rank_correlation <= 1 and check.random_draws == 2
     assert "rank correlation" in check.summary and check.seconds > 0
     # The numbers are the metrics of the record's own attribution.
     baseline = parse_baseline("pad", loaded.tokenizer, len(loaded.tokenizer))
@@ -76,14 +77,14 @@ def test_check_on_a_real_explanation(loaded, method, second):
     # Within float rounding: batches padded to other lengths round differently (about 1e-10).
     assert check.comprehensiveness == pytest.approx(ours.values["comprehensiveness"], abs=1e-7)
     assert check.sufficiency == pytest.approx(ours.values["sufficiency"], abs=1e-7)
-    # Chance is the mean of the same metrics over three seeded random rankings.
-    chance = [faithfulness(loaded.model, problem_of(record, "cpu"),
-                           random_scores((len(record.prompt.token_ids),), seed=draw), baseline,
-                           MetricSettings(soft=False)) for draw in range(3)]
+    # Chance is the mean of the same metrics over a seeded random ranking and its reverse.
+    drawn = random_scores((len(record.prompt.token_ids),), seed=0)
+    chance = [faithfulness(loaded.model, problem_of(record, "cpu"), ranking, baseline,
+                           MetricSettings(soft=False)) for ranking in (drawn, 1 - drawn)]
     assert check.random_comprehensiveness == pytest.approx(
-        sum(c.values["comprehensiveness"] for c in chance) / 3, abs=1e-7)
+        sum(c.values["comprehensiveness"] for c in chance) / 2, abs=1e-7)
     assert check.random_sufficiency == pytest.approx(
-        sum(c.values["sufficiency"] for c in chance) / 3, abs=1e-7)
+        sum(c.values["sufficiency"] for c in chance) / 2, abs=1e-7)
     # Agreement: IFR's shares against the signed method's magnitudes (and the other way).
     spec = get_method(second)
     other = spec.run(loaded.model, loaded.tokenizer, problem_of(record, "cpu"),
@@ -100,6 +101,19 @@ def test_check_on_a_real_explanation(loaded, method, second):
 
     checked = replace(record, reliability=check)
     assert Explanation.from_json(checked.to_json()) == checked
+
+
+def test_random_rankings_come_in_antithetic_pairs():
+    rankings = antithetic_rankings((101,), pairs=2)
+    assert len(rankings) == 4
+    for drawn, reverse in zip(rankings[::2], rankings[1::2], strict=True):
+        order = drawn.argsort(descending=True)
+        assert torch.equal(reverse.argsort(descending=True), order.flip(0))
+        # The top words of one are never the top words of the other, up to half of the case.
+        for count in (1, 5, 10, 20, 50):
+            top = set(order[:count].tolist())
+            assert top.isdisjoint(reverse.argsort(descending=True)[:count].tolist())
+    assert not torch.equal(rankings[0], rankings[2])  # each pair has its own seed
 
 
 def test_check_cancels(loaded):
