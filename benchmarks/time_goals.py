@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -22,13 +25,26 @@ import engine  # noqa: F401  (offline before transformers)
 from benchmarks.report import replace_section
 
 ROOT = Path(__file__).resolve().parent.parent
+REPEATS = 3
+T = TypeVar("T")
 HEADING = "## Time goals of the window (demo case, embedded SmolLM2-135M, CPU)"
+
+
+def _median(run: Callable[[], T]) -> tuple[float, T]:
+    """The median seconds of REPEATS calls of ``run``, and its last result."""
+    times = []
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        result = run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
 
 
 def measure() -> dict:
     from engine.explain import ExplainRequest, answer_row, explain
+    from engine.metrics import deletion_aopc, random_scores
     from engine.models import ModelRequest, load_model
-    from engine.reliability import check_reliability
+    from engine.reliability import antithetic_rankings, check_reliability, problem_of
 
     start = time.perf_counter()
     loaded = load_model(ModelRequest("embedded", device="cpu"))
@@ -36,12 +52,24 @@ def measure() -> dict:
     case = (ROOT / "resources/cases/demo_case.txt").read_text()
     request = ExplainRequest(case, matrix=False)  # the window's defaults
     explain(ExplainRequest(case, max_new_tokens=4, matrix=False), loaded)  # warm-up
-    start = time.perf_counter()
-    record = explain(request, loaded)
-    explain_s = time.perf_counter() - start
-    start = time.perf_counter()
-    check = check_reliability(loaded.model, loaded.tokenizer, record)
-    reliability_s = time.perf_counter() - start
+    # This machine's speed drifts from minute to minute: each step is the median of REPEATS
+    # runs, and the two chance designs alternate.
+    explain_s, record = _median(lambda: explain(request, loaded))
+    reliability_s, check = _median(
+        lambda: check_reliability(loaded.model, loaded.tokenizer, record))
+    # The check's perturbed prompts alone, side by side: its chance from one antithetic pair
+    # (the default) and from the three independent rankings it drew before.
+    problem = problem_of(record, "cpu")
+    scores = torch.tensor(record.attribution.sequence, dtype=torch.float64)
+    chance = {"pair": antithetic_rankings(scores.shape, 1),
+              "three": [random_scores(scores.shape, seed=seed) for seed in range(3)]}
+    runs: dict[str, list[float]] = {name: [] for name in chance}
+    for _ in range(REPEATS):
+        for name, rankings in chance.items():
+            start = time.perf_counter()
+            deletion_aopc(loaded.model, problem, [scores, *rankings])
+            runs[name].append(time.perf_counter() - start)
+    prompts_s = {name: statistics.median(times) for name, times in runs.items()}
     clicks = []
     for row in (0, len(record.answer.token_ids) // 2, len(record.answer.token_ids) - 1):
         start = time.perf_counter()
@@ -54,7 +82,7 @@ def measure() -> dict:
     return {"load_s": load_s, "explain_s": explain_s, "generate_s": record.timings.generate_s,
             "attribute_s": record.timings.attribute_s, "reliability_s": reliability_s,
             "verdict": check.verdict, "second": check.second_method,
-            "rho": check.rank_correlation, "clicks": clicks, "ig_s": ig_s,
+            "rho": check.rank_correlation, "prompts_s": prompts_s, "clicks": clicks, "ig_s": ig_s,
             "ig_points": ig.method.params.get("points"),
             "ig_error": ig.attribution.completeness_error, "method": record.method.name,
             "n": len(record.prompt.token_ids), "T": len(record.answer.token_ids)}
@@ -76,13 +104,19 @@ def main() -> None:
         f"bench`); torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} "
         f"threads. The window's defaults: method {m['method']}, up to 64 answer tokens, no "
         f"per-token matrix, reliability check on. Demo case: {m['n']} prompt tokens, "
-        f"{m['T']} answer tokens. Model load {m['load_s']:.1f} s (cached), not counted.", "",
+        f"{m['T']} answer tokens. Model load {m['load_s']:.1f} s (cached), not counted. "
+        f"Explain, the check and its prompts: median of {REPEATS} runs; generation and "
+        "attribution: the last Explain's.", "",
         "| step | seconds | goal |", "|---|---|---|",
         f"| answer (generation) | {m['generate_s']:.1f} | |",
         f"| attribution ({m['method']}, reusing generation's cache) | {m['attribute_s']:.2f} | |",
         f"| Explain: coloured case | {m['explain_s']:.1f} | |",
         f"| reliability check ({m['verdict']}; second opinion {m['second']}, rank correlation "
         f"{m['rho']:.2f}) | {m['reliability_s']:.1f} | at most 3 |",
+        f"| of which the check's 31 perturbed prompts (one antithetic pair of random "
+        f"rankings) | {m['prompts_s']['pair']:.1f} | |",
+        f"| the same with the 41 prompts of three independent rankings (the check before) | "
+        f"{m['prompts_s']['three']:.1f} | |",
         f"| Explain to coloured case and badge | {both:.1f} | at most 10 |",
         "| a clicked answer token (first, middle, last) | "
         + " / ".join(f"{c:.2f}" for c in m["clicks"]) + " | at most 2 |",
