@@ -82,7 +82,8 @@ def measure() -> dict:
     return {"load_s": load_s, "explain_s": explain_s, "generate_s": record.timings.generate_s,
             "attribute_s": record.timings.attribute_s, "reliability_s": reliability_s,
             "verdict": check.verdict, "second": check.second_method,
-            "rho": check.rank_correlation, "prompts_s": prompts_s, "clicks": clicks, "ig_s": ig_s,
+            "rho": check.rank_correlation, "draws": check.random_draws,
+            "prompts_s": prompts_s, "clicks": clicks, "ig_s": ig_s,
             "ig_points": ig.method.params.get("points"),
             "ig_error": ig.attribution.completeness_error, "method": record.method.name,
             "n": len(record.prompt.token_ids), "T": len(record.answer.token_ids)}
@@ -111,8 +112,8 @@ def main() -> None:
         f"| answer (generation) | {m['generate_s']:.1f} | |",
         f"| attribution ({m['method']}, reusing generation's cache) | {m['attribute_s']:.2f} | |",
         f"| Explain: coloured case | {m['explain_s']:.1f} | |",
-        f"| reliability check ({m['verdict']}; second opinion {m['second']}, rank correlation "
-        f"{m['rho']:.2f}) | {m['reliability_s']:.1f} | at most 3 |",
+        f"| reliability check ({m['verdict']}; {m['draws']} random rankings; second opinion "
+        f"{m['second']}, rank correlation {m['rho']:.2f}) | {m['reliability_s']:.1f} | at most 3 |",
         f"| of which the check's 31 perturbed prompts (one antithetic pair of random "
         f"rankings) | {m['prompts_s']['pair']:.1f} | |",
         f"| the same with the 41 prompts of three independent rankings (the check before) | "
@@ -125,8 +126,10 @@ def main() -> None:
         f"The reliability check {_met(m['reliability_s'], 3)} its goal here, and Explain to "
         f"the badge {_met(both, 10)} its own. The check runs 31 perturbed prompts (the "
         "explanation's top 1, 5, 10, 20 and 50% deleted or kept alone, and the same for one "
-        "antithetic pair of random rankings; 41 prompts with the three independent rankings "
-        "it drew before: docs/evaluation.md, \"Reliability check: random rankings\"). Each "
+        "antithetic pair of random rankings), and 20 more when that pair leaves a close call "
+        f"({'as here' if m['draws'] > 2 else 'not here'}); it ran 41 with the three "
+        "independent rankings it drew before (docs/evaluation.md, \"Reliability check: random "
+        "rankings\"). Each "
         "runs only from its first changed token on, on the unperturbed prompt's keys and "
         "values, but each must run the whole answer again, and those answer tokens alone are "
         "about half of the work. The window shows the coloured case first and the badge when "

@@ -21,19 +21,24 @@ chance's value, so a tie within noise is not called a win.
 Chance: each pair is a seeded uniformly random ranking and its reverse. The reverse is itself
 a uniformly random ranking, so the pair's mean estimates the same chance level as two
 independent draws; but the two delete disjoint words (the same words' complement at 50%), so
-when one happens to delete a word the answer rests on, the other does not. On the 20 demo cases
-(64-token answers, IFR; ``python -m benchmarks.reliability_draws``) a pair's chance AOPC varied
-0.81 times as much as two independent draws' (comprehensiveness; sufficiency 0.61), and one
-pair's verdict matched the verdict from 12 rankings in 89% of draws, three independent
-rankings' in 82% (docs/evaluation.md, "Reliability check: random rankings"). Cases near a threshold stay close calls at any number of
-rankings: the badge's tooltip gives the numbers.
+when one happens to delete a word the answer rests on, the other does not. On a close call
+(:func:`close_call`: the explanation within about one pair's spread of a threshold that
+decides the verdict) a second pair is drawn and chance is the mean of all four rankings.
 
-Cost: 1 + 10 x (1 + 2 x pairs) perturbed prompts, each with the whole answer (31 by default).
-Every one runs only from its first changed token on, on the unperturbed prompt's keys and
-values (one forward over the prompt), and they are batched by the length left to run. Then the
-second method (one forward for IFR; one forward and one backward for input x gradient). The
-answer's tokens in each prompt are about half of the work, so the check cannot reach 3 s on a
-2-core CPU for a 64-token answer: docs/benchmarks.md, "Time goals".
+Measured on the 20 demo cases (64-token answers, IFR; ``python -m benchmarks.reliability_draws``,
+docs/evaluation.md "Reliability check: random rankings"), against the verdict from 12
+rankings: a pair's chance AOPC varied 0.81 times as much as two independent draws'
+(comprehensiveness; sufficiency 0.61); one pair gave the same verdict in 89% of draws, one
+pair and a second on a close call in 94% (a second pair on 30% of checks), three independent
+rankings, the check's design before, in 82%.
+
+Cost: 1 + 10 x (1 + 2 x pairs) perturbed prompts, each with the whole answer (31 by default,
+20 more on a close call). Every one runs only from its first changed token on, on the
+unperturbed prompt's keys and values (one forward over the prompt), and they are batched by
+the length left to run. Then the second method (one forward for IFR; one forward and one
+backward for input x gradient). The answer's tokens in each prompt are about half of the
+work, so the check cannot reach 3 s on a 2-core CPU for a 64-token answer: docs/benchmarks.md,
+"Time goals".
 """
 
 from __future__ import annotations
@@ -53,6 +58,10 @@ from engine.task import SubTask, TaskState
 STRONG_RATIO = 2.0
 AGREEMENT = 0.3
 MARGIN = 0.1  # "better than random" means better by at least 10% of random's value
+# A close call, on which the check draws more random rankings: comprehensiveness within 10% of
+# a threshold (one antithetic pair's chance varies by about that much), sufficiency within 2.5%
+# (its chance varies about a quarter as much).
+CLOSE, CLOSE_SUFF = 0.10, 0.025
 
 
 def check_usable(record: Explanation, model: Any) -> None:
@@ -101,20 +110,38 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((ra * rb).sum()) / denominator if denominator > 0 else 0.0
 
 
-def antithetic_rankings(shape: Sequence[int], pairs: int) -> list[torch.Tensor]:
+def antithetic_rankings(shape: Sequence[int], pairs: int, first_seed: int = 0
+                        ) -> list[torch.Tensor]:
     """``2 x pairs`` random rankings: for each seed, uniform random scores and their reverse."""
     rankings = []
-    for seed in range(pairs):
+    for seed in range(first_seed, first_seed + pairs):
         scores = random_scores(shape, seed=seed)
         rankings += [scores, 1 - scores]
     return rankings
 
 
+def close_call(comp: float, chance_comp: float, suff: float, chance_suff: float,
+               rho: float) -> bool:
+    """Whether more random rankings could change the verdict: comprehensiveness within
+    CLOSE of a threshold that decides it (beating chance; twice chance's when the second
+    method agrees), or sufficiency within CLOSE_SUFF of beating chance's when the verdict could
+    be strong."""
+    def near(value: float, threshold: float, band: float) -> bool:
+        return abs(value - threshold) < band * abs(threshold)
+
+    if near(comp, chance_comp + MARGIN * abs(chance_comp), CLOSE):
+        return True
+    if rho < AGREEMENT:  # fair or weak, whatever the rest
+        return False
+    return (near(comp, STRONG_RATIO * chance_comp, CLOSE)
+            or near(suff, chance_suff - MARGIN * abs(chance_suff), CLOSE_SUFF))
+
+
 def check_reliability(model: Any, tokenizer: Any, record: Explanation, *, pairs: int = 1,
-                      state: TaskState | None = None) -> Reliability:
+                      close_pairs: int = 1, state: TaskState | None = None) -> Reliability:
     """The three checks on ``record`` (an explanation made with this model), against
-    ``pairs`` antithetic pairs of random rankings."""
-    if pairs < 1:
+    ``pairs`` antithetic pairs of random rankings, and ``close_pairs`` more on a close call."""
+    if pairs < 1 or close_pairs < 0:
         raise ValueError("the reliability check needs at least one pair of random rankings")
     state = state or TaskState()
     start = time.perf_counter()
@@ -125,19 +152,26 @@ def check_reliability(model: Any, tokenizer: Any, record: Explanation, *, pairs:
     chance_rankings = antithetic_rankings(scores.shape, pairs)
     # One batched pass over every ranking's perturbed prompts, sharing the reference forward.
     (comp, suff), *chance = deletion_aopc(model, problem, [scores, *chance_rankings],
-                                          state=SubTask(state, "reliability", 0, 2))
-    chance_comp = sum(c for c, _ in chance) / len(chance_rankings)
-    chance_suff = sum(s for _, s in chance) / len(chance_rankings)
+                                          state=SubTask(state, "reliability", 0, 3))
 
     second = second_opinion(record.method.name)
     spec = get_method(second)
     params = {**spec.defaults(), **({"matrix": False} if "matrix" in spec.defaults() else {})}
-    other = spec.attribute(model, tokenizer, problem, state=SubTask(state, "reliability", 1, 2),
-                     **params)
+    other = spec.attribute(model, tokenizer, problem, state=SubTask(state, "reliability", 1, 3),
+                           **params)
     case = problem.attributable.cpu()
     rho = spearman(*comparable(scores[case], METHODS[record.method.name].signed,
                                other.sequence[case], spec.signed))
-    state.progressed("reliability", 2, 2)
+
+    def mean(index: int) -> float:
+        return sum(found[index] for found in chance) / len(chance)
+
+    if close_pairs and close_call(comp, mean(0), suff, mean(1), rho):
+        more = antithetic_rankings(scores.shape, close_pairs, first_seed=pairs)
+        chance += deletion_aopc(model, problem, more, state=SubTask(state, "reliability", 2, 3))
+        chance_rankings += more
+    chance_comp, chance_suff = mean(0), mean(1)
+    state.progressed("reliability", 3, 3)
 
     verdict = verdict_of(comp, chance_comp, suff, chance_suff, rho)
     return Reliability(

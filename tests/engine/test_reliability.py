@@ -6,6 +6,7 @@ import pytest
 import torch
 from tiny import CASE
 
+from engine import reliability
 from engine.errors import Cancelled
 from engine.explain import ExplainRequest, explain
 from engine.methods import get_method
@@ -16,6 +17,7 @@ from engine.record import Explanation
 from engine.reliability import (
     antithetic_rankings,
     check_reliability,
+    close_call,
     comparable,
     problem_of,
     spearman,
@@ -67,7 +69,7 @@ def test_check_on_a_real_explanation(loaded, method, second):
     check = check_reliability(loaded.model, loaded.tokenizer, record)
     assert check.verdict in ("strong", "fair", "weak")
     assert check.second_method == second
-    assert -1 <= check.rank_correlation <= 1 and check.random_draws == 2
+    assert -1 <= check.rank_correlation <= 1 and check.random_draws in (2, 4)
     assert "rank correlation" in check.summary and check.seconds > 0
     # The numbers are the metrics of the record's own attribution.
     baseline = parse_baseline("pad", loaded.tokenizer, len(loaded.tokenizer))
@@ -77,14 +79,23 @@ def test_check_on_a_real_explanation(loaded, method, second):
     # Within float rounding: batches padded to other lengths round differently (about 1e-10).
     assert check.comprehensiveness == pytest.approx(ours.values["comprehensiveness"], abs=1e-7)
     assert check.sufficiency == pytest.approx(ours.values["sufficiency"], abs=1e-7)
-    # Chance is the mean of the same metrics over a seeded random ranking and its reverse.
-    drawn = random_scores((len(record.prompt.token_ids),), seed=0)
+    # Chance is the mean of the same metrics over a seeded random ranking and its reverse, and
+    # over a second pair exactly when the first pair left a close call.
+    drawn = [random_scores((len(record.prompt.token_ids),), seed=seed) for seed in (0, 1)]
     chance = [faithfulness(loaded.model, problem_of(record, "cpu"), ranking, baseline,
-                           MetricSettings(soft=False)) for ranking in (drawn, 1 - drawn)]
+                           MetricSettings(soft=False))
+              for ranking in (drawn[0], 1 - drawn[0], drawn[1], 1 - drawn[1])]
+
+    def mean(name, rankings):
+        return sum(c.values[name] for c in chance[:rankings]) / rankings
+
+    first_pair = (ours.values["comprehensiveness"], mean("comprehensiveness", 2),
+                  ours.values["sufficiency"], mean("sufficiency", 2), check.rank_correlation)
+    assert check.random_draws == (4 if close_call(*first_pair) else 2)
     assert check.random_comprehensiveness == pytest.approx(
-        sum(c.values["comprehensiveness"] for c in chance) / 2, abs=1e-7)
+        mean("comprehensiveness", check.random_draws), abs=1e-7)
     assert check.random_sufficiency == pytest.approx(
-        sum(c.values["sufficiency"] for c in chance) / 2, abs=1e-7)
+        mean("sufficiency", check.random_draws), abs=1e-7)
     # Agreement: IFR's shares against the signed method's magnitudes (and the other way).
     spec = get_method(second)
     other = spec.run(loaded.model, loaded.tokenizer, problem_of(record, "cpu"),
@@ -103,6 +114,32 @@ def test_check_on_a_real_explanation(loaded, method, second):
     assert Explanation.from_json(checked.to_json()) == checked
 
 
+def test_close_calls():
+    # Comprehensiveness within 10% of beating chance (1.1 x chance's) is close, whatever rho.
+    assert close_call(0.115, 0.10, 0.01, 0.05, 0.0)
+    assert close_call(0.105, 0.10, 0.01, 0.05, 0.9)
+    assert not close_call(0.15, 0.10, 0.01, 0.05, 0.1)  # fair whatever chance's next pair says
+    # Near twice chance's: close only when the second method agrees (else strong is out).
+    assert close_call(0.21, 0.10, 0.01, 0.05, 0.6)
+    assert not close_call(0.21, 0.10, 0.01, 0.05, 0.1)
+    # Sufficiency within 2.5% of beating chance's (0.9 x), when strong is possible.
+    assert close_call(0.30, 0.10, 0.0449, 0.05, 0.6)
+    assert not close_call(0.30, 0.10, 0.040, 0.05, 0.6)
+    assert not close_call(0.30, 0.10, 0.0449, 0.05, 0.1)
+
+
+@pytest.mark.parametrize(("band", "draws"), [(1e9, 4), (0.0, 2)])
+def test_a_close_call_draws_a_second_pair(loaded, monkeypatch, band, draws):
+    record = explain(ExplainRequest(CASE, target="recommend endocrine therapy"), loaded)
+    monkeypatch.setattr(reliability, "CLOSE", band)  # every call close, or none
+    monkeypatch.setattr(reliability, "CLOSE_SUFF", band)
+    check = check_reliability(loaded.model, loaded.tokenizer, record)
+    assert check.random_draws == draws
+    assert check.comprehensiveness == pytest.approx(
+        check_reliability(loaded.model, loaded.tokenizer, record, close_pairs=0
+                          ).comprehensiveness, abs=1e-9)
+
+
 def test_random_rankings_come_in_antithetic_pairs():
     rankings = antithetic_rankings((101,), pairs=2)
     assert len(rankings) == 4
@@ -114,6 +151,9 @@ def test_random_rankings_come_in_antithetic_pairs():
             top = set(order[:count].tolist())
             assert top.isdisjoint(reverse.argsort(descending=True)[:count].tolist())
     assert not torch.equal(rankings[0], rankings[2])  # each pair has its own seed
+    # A close call's second pair continues the seeds.
+    assert all(torch.equal(a, b) for a, b in zip(
+        antithetic_rankings((101,), pairs=1, first_seed=1), rankings[2:], strict=True))
 
 
 def test_check_cancels(loaded):
