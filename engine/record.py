@@ -23,6 +23,7 @@ from typing import Any
 
 from engine.errors import InvalidInputError, OutputError
 from engine.files import check_regular_file
+from engine.verdict import VERDICTS, verdict_of
 
 SCHEMA_VERSION = 1
 MAX_RECORD_BYTES = 1_000_000_000  # a full matrix of an 8,000-token case and 4,096 answer tokens
@@ -215,8 +216,8 @@ class Explanation:
                                                   *self.answer.token_ids)):
             raise ValueError(f"a token id lies outside the model's vocabulary of {vocab}")
         _check_scores(self.attribution)
-        if self.reliability is not None and self.reliability.verdict not in VERDICTS:
-            raise ValueError(f"unknown reliability verdict {self.reliability.verdict!r}")
+        if self.reliability is not None:
+            _check_reliability(self.reliability)
         if any(not value >= 0 for value in (self.timings.load_s, self.timings.generate_s,
                                             self.timings.attribute_s)):
             raise ValueError("a timing is negative or not a number")
@@ -261,7 +262,6 @@ class Explanation:
         return cls.from_json(text)
 
 
-VERDICTS = ("strong", "fair", "weak")
 
 
 def _check_ids(what: str, ids: tuple[int, ...]) -> None:
@@ -282,6 +282,23 @@ def _check_claims(claims: Claims, case_chars: int, answer_tokens: int) -> None:
         if len(claim.evidence) != sentences or any(
                 not 0 <= index < sentences for index, _ in claim.drops):
             raise ValueError(f"a claim's evidence does not match the {sentences} case sentences")
+
+
+def _check_reliability(check: Reliability) -> None:
+    """A check's verdict is shown as computed: it must follow from its own numbers (a file
+    edited to say "strong" is refused), and those numbers must be ones a check can give."""
+    if check.verdict not in VERDICTS:
+        raise ValueError(f"unknown reliability verdict {check.verdict!r}")
+    numbers = (check.comprehensiveness, check.random_comprehensiveness, check.sufficiency,
+               check.random_sufficiency, check.rank_correlation)
+    if not all(math.isfinite(value) for value in numbers):
+        raise ValueError("a reliability figure is not a finite number")
+    if not -1 <= check.rank_correlation <= 1 or check.random_draws < 1 \
+            or not check.seconds >= 0:
+        raise ValueError("a reliability figure is out of its range")
+    if check.verdict != verdict_of(*numbers):
+        raise ValueError(f"the reliability verdict {check.verdict!r} does not follow from its "
+                         f"own figures")
 
 
 def _check_scores(attribution: Attribution) -> None:

@@ -54,15 +54,9 @@ from engine.methods import METHODS, AttributionInput, get_method, second_opinion
 from engine.metrics import deletion_aopc, random_scores
 from engine.record import Explanation, Reliability
 from engine.task import SubTask, TaskState
+from engine.verdict import AGREEMENT, close_call, keeps_better, verdict_of
 
-STRONG_RATIO = 2.0
-AGREEMENT = 0.3
-MARGIN = 0.1  # "better than random" means better by at least 10% of random's value
-# A close call, on which the check draws more random rankings: comprehensiveness within 10% of
-# a threshold (one antithetic pair's chance varies by about that much), sufficiency within 2.5%
-# (its chance varies about a quarter as much).
-CLOSE, CLOSE_SUFF = 0.10, 0.025
-
+__all__ = ["check_reliability", "close_call", "verdict_of"]
 
 def check_usable(record: Explanation, model: Any) -> None:
     """An opened record is untrusted: before its ids meet ``model`` they must be ids of its
@@ -120,23 +114,6 @@ def antithetic_rankings(shape: Sequence[int], pairs: int, first_seed: int = 0
     return rankings
 
 
-def close_call(comp: float, chance_comp: float, suff: float, chance_suff: float,
-               rho: float) -> bool:
-    """Whether more random rankings could change the verdict: comprehensiveness within
-    CLOSE of a threshold that decides it (beating chance; twice chance's when the second
-    method agrees), or sufficiency within CLOSE_SUFF of beating chance's when the verdict could
-    be strong."""
-    def near(value: float, threshold: float, band: float) -> bool:
-        return abs(value - threshold) < band * abs(threshold)
-
-    if near(comp, chance_comp + MARGIN * abs(chance_comp), CLOSE):
-        return True
-    if rho < AGREEMENT:  # fair or weak, whatever the rest
-        return False
-    return (near(comp, STRONG_RATIO * chance_comp, CLOSE)
-            or near(suff, chance_suff - MARGIN * abs(chance_suff), CLOSE_SUFF))
-
-
 def check_reliability(model: Any, tokenizer: Any, record: Explanation, *, pairs: int = 1,
                       close_pairs: int = 1, state: TaskState | None = None) -> Reliability:
     """The three checks on ``record`` (an explanation made with this model), against
@@ -181,25 +158,6 @@ def check_reliability(model: Any, tokenizer: Any, record: Explanation, *, pairs:
         comprehensiveness=comp, random_comprehensiveness=chance_comp, sufficiency=suff,
         random_sufficiency=chance_suff, second_method=second, rank_correlation=rho,
         random_draws=len(chance_rankings), seconds=time.perf_counter() - start)
-
-
-def removes_more(comp: float, chance_comp: float) -> bool:
-    return comp > chance_comp + MARGIN * abs(chance_comp)
-
-
-def keeps_better(suff: float, chance_suff: float) -> bool:
-    return suff < chance_suff - MARGIN * abs(chance_suff)
-
-
-def verdict_of(comp: float, chance_comp: float, suff: float, chance_suff: float,
-               rho: float) -> str:
-    """``strong``, ``fair`` or ``weak``; see the module docstring."""
-    if not removes_more(comp, chance_comp):
-        return "weak"
-    if keeps_better(suff, chance_suff) and comp >= STRONG_RATIO * max(chance_comp, 1e-12) \
-            and rho >= AGREEMENT:
-        return "strong"
-    return "fair"
 
 
 def _sentence(verdict: str, comp: float, chance_comp: float, beats_suff: bool, rho: float,

@@ -270,6 +270,32 @@ def test_hostile_records_get_one_clear_line(loaded, what, change, message):
     assert "\n" not in str(caught.value)
 
 
+RELIABILITY = {"verdict": "strong", "summary": "Trustworthy here: ...", "comprehensiveness": 0.3,
+               "random_comprehensiveness": 0.1, "sufficiency": 0.01, "random_sufficiency": 0.05,
+               "second_method": "ifr", "rank_correlation": 0.6, "random_draws": 2,
+               "seconds": 7.5}
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("verdict", "excellent", "unknown reliability verdict"),
+    ("comprehensiveness", 0.15, "does not follow from its own figures"),  # fair, not strong
+    ("rank_correlation", 0.1, "does not follow from its own figures"),
+    ("random_sufficiency", float("nan"), "not a finite number"),
+    ("rank_correlation", 7.0, "out of its range"),
+    ("random_draws", 0, "out of its range"),
+    ("seconds", -1.0, "out of its range"),
+])
+def test_a_reliability_verdict_that_its_figures_do_not_give_is_refused(loaded, field, value,
+                                                                       message):
+    data = _record(loaded).to_dict()
+    data["reliability"] = dict(RELIABILITY)
+    assert Explanation.from_dict(data).reliability.verdict == "strong"  # as computed: kept
+    data["reliability"][field] = value
+    with pytest.raises(InvalidInputError, match=message) as caught:
+        Explanation.from_dict(data)
+    assert "\n" not in str(caught.value)
+
+
 _RECORDS = {}
 
 

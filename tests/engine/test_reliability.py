@@ -6,7 +6,7 @@ import pytest
 import torch
 from tiny import CASE
 
-from engine import reliability
+from engine import verdict
 from engine.errors import Cancelled
 from engine.explain import ExplainRequest, explain
 from engine.methods import get_method
@@ -131,8 +131,8 @@ def test_close_calls():
 @pytest.mark.parametrize(("band", "draws"), [(1e9, 4), (0.0, 2)])
 def test_a_close_call_draws_a_second_pair(loaded, monkeypatch, band, draws):
     record = explain(ExplainRequest(CASE, target="recommend endocrine therapy"), loaded)
-    monkeypatch.setattr(reliability, "CLOSE", band)  # every call close, or none
-    monkeypatch.setattr(reliability, "CLOSE_SUFF", band)
+    monkeypatch.setattr(verdict, "CLOSE", band)  # every call close, or none
+    monkeypatch.setattr(verdict, "CLOSE_SUFF", band)
     check = check_reliability(loaded.model, loaded.tokenizer, record)
     assert check.random_draws == draws
     assert check.comprehensiveness == pytest.approx(
