@@ -75,7 +75,7 @@ def collect(limit: int | None) -> list[dict]:
 
 
 def _verdict(case: dict, chance: Sequence[Chance]) -> str:
-    from engine.reliability import verdict_of
+    from engine.verdict import verdict_of
 
     return verdict_of(case["comp"], statistics.mean(c for c, _ in chance), case["suff"],
                       statistics.mean(s for _, s in chance), case["rho"])
@@ -83,7 +83,7 @@ def _verdict(case: dict, chance: Sequence[Chance]) -> str:
 
 def designs(case: dict) -> dict[str, list[list[Chance]]]:
     """For each design compared, every way of drawing its chance from this case's rankings."""
-    from engine.reliability import close_call
+    from engine.verdict import close_call
 
     drawn, reverses = case["independent"], case["reversed"]
     pairs = [[drawn[i], reverses[i]] for i in range(REVERSED)]
@@ -108,7 +108,8 @@ def designs(case: dict) -> dict[str, list[list[Chance]]]:
 
 
 def analyse(found: list[dict]) -> dict:
-    """Per design: [same verdict as the reference's, stronger, weaker, draws, rankings]."""
+    """Per design: [same verdict as the reference's, stronger, weaker, draws, prompts, draws
+    with a second pass (a close call)]."""
     order = ("weak", "fair", "strong")
     tallies: dict[str, list[int]] = {}
     ratios: dict[str, list[tuple[float, float]]] = {"comprehensiveness": [], "sufficiency": []}
@@ -117,12 +118,14 @@ def analyse(found: list[dict]) -> dict:
         reference = _verdict(case, case["independent"] + case["reversed"])
         verdicts[reference] = verdicts.get(reference, 0) + 1
         for name, draws in designs(case).items():
-            tally = tallies.setdefault(name, [0, 0, 0, 0, 0])
+            tally = tallies.setdefault(name, [0, 0, 0, 0, 0, 0])
             for chance in draws:
                 got = order.index(_verdict(case, chance)) - order.index(reference)
                 tally[0 if got == 0 else 1 if got > 0 else 2] += 1
                 tally[3] += 1
-                tally[4] += len(chance)
+                again = name == DEFAULT and len(chance) > 2  # its own reference forward again
+                tally[4] += 1 + 10 * (1 + len(chance)) + again
+                tally[5] += again
         drawn, reverses = case["independent"], case["reversed"]
         for index, name in enumerate(ratios):
             independent = [(drawn[2 * i][index] + drawn[2 * i + 1][index]) / 2
@@ -149,14 +152,14 @@ def report(found: list[dict], summary: dict, when: str) -> str:
         f"{REVERSED}, every one scored as the reliability check scores it. Reference: the "
         f"verdict with chance from all {INDEPENDENT + REVERSED} rankings ({verdicts}); every "
         "design's rankings are among those 12, which favours the designs with more rankings a "
-        "little. A close call (engine/reliability.py, `close_call`): the explanation's "
-        "comprehensiveness within 10% of a threshold that decides the verdict, or its "
-        "sufficiency within 2.5%.", "",
+        "little. A close call (engine/verdict.py, `close_call`): the explanation's "
+        "comprehensiveness within 10% of a threshold that decides the verdict, or, when strong "
+        "is within reach, its sufficiency within 2.5%.", "",
         "| chance drawn from | prompts per check (mean) | verdict as the reference's | "
         "stronger | weaker |", "|---|---|---|---|---|",
     ]
-    for name, (same, stronger, weaker, total, rankings) in tallies.items():
-        lines.append(f"| {name} | {1 + 10 * (1 + rankings / total):.0f} | {same} of {total} "
+    for name, (same, stronger, weaker, total, prompts, _) in tallies.items():
+        lines.append(f"| {name} | {prompts / total:.0f} | {same} of {total} "
                      f"({100 * same / total:.1f}%) | {stronger} | {weaker} |")
     default, three = tallies[DEFAULT], tallies[THREE]
     lines += [
@@ -170,8 +173,8 @@ def report(found: list[dict], summary: dict, when: str) -> str:
         "cannot both happen to delete a word the answer rests on.",
         "",
         f"The check now draws one antithetic pair and a second on a close call: "
-        f"{1 + 10 * (1 + default[4] / default[3]):.0f} prompts on average (a second pair in "
-        f"{_share(default[4] - 2 * default[3], 2 * default[3])} of checks) instead of three "
+        f"{default[4] / default[3]:.0f} prompts on average (a second pair in "
+        f"{_share(default[5], default[3])} of checks) instead of three "
         f"independent rankings' 41, and its verdict matched the reference's in "
         f"{_share(default[0], default[3])} of draws against {_share(three[0], three[3])}. "
         "The 10% band is about one pair's spread, but it was chosen on these same 20 cases, "

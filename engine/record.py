@@ -9,6 +9,7 @@ Shapes: ``n`` prompt tokens, ``T`` answer tokens.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -23,7 +24,7 @@ from typing import Any
 
 from engine.errors import InvalidInputError, OutputError
 from engine.files import check_regular_file
-from engine.verdict import VERDICTS, verdict_of
+from engine.verdict import VERDICTS, summary_of, verdict_of
 
 SCHEMA_VERSION = 1
 MAX_RECORD_BYTES = 1_000_000_000  # a full matrix of an 8,000-token case and 4,096 answer tokens
@@ -216,8 +217,8 @@ class Explanation:
                                                   *self.answer.token_ids)):
             raise ValueError(f"a token id lies outside the model's vocabulary of {vocab}")
         _check_scores(self.attribution)
-        if self.reliability is not None:
-            _check_reliability(self.reliability)
+        if self.reliability is not None and self.reliability.verdict not in VERDICTS:
+            raise ValueError(f"unknown reliability verdict {self.reliability.verdict!r}")
         if any(not value >= 0 for value in (self.timings.load_s, self.timings.generate_s,
                                             self.timings.attribute_s)):
             raise ValueError("a timing is negative or not a number")
@@ -238,7 +239,13 @@ class Explanation:
                 f"unsupported explanation schema_version {version!r}: this TokenTrace reads "
                 f"version {SCHEMA_VERSION}"
             )
-        return from_plain(cls, data)
+        record = from_plain(cls, data)
+        if record.reliability is None:
+            return record
+        try:
+            return dataclasses.replace(record, reliability=_judged(record.reliability))
+        except ValueError as exc:
+            raise InvalidInputError(f"not a valid explanation file ({exc})") from None
 
     @classmethod
     def from_json(cls, text: str) -> Explanation:
@@ -262,8 +269,6 @@ class Explanation:
         return cls.from_json(text)
 
 
-
-
 def _check_ids(what: str, ids: tuple[int, ...]) -> None:
     if any(i < 0 for i in ids):
         raise ValueError(f"a {what} token id is negative")
@@ -284,21 +289,20 @@ def _check_claims(claims: Claims, case_chars: int, answer_tokens: int) -> None:
             raise ValueError(f"a claim's evidence does not match the {sentences} case sentences")
 
 
-def _check_reliability(check: Reliability) -> None:
-    """A check's verdict is shown as computed: it must follow from its own numbers (a file
-    edited to say "strong" is refused), and those numbers must be ones a check can give."""
-    if check.verdict not in VERDICTS:
-        raise ValueError(f"unknown reliability verdict {check.verdict!r}")
-    numbers = (check.comprehensiveness, check.random_comprehensiveness, check.sufficiency,
+def _judged(check: Reliability) -> Reliability:
+    """An opened check with its verdict and sentence worked out again from its own figures, so
+    that the badge always says what those figures say (a file edited to read "strong" reads as
+    its figures do, and so does a check saved under an earlier rule); figures no check can give
+    are refused."""
+    figures = (check.comprehensiveness, check.random_comprehensiveness, check.sufficiency,
                check.random_sufficiency, check.rank_correlation)
-    if not all(math.isfinite(value) for value in numbers):
+    if not all(math.isfinite(value) for value in figures):
         raise ValueError("a reliability figure is not a finite number")
     if not -1 <= check.rank_correlation <= 1 or check.random_draws < 1 \
             or not check.seconds >= 0:
         raise ValueError("a reliability figure is out of its range")
-    if check.verdict != verdict_of(*numbers):
-        raise ValueError(f"the reliability verdict {check.verdict!r} does not follow from its "
-                         f"own figures")
+    return dataclasses.replace(check, verdict=verdict_of(*figures),
+                               summary=summary_of(*figures, check.second_method))
 
 
 def _check_scores(attribution: Attribution) -> None:

@@ -13,10 +13,8 @@ Three questions, each answered against chance:
    the other's magnitudes are compared: on the 20 demo cases IFR against signed input x
    gradient averages rho = -0.04, against its magnitude 0.33.
 
-Verdict: ``strong`` when the explanation beats chance on both 1 and 2 (comprehensiveness at
-least twice chance's) and agrees with the second method (rho >= 0.3); ``weak`` when it does not
-beat chance on comprehensiveness; ``fair`` otherwise. Beating chance means by at least 10% of
-chance's value, so a tie within noise is not called a win.
+The verdict (strong, fair or weak) and its sentence follow from these figures by the rule in
+engine/verdict.py.
 
 Chance: each pair is a seeded uniformly random ranking and its reverse. The reverse is itself
 a uniformly random ranking, so the pair's mean estimates the same chance level as two
@@ -33,7 +31,7 @@ pair and a second on a close call in 94% (a second pair on 30% of checks), three
 rankings, the check's design before, in 82%.
 
 Cost: 1 + 10 x (1 + 2 x pairs) perturbed prompts, each with the whole answer (31 by default,
-20 more on a close call). Every one runs only from its first changed token on, on the
+21 more on a close call). Every one runs only from its first changed token on, on the
 unperturbed prompt's keys and values (one forward over the prompt), and they are batched by
 the length left to run. Then the second method (one forward for IFR; one forward and one
 backward for input x gradient). The answer's tokens in each prompt are about half of the
@@ -43,20 +41,20 @@ work, so the check cannot reach 3 s on a 2-core CPU for a 64-token answer: docs/
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from engine.errors import InvalidInputError
+from engine.errors import InvalidInputError, TokenTraceError
 from engine.methods import METHODS, AttributionInput, get_method, second_opinion
 from engine.metrics import deletion_aopc, random_scores
 from engine.record import Explanation, Reliability
-from engine.task import SubTask, TaskState
-from engine.verdict import AGREEMENT, close_call, keeps_better, verdict_of
+from engine.task import Silent, TaskState
+from engine.verdict import close_call, summary_of, verdict_of
 
-__all__ = ["check_reliability", "close_call", "verdict_of"]
 
 def check_usable(record: Explanation, model: Any) -> None:
     """An opened record is untrusted: before its ids meet ``model`` they must be ids of its
@@ -101,7 +99,9 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     ra, rb = _ranks(a), _ranks(b)
     ra, rb = ra - ra.mean(), rb - rb.mean()
     denominator = float(ra.norm() * rb.norm())
-    return float((ra * rb).sum()) / denominator if denominator > 0 else 0.0
+    if denominator <= 0:
+        return 0.0
+    return min(1.0, max(-1.0, float((ra * rb).sum()) / denominator))  # within rounding
 
 
 def antithetic_rankings(shape: Sequence[int], pairs: int, first_seed: int = 0
@@ -119,61 +119,44 @@ def check_reliability(model: Any, tokenizer: Any, record: Explanation, *, pairs:
     """The three checks on ``record`` (an explanation made with this model), against
     ``pairs`` antithetic pairs of random rankings, and ``close_pairs`` more on a close call."""
     if pairs < 1 or close_pairs < 0:
-        raise ValueError("the reliability check needs at least one pair of random rankings")
+        raise ValueError(f"the reliability check needs pairs >= 1 and close_pairs >= 0 (got "
+                         f"{pairs} and {close_pairs})")
     state = state or TaskState()
     start = time.perf_counter()
     check_usable(record, model)
     device = next(model.parameters()).device
     problem = problem_of(record, device)
     scores = torch.tensor(record.attribution.sequence, dtype=torch.float64)
-    chance_rankings = antithetic_rankings(scores.shape, pairs)
-    # One batched pass over every ranking's perturbed prompts, sharing the reference forward.
-    (comp, suff), *chance = deletion_aopc(model, problem, [scores, *chance_rankings],
-                                          state=SubTask(state, "reliability", 0, 3))
+    # Three parts: the explanation's and one pair's perturbed prompts (one batched pass, one
+    # reference forward), the second method, and on a close call more pairs.
+    state.progressed("reliability", 0, 3)
+    (comp, suff), *chance = deletion_aopc(
+        model, problem, [scores, *antithetic_rankings(scores.shape, pairs)], state=Silent(state))
+    state.progressed("reliability", 1, 3)
 
     second = second_opinion(record.method.name)
     spec = get_method(second)
     params = {**spec.defaults(), **({"matrix": False} if "matrix" in spec.defaults() else {})}
-    other = spec.attribute(model, tokenizer, problem, state=SubTask(state, "reliability", 1, 3),
-                           **params)
+    other = spec.attribute(model, tokenizer, problem, state=Silent(state), **params)
     case = problem.attributable.cpu()
     rho = spearman(*comparable(scores[case], METHODS[record.method.name].signed,
                                other.sequence[case], spec.signed))
+    state.progressed("reliability", 2, 3)
 
     def mean(index: int) -> float:
         return sum(found[index] for found in chance) / len(chance)
 
     if close_pairs and close_call(comp, mean(0), suff, mean(1), rho):
         more = antithetic_rankings(scores.shape, close_pairs, first_seed=pairs)
-        chance += deletion_aopc(model, problem, more, state=SubTask(state, "reliability", 2, 3))
-        chance_rankings += more
-    chance_comp, chance_suff = mean(0), mean(1)
+        chance += deletion_aopc(model, problem, more, state=Silent(state))
     state.progressed("reliability", 3, 3)
 
-    verdict = verdict_of(comp, chance_comp, suff, chance_suff, rho)
+    figures = (comp, mean(0), suff, mean(1), rho)
+    if not all(math.isfinite(value) for value in figures):
+        raise TokenTraceError("the reliability check gave a figure that is not a number (an "
+                              "overflow at this precision?): no verdict; float32 avoids it")
     return Reliability(
-        verdict=verdict,
-        summary=_sentence(verdict, comp, chance_comp, keeps_better(suff, chance_suff), rho,
-                          second),
-        comprehensiveness=comp, random_comprehensiveness=chance_comp, sufficiency=suff,
-        random_sufficiency=chance_suff, second_method=second, rank_correlation=rho,
-        random_draws=len(chance_rankings), seconds=time.perf_counter() - start)
-
-
-def _sentence(verdict: str, comp: float, chance_comp: float, beats_suff: bool, rho: float,
-              second: str) -> str:
-    if chance_comp > 0 and comp > 0:
-        removal = (f"removing the words it ranks highest lowers the answer's probability "
-                   f"{comp / chance_comp:.1f}x as much as removing random words")
-    else:
-        removal = ("removing the words it ranks highest lowers the answer's probability "
-                   f"by {comp:+.3f}, against {chance_comp:+.3f} for random words")
-    keeping = ("keeping only them preserves the answer better than random words"
-               if beats_suff else "keeping only them preserves the answer no better than "
-                                  "random words")
-    agreement = ("agrees" if rho >= 0.5 else "partly agrees" if rho >= AGREEMENT
-                 else "does not agree")
-    lead = {"strong": "Trustworthy here", "fair": "Use with care",
-            "weak": "Do not rely on this explanation"}[verdict]
-    return (f"{lead}: {removal}; {keeping}; it {agreement} with {second} "
-            f"(rank correlation {rho:.2f}).")
+        verdict=verdict_of(*figures), summary=summary_of(*figures, second),
+        comprehensiveness=comp, random_comprehensiveness=mean(0), sufficiency=suff,
+        random_sufficiency=mean(1), second_method=second, rank_correlation=rho,
+        random_draws=len(chance), seconds=time.perf_counter() - start)

@@ -71,3 +71,14 @@ class SubTask(TaskState):
     def progressed(self, stage: str, done: int, total: int) -> None:
         self._parent.progressed(self._stage, min(self._overall, self._offset + done),
                                 self._overall)
+
+
+class Silent(SubTask):
+    """A part whose own progress would mislead at the parent's scale: it cancels with its
+    parent and reports nothing; the parent reports the part as a whole."""
+
+    def __init__(self, parent: TaskState) -> None:
+        super().__init__(parent, "", 0, 0)
+
+    def progressed(self, stage: str, done: int, total: int) -> None:
+        pass

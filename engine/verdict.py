@@ -1,5 +1,5 @@
-"""The reliability badge's verdict from its numbers: pure, so that a record opened from a file
-can be checked against it (engine/record.py) and the check itself decide (engine/reliability.py).
+"""The reliability badge's verdict and sentence from its figures: pure, so that the check
+(engine/reliability.py) and a record opened from a file (engine/record.py) say the same.
 
 ``strong`` when the explanation beats chance on comprehensiveness and on sufficiency, its
 comprehensiveness is at least twice chance's, and a second method agrees (rank correlation at
@@ -19,12 +19,27 @@ MARGIN = 0.1  # "better than random" means better by at least 10% of random's va
 CLOSE, CLOSE_SUFF = 0.10, 0.025
 
 
+def beats_chance_at(chance_comp: float) -> float:
+    """The comprehensiveness above which an explanation removes more than random words."""
+    return chance_comp + MARGIN * abs(chance_comp)
+
+
+def strong_at(chance_comp: float) -> float:
+    """The comprehensiveness from which a verdict can be strong."""
+    return STRONG_RATIO * max(chance_comp, 1e-12)
+
+
+def keeps_at(chance_suff: float) -> float:
+    """The sufficiency below which keeping the top words preserves more than random words."""
+    return chance_suff - MARGIN * abs(chance_suff)
+
+
 def removes_more(comp: float, chance_comp: float) -> bool:
-    return comp > chance_comp + MARGIN * abs(chance_comp)
+    return comp > beats_chance_at(chance_comp)
 
 
 def keeps_better(suff: float, chance_suff: float) -> bool:
-    return suff < chance_suff - MARGIN * abs(chance_suff)
+    return suff < keeps_at(chance_suff)
 
 
 def verdict_of(comp: float, chance_comp: float, suff: float, chance_suff: float,
@@ -32,24 +47,44 @@ def verdict_of(comp: float, chance_comp: float, suff: float, chance_suff: float,
     """``strong``, ``fair`` or ``weak``; see the module docstring."""
     if not removes_more(comp, chance_comp):
         return "weak"
-    if keeps_better(suff, chance_suff) and comp >= STRONG_RATIO * max(chance_comp, 1e-12) \
-            and rho >= AGREEMENT:
+    if keeps_better(suff, chance_suff) and comp >= strong_at(chance_comp) and rho >= AGREEMENT:
         return "strong"
     return "fair"
 
 
 def close_call(comp: float, chance_comp: float, suff: float, chance_suff: float,
                rho: float) -> bool:
-    """Whether more random rankings could change the verdict: comprehensiveness within
-    CLOSE of a threshold that decides it (beating chance; twice chance's when the second
-    method agrees), or sufficiency within CLOSE_SUFF of beating chance's when the verdict could
-    be strong."""
+    """Whether more random rankings could change the verdict: comprehensiveness within CLOSE
+    of a threshold that decides it (beating chance; twice chance's when the second method
+    agrees), or, when strong is within reach, sufficiency within CLOSE_SUFF of beating
+    chance's."""
     def near(value: float, threshold: float, band: float) -> bool:
         return abs(value - threshold) < band * abs(threshold)
 
-    if near(comp, chance_comp + MARGIN * abs(chance_comp), CLOSE):
+    if near(comp, beats_chance_at(chance_comp), CLOSE):
         return True
-    if rho < AGREEMENT:  # fair or weak, whatever the rest
-        return False
-    return (near(comp, STRONG_RATIO * chance_comp, CLOSE)
-            or near(suff, chance_suff - MARGIN * abs(chance_suff), CLOSE_SUFF))
+    if rho < AGREEMENT or comp < strong_at(chance_comp) * (1 - CLOSE):
+        return False  # fair or weak, whatever chance's next pair says
+    return (near(comp, strong_at(chance_comp), CLOSE)
+            or near(suff, keeps_at(chance_suff), CLOSE_SUFF))
+
+
+def summary_of(comp: float, chance_comp: float, suff: float, chance_suff: float, rho: float,
+               second: str) -> str:
+    """The badge's sentence: the verdict in plain words, with the figures."""
+    if chance_comp > 0 and comp > 0:
+        removal = (f"removing the words it ranks highest lowers the answer's probability "
+                   f"{comp / chance_comp:.1f}x as much as removing random words")
+    else:
+        removal = ("removing the words it ranks highest lowers the answer's probability "
+                   f"by {comp:+.3f}, against {chance_comp:+.3f} for random words")
+    keeping = ("keeping only them preserves the answer better than random words"
+               if keeps_better(suff, chance_suff)
+               else "keeping only them preserves the answer no better than random words")
+    agreement = ("agrees" if rho >= 0.5 else "partly agrees" if rho >= AGREEMENT
+                 else "does not agree")
+    lead = {"strong": "Trustworthy here", "fair": "Use with care",
+            "weak": "Do not rely on this explanation"}[
+        verdict_of(comp, chance_comp, suff, chance_suff, rho)]
+    return (f"{lead}: {removal}; {keeping}; it {agreement} with {second} "
+            f"(rank correlation {rho:.2f}).")

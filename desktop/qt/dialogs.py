@@ -36,5 +36,6 @@ def ask_save(parent: QWidget, kind: str) -> Path | None:
 
 
 def ask_folder(parent: QWidget, title: str) -> Path | None:
+    """The folder the user picked, or None when they cancelled."""
     folder = QFileDialog.getExistingDirectory(parent, title)
     return Path(folder) if folder else None

@@ -88,8 +88,7 @@ class MainWindow(QMainWindow):
         self._settings = settings or QSettings("TokenTrace", "TokenTrace")
         self._model_request = model or ModelRequest()
         self._answer_pieces: list[str] = []
-        self.model_info = None  # engine.record.ModelInfo of the loaded model
-        self.estimates = RunEstimates(self._settings)
+        self.estimates = RunEstimates(self._settings)  # and the loaded model's ModelInfo
 
         self.engine = EngineThread(self)
         worker = self.engine.worker
@@ -403,7 +402,7 @@ class MainWindow(QMainWindow):
                                  f"{info.dtype} · {info.device} · sha256 {info.sha256[:12]}…")
         self.model_label.setToolTip(plain_tooltip(f"{info.source}\nsha256 {info.sha256}"))
         self.stage_label.setText("Ready")
-        self.model_info = self.estimates.model_info = info
+        self.estimates.model_info = info
         self._update_estimate()
         self.model_ready.emit(info)
 
@@ -624,6 +623,9 @@ class MainWindow(QMainWindow):
         if request.kind is Kind.ROW:
             self.select_answer_token(None)
         elif request.kind in (Kind.RELIABILITY, Kind.CLAIMS):
+            if request.kind is Kind.RELIABILITY and request.about(self._on_screen()):
+                self.badge.show_pending("The reliability check failed (see the message): "
+                                        "Explain again to run it")
             if request.kind is Kind.CLAIMS:
                 self.claims_view.setPlainText("Could not find the statements (see the message).")
             self._run_pending_row()
@@ -640,8 +642,9 @@ class MainWindow(QMainWindow):
             if request.kind is Kind.ROW:
                 self.select_answer_token(None)
             elif request.kind is Kind.RELIABILITY:
-                self.badge.show_pending("Reliability check cancelled (Explain again, or turn "
-                                        "the check on in Settings, to run it)")
+                if request.about(self._on_screen()):
+                    self.badge.show_pending("Reliability check cancelled (Explain again, or "
+                                            "turn the check on in Settings, to run it)")
                 self._run_pending_row()
             elif request.kind is Kind.CLAIMS:
                 self.claims_view.setPlainText("Cancelled: Explain again to find the statements.")

@@ -278,22 +278,33 @@ RELIABILITY = {"verdict": "strong", "summary": "Trustworthy here: ...", "compreh
 
 @pytest.mark.parametrize(("field", "value", "message"), [
     ("verdict", "excellent", "unknown reliability verdict"),
-    ("comprehensiveness", 0.15, "does not follow from its own figures"),  # fair, not strong
-    ("rank_correlation", 0.1, "does not follow from its own figures"),
     ("random_sufficiency", float("nan"), "not a finite number"),
     ("rank_correlation", 7.0, "out of its range"),
     ("random_draws", 0, "out of its range"),
     ("seconds", -1.0, "out of its range"),
 ])
-def test_a_reliability_verdict_that_its_figures_do_not_give_is_refused(loaded, field, value,
-                                                                       message):
+def test_reliability_figures_no_check_can_give_are_refused(loaded, field, value, message):
     data = _record(loaded).to_dict()
-    data["reliability"] = dict(RELIABILITY)
-    assert Explanation.from_dict(data).reliability.verdict == "strong"  # as computed: kept
-    data["reliability"][field] = value
+    data["reliability"] = {**RELIABILITY, field: value}
     with pytest.raises(InvalidInputError, match=message) as caught:
         Explanation.from_dict(data)
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("field", "value", "verdict", "lead"), [
+    (None, None, "strong", "Trustworthy here"),  # as the check saved it
+    ("comprehensiveness", 0.15, "fair", "Use with care"),  # not twice chance's
+    ("rank_correlation", 0.1, "fair", "Use with care"),  # the second method disagrees
+    ("comprehensiveness", 0.105, "weak", "Do not rely"),  # a tie with chance
+    ("verdict", "weak", "strong", "Trustworthy here"),  # an edited verdict
+    ("summary", "Trustworthy <b>here</b>", "strong", "Trustworthy here:"),  # edited words
+])
+def test_an_opened_badge_says_what_its_figures_say(loaded, field, value, verdict, lead):
+    data = _record(loaded).to_dict()
+    data["reliability"] = {**RELIABILITY, **({field: value} if field else {})}
+    check = Explanation.from_dict(data).reliability
+    assert check.verdict == verdict and check.summary.startswith(lead)
+    assert "<b>" not in check.summary and "rank correlation" in check.summary
 
 
 _RECORDS = {}

@@ -17,13 +17,12 @@ from engine.record import Explanation
 from engine.reliability import (
     antithetic_rankings,
     check_reliability,
-    close_call,
     comparable,
     problem_of,
     spearman,
-    verdict_of,
 )
 from engine.task import TaskState
+from engine.verdict import close_call, verdict_of
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +125,7 @@ def test_close_calls():
     assert close_call(0.30, 0.10, 0.0449, 0.05, 0.6)
     assert not close_call(0.30, 0.10, 0.040, 0.05, 0.6)
     assert not close_call(0.30, 0.10, 0.0449, 0.05, 0.1)
+    assert not close_call(0.15, 0.10, 0.0449, 0.05, 0.6)  # far from strong: fair either way
 
 
 @pytest.mark.parametrize(("band", "draws"), [(1e9, 4), (0.0, 2)])
@@ -154,6 +154,23 @@ def test_random_rankings_come_in_antithetic_pairs():
     # A close call's second pair continues the seeds.
     assert all(torch.equal(a, b) for a, b in zip(
         antithetic_rankings((101,), pairs=1, first_seed=1), rankings[2:], strict=True))
+
+
+def test_check_reports_its_three_parts_in_order(loaded):
+    record = explain(ExplainRequest(CASE, target="recommend surgery"), loaded)
+
+    class Heard(TaskState):
+        def __init__(self):
+            super().__init__()
+            self.reports = []
+
+        def progressed(self, stage, done, total):
+            self.reports.append((stage, done, total))
+
+    heard = Heard()
+    check_reliability(loaded.model, loaded.tokenizer, record, state=heard)
+    # The parts' own progress (the second method's, the prompts') would jump the bar about.
+    assert heard.reports == [("reliability", done, 3) for done in range(4)]
 
 
 def test_check_cancels(loaded):
