@@ -126,7 +126,7 @@ def main() -> None:
         f"The reliability check {_met(m['reliability_s'], 3)} its goal here, and Explain to "
         f"the badge {_met(both, 10)} its own. The check runs 31 perturbed prompts (the "
         "explanation's top 1, 5, 10, 20 and 50% deleted or kept alone, and the same for one "
-        "antithetic pair of random rankings), and 20 more when that pair leaves a close call "
+        "antithetic pair of random rankings), and 21 more when that pair leaves a close call "
         f"({'as here' if m['draws'] > 2 else 'not here'}); it ran 41 with the three "
         "independent rankings it drew before (docs/evaluation.md, \"Reliability check: random "
         "rankings\"). Each "
