@@ -138,7 +138,8 @@ def verdict_view(check: Reliability) -> VerdictView:
         f"Sufficiency (AOPC) {check.sufficiency:+.4f} vs random "
         f"{check.random_sufficiency:+.4f} (lower is better)",
         f"Rank correlation with {check.second_method}: {check.rank_correlation:.2f}",
-        f"{check.random_draws} random rankings; checked in {check.seconds:.1f} s")
+        f"Random: {check.random_draws} rankings, in pairs of a ranking and its reverse; "
+        f"checked in {check.seconds:.1f} s")
     return VerdictView(check.verdict, VERDICT_NAMES.get(check.verdict, check.verdict),
                        check.summary, back, ink, details, check.seconds)
 
