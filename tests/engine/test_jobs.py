@@ -123,3 +123,23 @@ def test_a_pool_that_finishes_out_of_order_writes_what_the_serial_run_writes(loa
     assert rows(tmp_path / "serial") == rows(tmp_path / "pooled") == ["case", "c0", "c1"]
     assert json.loads((tmp_path / "pooled" / "records.json").read_text()).keys() == \
         json.loads((tmp_path / "serial" / "records.json").read_text()).keys()
+
+
+def test_evaluate_reports_the_methods_of_a_case_in_order(loaded, cases, tmp_path):
+    class Heard(TaskState):
+        def __init__(self):
+            super().__init__()
+            self.methods = []
+
+        def progressed(self, stage, done, total):
+            if stage == "method":
+                self.methods.append((done, total))
+
+    heard = Heard()
+    settings = EvaluateSettings(
+        cases, EvaluationSettings(methods=("ig", "ifr"), max_new_tokens=2,
+                                  metrics=MetricSettings(soft=False)),
+        json=tmp_path / "eval.json")
+    run_evaluation(settings, loaded, heard)
+    # Per case: each method's start and end; never the methods' own steps (IG's points).
+    assert heard.methods == [(0, 2), (1, 2), (1, 2), (2, 2)] * 2
