@@ -623,11 +623,13 @@ class MainWindow(QMainWindow):
         if request.kind is Kind.ROW:
             self.select_answer_token(None)
         elif request.kind in (Kind.RELIABILITY, Kind.CLAIMS):
-            if request.kind is Kind.RELIABILITY and request.about(self._on_screen()):
-                self.badge.show_pending("The reliability check failed (see the message): "
-                                        "Explain again to run it")
-            if request.kind is Kind.CLAIMS:
-                self.claims_view.setPlainText("Could not find the statements (see the message).")
+            if request.about(self._on_screen()):  # not a step of an explanation since replaced
+                if request.kind is Kind.RELIABILITY:
+                    self.badge.show_pending("The reliability check failed (see the message): "
+                                            "Explain again to run it")
+                else:
+                    self.claims_view.setPlainText("Could not find the statements (see the "
+                                                  "message).")
             self._run_pending_row()
         if self.model_label.text().startswith("Loading"):
             self.model_label.setText("No model loaded")
@@ -641,13 +643,14 @@ class MainWindow(QMainWindow):
             self.stage_label.setText("Cancelled")
             if request.kind is Kind.ROW:
                 self.select_answer_token(None)
-            elif request.kind is Kind.RELIABILITY:
+            elif request.kind in (Kind.RELIABILITY, Kind.CLAIMS):
                 if request.about(self._on_screen()):
-                    self.badge.show_pending("Reliability check cancelled (Explain again, or "
-                                            "turn the check on in Settings, to run it)")
-                self._run_pending_row()
-            elif request.kind is Kind.CLAIMS:
-                self.claims_view.setPlainText("Cancelled: Explain again to find the statements.")
+                    if request.kind is Kind.RELIABILITY:
+                        self.badge.show_pending("Reliability check cancelled (Explain again, "
+                                                "or turn the check on in Settings, to run it)")
+                    else:
+                        self.claims_view.setPlainText("Cancelled: Explain again to find the "
+                                                      "statements.")
                 self._run_pending_row()
 
     def _on_screen(self) -> str | None:

@@ -474,6 +474,21 @@ def test_a_late_reliability_check_never_replaces_an_opened_explanation(ready_win
     assert json.loads(saved.read_text())["record"]["created_at"] == opened.created_at
 
 
+def test_a_cancelled_check_of_a_replaced_explanation_leaves_the_badge_alone(ready_window, qtbot,
+                                                                           tmp_path):
+    window = ready_window
+    window.settings_panel.reliability.setChecked(False)
+    _explain(window, qtbot, max_new_tokens=3)
+    window.save_session(tmp_path / "first.json")
+    _explain(window, qtbot, max_new_tokens=24)
+    window.check_reliability()  # the check of the second explanation runs...
+    window.open_session(tmp_path / "first.json")  # ...the first is opened, with no check...
+    window.cancel()  # ...and the check is cancelled
+    qtbot.waitUntil(lambda: window.requests.running is None, timeout=60_000)
+    assert window.stage_label.text() == "Cancelled"
+    assert window.record.reliability is None and not window.badge.isVisible()
+
+
 def test_esc_cancels_a_request_that_has_not_started_yet(ready_window, qtbot):
     window = ready_window
     window.settings_panel.reliability.setChecked(False)
