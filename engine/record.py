@@ -239,13 +239,13 @@ class Explanation:
                 f"unsupported explanation schema_version {version!r}: this TokenTrace reads "
                 f"version {SCHEMA_VERSION}"
             )
-        record = from_plain(cls, data)
-        if record.reliability is None:
-            return record
-        try:
-            return dataclasses.replace(record, reliability=_judged(record.reliability))
-        except ValueError as exc:
-            raise InvalidInputError(f"not a valid explanation file ({exc})") from None
+        if data.get("reliability") is not None:  # judged before the (large) record is built
+            try:
+                judged = _judged(from_plain(Reliability, data["reliability"]))
+            except ValueError as exc:
+                raise InvalidInputError(f"not a valid explanation file ({exc})") from None
+            data = {**data, "reliability": to_plain(judged)}
+        return from_plain(cls, data)
 
     @classmethod
     def from_json(cls, text: str) -> Explanation:
@@ -294,6 +294,8 @@ def _judged(check: Reliability) -> Reliability:
     that the badge always says what those figures say (a file edited to read "strong" reads as
     its figures do, and so does a check saved under an earlier rule); figures no check can give
     are refused."""
+    if check.verdict not in VERDICTS:
+        raise ValueError(f"unknown reliability verdict {check.verdict!r}")
     figures = (check.comprehensiveness, check.random_comprehensiveness, check.sufficiency,
                check.random_sufficiency, check.rank_correlation)
     if not all(math.isfinite(value) for value in figures):
