@@ -62,6 +62,7 @@ bench: setup installer
 	$(BIN)/python -m benchmarks.claims --out docs/evaluation.md
 	$(BIN)/python -m benchmarks.reliability_draws --out docs/evaluation.md
 	$(BIN)/python -m benchmarks.default_badge --out docs/evaluation.md
+	$(BIN)/python -m benchmarks.check_precision --out docs/evaluation.md
 
 # The self-contained bundle for this OS (PyInstaller, one folder, in dist/); see installers/README.md.
 installer: setup

@@ -139,9 +139,18 @@ def verdict_view(check: Reliability) -> VerdictView:
         f"{check.random_sufficiency:+.4f} (lower is better)",
         f"Rank correlation with {check.second_method}: {check.rank_correlation:.2f}",
         f"Random: {check.random_draws} rankings, in pairs of a ranking and its reverse; "
-        f"checked in {check.seconds:.1f} s")
+        f"checked in {check.seconds:.1f} s",
+        *((precision_note(check),) if check.precision else ()))
     return VerdictView(check.verdict, VERDICT_NAMES.get(check.verdict, check.verdict),
                        check.summary, back, ink, details, check.seconds)
+
+
+def precision_note(check: Reliability) -> str:
+    """Which precision the check's word deletions ran in, in a sentence ("" if not recorded)."""
+    if check.precision == "bfloat16":
+        return ("Word deletions scored in bfloat16 (the weights rounded, for speed; "
+                "docs/evaluation.md shows the verdicts agree with float32's)")
+    return f"Word deletions scored in {check.precision}" if check.precision else ""
 
 
 def units_of(record: Explanation, scores: Sequence[float] | None = None,

@@ -35,8 +35,11 @@ Cost: 1 + 10 x (1 + 2 x pairs) perturbed prompts, each with the whole answer (31
 unperturbed prompt's keys and values (one forward over the prompt), and they are batched by
 the length left to run. Then the second method (one forward for IFR; one forward and one
 backward for input x gradient). The answer's tokens in each prompt are about half of the
-work, so the check cannot reach 3 s on a 2-core CPU for a 64-token answer: docs/benchmarks.md,
-"Time goals".
+work. In float32 the matrix products already run at a 2-core CPU's peak; on a CPU that
+multiplies bfloat16 natively the prompts run in a bfloat16 twin of the model by default
+(engine/precision.py, about 1.9 times as fast; docs/evaluation.md, "Reliability check: float32
+or a bfloat16 twin", for what the rounding does to the verdicts). docs/benchmarks.md, "Time
+goals", has the seconds.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ import torch
 from engine.errors import InvalidInputError, TokenTraceError
 from engine.methods import METHODS, AttributionInput, get_method, second_opinion
 from engine.metrics import deletion_aopc, random_scores
+from engine.precision import scoring_model
 from engine.record import Explanation, Reliability
 from engine.task import Silent, TaskState
 from engine.verdict import close_call, summary_of, verdict_of
@@ -115,15 +119,21 @@ def antithetic_rankings(shape: Sequence[int], pairs: int, first_seed: int = 0
 
 
 def check_reliability(model: Any, tokenizer: Any, record: Explanation, *, pairs: int = 1,
-                      close_pairs: int = 1, state: TaskState | None = None) -> Reliability:
+                      close_pairs: int = 1, precision: str = "auto",
+                      state: TaskState | None = None) -> Reliability:
     """The three checks on ``record`` (an explanation made with this model), against
-    ``pairs`` antithetic pairs of random rankings, and ``close_pairs`` more on a close call."""
+    ``pairs`` antithetic pairs of random rankings, and ``close_pairs`` more on a close call.
+
+    ``precision``: "auto" runs the perturbed prompts in a bfloat16 twin of a float32 model on a
+    CPU that multiplies bfloat16 natively (engine/precision.py), "model" in the model's own
+    precision. The second method always runs on the model itself."""
     if pairs < 1 or close_pairs < 0:
         raise ValueError(f"the reliability check needs pairs >= 1 and close_pairs >= 0 (got "
                          f"{pairs} and {close_pairs})")
     state = state or TaskState()
     start = time.perf_counter()
     check_usable(record, model)
+    scorer, precision_used = scoring_model(model, precision)
     device = next(model.parameters()).device
     problem = problem_of(record, device)
     scores = torch.tensor(record.attribution.sequence, dtype=torch.float64)
@@ -131,7 +141,7 @@ def check_reliability(model: Any, tokenizer: Any, record: Explanation, *, pairs:
     # reference forward), the second method, and on a close call more pairs.
     state.progressed("reliability", 0, 3)
     (comp, suff), *chance = deletion_aopc(
-        model, problem, [scores, *antithetic_rankings(scores.shape, pairs)], state=Silent(state))
+        scorer, problem, [scores, *antithetic_rankings(scores.shape, pairs)], state=Silent(state))
     state.progressed("reliability", 1, 3)
 
     second = second_opinion(record.method.name)
@@ -148,7 +158,7 @@ def check_reliability(model: Any, tokenizer: Any, record: Explanation, *, pairs:
 
     if close_pairs and close_call(comp, mean(0), suff, mean(1), rho):
         more = antithetic_rankings(scores.shape, close_pairs, first_seed=pairs)
-        chance += deletion_aopc(model, problem, more, state=Silent(state))
+        chance += deletion_aopc(scorer, problem, more, state=Silent(state))
     state.progressed("reliability", 3, 3)
 
     figures = (comp, mean(0), suff, mean(1), rho)
@@ -159,4 +169,4 @@ def check_reliability(model: Any, tokenizer: Any, record: Explanation, *, pairs:
         verdict=verdict_of(*figures), summary=summary_of(*figures, second),
         comprehensiveness=comp, random_comprehensiveness=mean(0), sufficiency=suff,
         random_sufficiency=mean(1), second_method=second, rank_correlation=rho,
-        random_draws=len(chance), seconds=time.perf_counter() - start)
+        random_draws=len(chance), seconds=time.perf_counter() - start, precision=precision_used)

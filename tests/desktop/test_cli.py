@@ -57,6 +57,8 @@ CASES = [
     (["explain", "ER positive " * 200, "--model", "{folder}"], 4,
      "more than this model's context of 256 tokens"),
     (["frobnicate"], 2, "invalid choice: 'frobnicate'"),
+    (["explain", "ER positive", "--reliability", "--check-precision", "int8"], 2,
+     "invalid choice: 'int8'"),
     (["explain", "ER positive", "--method", "grad-ellm", "--option", "mode"], 2,
      "expected KEY=VALUE, got 'mode'"),
     (["explain", "ER positive", "--method", "grad-ellm", "--option", "steps=3"], 2,
@@ -98,6 +100,22 @@ def test_explain_prints_answer_words_and_figures(tiny_model_folder, tmp_path, ca
     # The default method, chosen by evidence (docs/evaluation.md): single-pass FlashTrace.
     assert record["method"]["name"] == "ifr" and record["method"]["params"]["hops"] == 0
     assert record["prompt"]["case_text"] == "52 year old woman , ER positive , HER2 negative ."
+
+
+@pytest.mark.parametrize("precision", ["auto", "model"])
+def test_explain_with_the_reliability_check(tiny_model_folder, tmp_path, capsys, precision):
+    out = tmp_path / "r.json"
+    code = main(["explain", "52 year old woman , ER positive .", "--model",
+                 str(tiny_model_folder), "--target", "endocrine therapy", "--quiet",
+                 "--reliability", "--check-precision", precision, "--json", str(out)])
+    text = capsys.readouterr().out
+    check = json.loads(out.read_text())["reliability"]
+    assert code == 0 and check["verdict"].capitalize() in text
+    from engine.precision import native_bfloat16
+
+    # auto: the bfloat16 twin of the float32 model where this CPU multiplies it natively.
+    twin = precision == "auto" and native_bfloat16()
+    assert check["precision"] == ("bfloat16" if twin else "float32")
 
 
 @pytest.mark.parametrize(("method", "options", "expected"), [

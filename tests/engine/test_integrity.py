@@ -282,6 +282,7 @@ RELIABILITY = {"verdict": "strong", "summary": "Trustworthy here: ...", "compreh
     ("rank_correlation", 7.0, "out of its range"),
     ("random_draws", 0, "out of its range"),
     ("seconds", -1.0, "out of its range"),
+    ("precision", "int4", "unknown reliability precision"),
 ])
 def test_reliability_figures_no_check_can_give_are_refused(loaded, field, value, message):
     data = _record(loaded).to_dict()
@@ -305,6 +306,7 @@ def test_an_opened_badge_says_what_its_figures_say(loaded, field, value, verdict
     check = Explanation.from_dict(data).reliability
     assert check.verdict == verdict and check.summary.startswith(lead)
     assert "<b>" not in check.summary and "rank correlation" in check.summary
+    assert check.precision == ""  # saved before the precision was recorded: the model's own
 
 
 _RECORDS = {}
