@@ -148,8 +148,8 @@ def verdict_view(check: Reliability) -> VerdictView:
 def precision_note(check: Reliability) -> str:
     """Which precision the check's word deletions ran in, in a sentence ("" if not recorded)."""
     if check.precision == "bfloat16":
-        return ("Word deletions scored in bfloat16 (the weights rounded, for speed; "
-                "docs/evaluation.md shows the verdicts agree with float32's)")
+        return ("Word deletions scored in bfloat16 (the weights rounded, for speed: on the 20 "
+                "test cases every verdict matched full precision's)")
     return f"Word deletions scored in {check.precision}" if check.precision else ""
 
 

@@ -68,7 +68,7 @@ class WhatIfPanel(QWidget):
         for button in (self.whatif_button, self.revert_button, self.sensitivity_button,
                        self.explain_button):
             buttons.addWidget(button)
-        buttons.addWidget(self.hint, 1)
+        buttons.addStretch(1)
         left = QWidget()
         left_layout = QVBoxLayout(left)
         left_layout.setContentsMargins(0, 0, 0, 0)
@@ -80,6 +80,7 @@ class WhatIfPanel(QWidget):
         split.setStretchFactor(1, 3)
         layout = QVBoxLayout(self)
         layout.addLayout(buttons)
+        layout.addWidget(self.hint)  # its own line: beside the buttons it wrapped a word a line
         layout.addWidget(split, 1)
         self.found: list[Any] = []  # engine.whatif.WhatIf, in the list's order
         self.explained: dict[int, Any] = {}  # what-if index -> the new answer's Explanation
