@@ -7,9 +7,9 @@ about 1.9 times as fast as float32 (the embedded model: 31 prompts of the demo c
 explanation and every figure the user can compare with a reference implementation stay in the
 model's own precision; the check records which precision it ran in.
 
-The twin holds only the parameters, rounded (half the float32 model's bytes); buffers such as
-rotary frequencies are shared as they are, in float32, since rounding them would shift every
-position's angle. It is made once per model and goes with it.
+The twin's parameters are the model's, rounded (half the float32 model's bytes); its buffers,
+such as rotary frequencies, are copied as they are, in float32, since rounding them would shift
+every position's angle. It is made once per model and goes with it.
 """
 
 from __future__ import annotations
