@@ -199,6 +199,40 @@ def every_method(model: Any, tokenizer: Any, device: torch.device, n: int, answe
     return [*rows, ""]
 
 
+def window_defaults(model: Any, tokenizer: Any, device: torch.device, n: int, answer: int
+                    ) -> list[str]:
+    """What the window runs by default after the answer: IFR on the whole answer, then the
+    reliability check's parts (its 31 perturbed prompts: the explanation's ranking and one
+    antithetic pair of random rankings; its second opinion, input x gradient), each with its
+    peak memory against the 8 GB laptop budget (engine/hardware.py)."""
+    from engine.hardware import gpu_budget_bytes
+    from engine.metrics import deletion_aopc
+    from engine.precision import scoring_model
+    from engine.reliability import antithetic_rankings
+
+    problem = make_problem(n, answer, tokenizer.vocab_size, device)
+    ifr, second = METHODS["ifr"], METHODS["input-x-gradient"]
+    out, ifr_s, ifr_mb = timed(lambda: ifr.run(model, tokenizer, problem, **ifr.defaults()),
+                               device)
+    scores = out.sequence.double().cpu()
+    scorer, precision = scoring_model(model, "auto")
+    _, prompts_s, prompts_mb = timed(lambda: deletion_aopc(
+        scorer, problem, [scores, *antithetic_rankings(scores.shape, 1)]), device)
+    _, second_s, second_mb = timed(lambda: second.run(
+        model, tokenizer, problem, **{**second.defaults(), "matrix": False}), device)
+    budget = gpu_budget_bytes() / 2**20
+    return [f"**The window's defaults: {n} prompt tokens, {answer} answer tokens (forced)**", "",
+            "| step | seconds | peak MiB |", "|---|---|---|",
+            f"| IFR on the whole answer (a fresh forward; the window reuses generation's "
+            f"cache) | {ifr_s:.2f} | {ifr_mb:,.0f} |",
+            f"| the check's 31 perturbed prompts ({precision}) | {prompts_s:.2f} | "
+            f"{prompts_mb:,.0f} |",
+            f"| the check's second opinion (input x gradient) | {second_s:.2f} | "
+            f"{second_mb:,.0f} |",
+            f"| attribution and check together | {ifr_s + prompts_s + second_s:.2f} | "
+            f"{max(ifr_mb, prompts_mb, second_mb):,.0f} (budget {budget:,.0f}) |", ""]
+
+
 def warm_up(model: Any, tokenizer: Any, device: torch.device) -> None:
     """CUDA context, kernels and allocator, outside every measurement."""
     METHODS["ig"].run(model, tokenizer, make_problem(64, 4, tokenizer.vocab_size, device),
@@ -226,6 +260,7 @@ def main() -> None:
     body: list[str] = []
     model = make_model(config, device, dtype)
     warm_up(model, tokenizer, device)
+    body += window_defaults(model, tokenizer, device, lengths[0], 64)
     for n in lengths:
         body += ig_against_captum(model, tokenizer, device, n, 64, captum_batch=8)
     body += every_method(model, tokenizer, device, lengths[0], 16, args.limit)
