@@ -2,8 +2,8 @@
 check's perturbed prompts, a statistic compared against chance.
 
 On a CPU that multiplies bfloat16 natively (AMX or AVX-512 BF16) the twin runs those prompts
-about 1.9 times as fast as float32 (the embedded model: 31 prompts of the demo case, 7.1 s to
-3.8 s), where float32 matrix products are already at the cores' peak. The answer, the
+about twice as fast as float32, where float32 matrix products are already at the cores' peak
+(docs/benchmarks.md, "Time goals": the demo case's 31 prompts). The answer, the
 explanation and every figure the user can compare with a reference implementation stay in the
 model's own precision; the check records which precision it ran in.
 
@@ -22,8 +22,9 @@ from typing import Any
 import psutil
 import torch
 
-# "auto": the twin where it helps (:func:`wants_twin`); "model": the model's own precision.
-CHECK_PRECISIONS = ("auto", "model")
+from engine.defaults import CHECK_PRECISIONS
+
+TWIN = "bfloat16-twin"  # the precision a check records when it ran in the twin
 TWIN_MEMORY_SHARE = 4  # the twin may take at most a quarter of the memory available
 
 _twins: weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module] = weakref.WeakKeyDictionary()
@@ -31,8 +32,11 @@ _lock = threading.Lock()
 
 
 def native_bfloat16() -> bool:
-    """Whether this CPU multiplies bfloat16 in hardware (elsewhere it is emulated, and slower)."""
-    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    """Whether this CPU multiplies bfloat16 in hardware (elsewhere it is emulated, and slower).
+    The probes are private to torch: a build without them counts as no."""
+    probes = (getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported",
+                                                          "_is_avx512_bf16_supported"))
+    return any(bool(probe()) for probe in probes if probe is not None)
 
 
 def wants_twin(dtype: torch.dtype, device: torch.device, twin_bytes: int, available: int,
@@ -45,7 +49,8 @@ def wants_twin(dtype: torch.dtype, device: torch.device, twin_bytes: int, availa
 
 
 def scoring_model(model: Any, precision: str = "auto") -> tuple[Any, str]:
-    """The model to run rounding-tolerant forwards with, and the name of its precision."""
+    """The model to run rounding-tolerant forwards with, and the name of its precision: the
+    model's own dtype, or :data:`TWIN`."""
     if precision not in CHECK_PRECISIONS:
         raise ValueError(f"unknown check precision {precision!r}; choose one of "
                          f"{', '.join(CHECK_PRECISIONS)}")
@@ -57,7 +62,7 @@ def scoring_model(model: Any, precision: str = "auto") -> tuple[Any, str]:
     if not wants_twin(first.dtype, first.device, twin_bytes, psutil.virtual_memory().available,
                       native_bfloat16()):
         return model, own
-    return bfloat16_twin(model), "bfloat16"
+    return bfloat16_twin(model), TWIN
 
 
 def bfloat16_twin(model: torch.nn.Module) -> torch.nn.Module:
@@ -71,6 +76,10 @@ def bfloat16_twin(model: torch.nn.Module) -> torch.nn.Module:
                 id(p): torch.nn.Parameter(p.detach().to(torch.bfloat16), requires_grad=False)
                 for p in model.parameters()}
             twin = copy.deepcopy(model, memo)
+            for module in twin.modules():  # a model at rest has none; never copy a run's
+                for hooks in (module._forward_pre_hooks, module._forward_hooks,
+                              module._backward_pre_hooks, module._backward_hooks):
+                    hooks.clear()
             head = twin.get_output_embeddings() if hasattr(twin, "get_output_embeddings") \
                 else None
             if head is not None:
@@ -82,6 +91,7 @@ def bfloat16_twin(model: torch.nn.Module) -> torch.nn.Module:
         return twin
 
 
-def _contiguous(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-    first, *rest = args
-    return (first.contiguous(), *rest)
+def _contiguous(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    if not args or not isinstance(args[0], torch.Tensor):
+        return None  # called with keywords: left as it is
+    return (args[0].contiguous(), *args[1:])

@@ -27,8 +27,9 @@ from engine.files import check_regular_file
 from engine.verdict import VERDICTS, summary_of, verdict_of
 
 SCHEMA_VERSION = 1
-# Precisions a reliability check's perturbed prompts can have run in ("": not recorded).
-CHECK_PRECISION_NAMES = ("", "float32", "float64", "bfloat16", "float16")
+# Precisions a reliability check's perturbed prompts can have run in: the model's own dtype, or
+# a bfloat16 twin of a float32 model (engine/precision.py); "": not recorded (older files).
+CHECK_PRECISION_NAMES = ("", "float32", "float64", "bfloat16", "float16", "bfloat16-twin")
 MAX_RECORD_BYTES = 1_000_000_000  # a full matrix of an 8,000-token case and 4,096 answer tokens
 
 
@@ -153,8 +154,8 @@ class Reliability:
     rank_correlation: float  # Spearman, over the case tokens
     random_draws: int
     seconds: float
-    # What the perturbed prompts ran in: "bfloat16" for a float32 model's rounded twin
-    # (engine/precision.py); "" in records from before it was recorded (the model's own).
+    # What the perturbed prompts ran in: the model's own dtype, or "bfloat16-twin" for a float32
+    # model's rounded twin (engine/precision.py); "" in records from before it was recorded.
     precision: str = ""
 
 
@@ -308,7 +309,7 @@ def _judged(check: Reliability) -> Reliability:
     if not -1 <= check.rank_correlation <= 1 or check.random_draws < 1 \
             or not check.seconds >= 0:
         raise ValueError("a reliability figure is out of its range")
-    if check.precision not in CHECK_PRECISION_NAMES:
+    if not isinstance(check.precision, str) or check.precision not in CHECK_PRECISION_NAMES:
         raise ValueError(f"unknown reliability precision {check.precision!r}")
     return dataclasses.replace(check, verdict=verdict_of(*figures),
                                summary=summary_of(*figures, check.second_method))

@@ -37,7 +37,7 @@ the length left to run. Then the second method (one forward for IFR; one forward
 backward for input x gradient). The answer's tokens in each prompt are about half of the
 work. In float32 the matrix products already run at a 2-core CPU's peak; on a CPU that
 multiplies bfloat16 natively the prompts run in a bfloat16 twin of the model by default
-(engine/precision.py, about 1.9 times as fast; docs/evaluation.md, "Reliability check: float32
+(engine/precision.py, about twice as fast; docs/evaluation.md, "Reliability check: float32
 or a bfloat16 twin", for what the rounding does to the verdicts). docs/benchmarks.md, "Time
 goals", has the seconds.
 """
@@ -133,13 +133,14 @@ def check_reliability(model: Any, tokenizer: Any, record: Explanation, *, pairs:
     state = state or TaskState()
     start = time.perf_counter()
     check_usable(record, model)
-    scorer, precision_used = scoring_model(model, precision)
     device = next(model.parameters()).device
     problem = problem_of(record, device)
     scores = torch.tensor(record.attribution.sequence, dtype=torch.float64)
     # Three parts: the explanation's and one pair's perturbed prompts (one batched pass, one
     # reference forward), the second method, and on a close call more pairs.
     state.progressed("reliability", 0, 3)
+    scorer, precision_used = scoring_model(model, precision)  # the twin: made at a first check
+    state.check()
     (comp, suff), *chance = deletion_aopc(
         scorer, problem, [scores, *antithetic_rankings(scores.shape, pairs)], state=Silent(state))
     state.progressed("reliability", 1, 3)

@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
-from engine.defaults import DEFAULT_METHOD
+from engine.defaults import CHECK_PRECISIONS, DEFAULT_METHOD
 
 EXIT_INTERNAL = 70
 EXIT_CANCELLED = 130
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--reliability", action="store_true",
                          help="also check how far the explanation can be trusted (its top words "
                               "against random ones, and a second method); seconds to minutes")
-    explain.add_argument("--check-precision", default="auto", choices=["auto", "model"],
+    explain.add_argument("--check-precision", default="auto", choices=CHECK_PRECISIONS,
                          help="the check's word deletions: auto runs them in a bfloat16 copy of "
                               "a float32 model on a CPU with native bfloat16 (about twice as "
                               "fast), model in the model's own precision (default: auto)")

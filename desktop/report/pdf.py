@@ -142,7 +142,7 @@ def _reliability_html(view: ExplanationView) -> str:
             f"<th>this explanation</th><th>random words (mean of {check.random_draws})</th></tr>"
             f"{rows}</table><p>Rank correlation with {esc(check.second_method)} over the case "
             f"words: {check.rank_correlation:.2f}. Checked in {check.seconds:.1f} s."
-            f"{esc(' ' + precision_note(check) + '.') if check.precision else ''}</p>")
+            f"{esc(' ' + note + '.') if (note := precision_note(check)) else ''}</p>")
 
 
 def _claims_html(record: Explanation) -> str:

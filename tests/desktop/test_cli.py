@@ -115,7 +115,7 @@ def test_explain_with_the_reliability_check(tiny_model_folder, tmp_path, capsys,
 
     # auto: the bfloat16 twin of the float32 model where this CPU multiplies it natively.
     twin = precision == "auto" and native_bfloat16()
-    assert check["precision"] == ("bfloat16" if twin else "float32")
+    assert check["precision"] == ("bfloat16-twin" if twin else "float32")
 
 
 @pytest.mark.parametrize(("method", "options", "expected"), [

@@ -12,8 +12,11 @@ from desktop.present import (
     case_pieces,
     legend,
     legend_words,
+    precision_note,
     units_of,
+    verdict_view,
 )
+from engine.record import Reliability
 
 
 def test_pieces_cover_the_case_exactly_and_leave_small_scores_plain():
@@ -79,3 +82,19 @@ def test_claim_views_quote_the_top_sentences_and_say_how_much_support_there_is()
     units = claim_units(record, 0)
     assert [(u.start - shift, u.end - shift, u.score) for u in units] == [
         (0, cut, 0.75), (cut + 1, len(case), 0.25)]
+
+
+@pytest.mark.parametrize(("precision", "said"), [
+    ("bfloat16-twin", "weights rounded to bfloat16"),
+    ("bfloat16", "in bfloat16, the model's own precision"),  # a bfloat16 model: no twin
+    ("float32", "in float32, the model's own precision"),
+    ("", None),  # a check saved before the precision was recorded
+])
+def test_the_badge_says_which_precision_its_deletions_ran_in(precision, said):
+    check = Reliability("fair", "Use with care: ...", 0.2, 0.1, 0.3, 0.32, "ifr", 0.4, 2, 5.0,
+                        precision)
+    details = verdict_view(check).details
+    if said is None:
+        assert precision_note(check) == "" and not any("deletions" in d for d in details)
+    else:
+        assert said in precision_note(check) and details[-1] == precision_note(check)

@@ -283,6 +283,8 @@ RELIABILITY = {"verdict": "strong", "summary": "Trustworthy here: ...", "compreh
     ("random_draws", 0, "out of its range"),
     ("seconds", -1.0, "out of its range"),
     ("precision", "int4", "unknown reliability precision"),
+    ("precision", 5, "expected text, got an integer"),
+    ("precision", None, "expected text, got null"),
 ])
 def test_reliability_figures_no_check_can_give_are_refused(loaded, field, value, message):
     data = _record(loaded).to_dict()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import weakref
 from dataclasses import replace
 
 import pytest
@@ -13,7 +14,7 @@ from engine import precision
 from engine.explain import ExplainRequest, explain
 from engine.metrics import deletion_aopc
 from engine.models import ModelRequest, load_model
-from engine.precision import bfloat16_twin, scoring_model, wants_twin
+from engine.precision import TWIN, bfloat16_twin, scoring_model, wants_twin
 from engine.record import Explanation
 from engine.reliability import antithetic_rankings, check_reliability, problem_of
 
@@ -62,13 +63,16 @@ def test_the_twin_rounds_parameters_only_and_leaves_the_model_alone():
     assert 0 < (rounded - exact).abs().max() < 0.1  # rounded, and only rounded
 
 
-def test_the_twin_goes_with_its_model():
+def test_the_twin_goes_with_its_model_and_copies_no_hooks():
     model = make_tiny_model("llama", len(make_tiny_tokenizer()), torch.float32)
-    bfloat16_twin(model)
-    count = len(precision._twins)
-    del model
+    layer = model.model.layers[0]
+    handle = layer.register_forward_pre_hook(lambda module, args: None)  # a run's hook
+    twin = weakref.ref(bfloat16_twin(model))
+    handle.remove()
+    assert not twin().model.layers[0]._forward_pre_hooks  # the twin never runs a run's hooks
+    model = weakref.ref(model)
     gc.collect()
-    assert len(precision._twins) == count - 1
+    assert model() is None and twin() is None
 
 
 def test_a_check_in_bfloat16_is_the_twin_s_figures_and_near_float32(loaded, monkeypatch):
@@ -77,7 +81,7 @@ def test_a_check_in_bfloat16_is_the_twin_s_figures_and_near_float32(loaded, monk
     rounded = check_reliability(loaded.model, loaded.tokenizer, record, close_pairs=0)
     exact = check_reliability(loaded.model, loaded.tokenizer, record, close_pairs=0,
                               precision="model")
-    assert (rounded.precision, exact.precision) == ("bfloat16", "float32")
+    assert (rounded.precision, exact.precision) == (TWIN, "float32")
     scores = torch.tensor(record.attribution.sequence, dtype=torch.float64)
     (comp, suff), *chance = deletion_aopc(bfloat16_twin(loaded.model), problem_of(record, "cpu"),
                                           [scores, *antithetic_rankings(scores.shape, 1)])
