@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--reliability", action="store_true",
                          help="also check how far the explanation can be trusted (its top words "
                               "against random ones, and a second method); seconds to minutes")
-    explain.add_argument("--check-precision", default="auto", choices=CHECK_PRECISIONS,
+    explain.add_argument("--check-precision", choices=CHECK_PRECISIONS,
                          help="the check's word deletions: auto runs them in a bfloat16 copy of "
                               "a float32 model on a CPU with native bfloat16 (about twice as "
                               "fast), model in the model's own precision (default: auto)")
@@ -237,6 +237,11 @@ def _model_or_pool(args: argparse.Namespace, state: Any) -> Iterator[Any]:
 def run_explain(args: argparse.Namespace) -> int:
     from engine.cases import read_any_case
 
+    if args.check_precision is not None and not args.reliability:
+        from engine.errors import InvalidSettingsError
+
+        raise InvalidSettingsError("--check-precision sets the reliability check: add "
+                                   "--reliability")
     case, spans = read_any_case(args.text, args.case_file, args.fields_file)
     request = replace(_request(args, case), fields=spans)
     request.validate()  # bad settings fail before a model is loaded
@@ -257,7 +262,7 @@ def run_explain(args: argparse.Namespace) -> int:
             from engine.reliability import check_reliability
 
             record = replace(record, reliability=check_reliability(
-                loaded.model, loaded.tokenizer, record, precision=args.check_precision,
+                loaded.model, loaded.tokenizer, record, precision=args.check_precision or "auto",
                 state=state))
         if args.claims:
             from engine.claims import find_claims

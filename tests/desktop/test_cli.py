@@ -59,6 +59,8 @@ CASES = [
     (["frobnicate"], 2, "invalid choice: 'frobnicate'"),
     (["explain", "ER positive", "--reliability", "--check-precision", "int8"], 2,
      "invalid choice: 'int8'"),
+    (["explain", "ER positive", "--check-precision", "model"], 2,
+     "--check-precision sets the reliability check: add --reliability"),
     (["explain", "ER positive", "--method", "grad-ellm", "--option", "mode"], 2,
      "expected KEY=VALUE, got 'mode'"),
     (["explain", "ER positive", "--method", "grad-ellm", "--option", "steps=3"], 2,
