@@ -579,8 +579,9 @@ class MainWindow(QMainWindow):
             return
         self.cancel_button.setEnabled(True)  # Explain stays enabled: a new run supersedes it
         self.badge.show_pending("Checking how far this explanation can be trusted…")
-        self.requests.issued(Request(self.engine.check_reliability(self.record),
-                                     Kind.RELIABILITY, self.record.created_at))
+        self.requests.issued(Request(
+            self.engine.check_reliability(self.record, self.settings_panel.check_precision()),
+            Kind.RELIABILITY, self.record.created_at))
 
     def _on_checked(self, request_id: int, record: Explanation) -> None:
         request = self.requests.settle(request_id)

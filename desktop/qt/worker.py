@@ -124,15 +124,16 @@ class EngineWorker(QObject):
         if record is not None:
             self.finished.emit(request_id, record)
 
-    @Slot(int, object)
-    def check_reliability(self, request_id: int, record: Any) -> None:
+    @Slot(int, object, str)
+    def check_reliability(self, request_id: int, record: Any, precision: str) -> None:
         from dataclasses import replace
 
         from engine.reliability import check_reliability
 
         def work(state: TaskState) -> Any:
             loaded = self._same_model(record, "check the explanation's reliability")
-            found = check_reliability(loaded.model, loaded.tokenizer, record, state=state)
+            found = check_reliability(loaded.model, loaded.tokenizer, record,
+                                      precision=precision, state=state)
             return replace(record, reliability=found)
 
         checked = self._run(request_id, "reliability", work)
@@ -231,7 +232,7 @@ class EngineThread(QObject):
 
     _load_requested = Signal(int, object)
     _explain_requested = Signal(int, object)
-    _check_requested = Signal(int, object)
+    _check_requested = Signal(int, object, str)
     _claims_requested = Signal(int, object)
     _whatif_requested = Signal(int, object)
     _sensitivity_requested = Signal(int, object)
@@ -270,9 +271,9 @@ class EngineThread(QObject):
         self._explain_requested.emit(request_id, request)
         return request_id
 
-    def check_reliability(self, record: Any) -> int:
+    def check_reliability(self, record: Any, precision: str = "auto") -> int:
         request_id = self._new_id()
-        self._check_requested.emit(request_id, record)
+        self._check_requested.emit(request_id, record, precision)
         return request_id
 
     def find_claims(self, record: Any) -> int:

@@ -447,8 +447,16 @@ def test_reliability_badge_follows_an_explanation(ready_window, qtbot, tmp_path)
     text = unicodedata.normalize("NFKC", text)  # the font sets "fl" as one ligature glyph
     assert "How far to trust this explanation" in text and check.second_method in text
     assert "Word deletions scored" in text
-    # Switched off, an explanation comes without a badge.
+    # In the model's own precision when asked: the explanation's float32, never the twin.
+    window.settings_panel.exact_check.setChecked(True)
+    with qtbot.waitSignal(window.reliability_shown, timeout=60_000):
+        window.check_reliability()
+    assert window.record.reliability.precision == "float32"
+    assert "in float32, the model" in window.badge.toolTip()
+    window.settings_panel.exact_check.setChecked(False)
+    # Switched off, an explanation comes without a badge (and the precision has no say).
     window.settings_panel.reliability.setChecked(False)
+    assert not window.settings_panel.exact_check.isEnabled()
     _explain(window, qtbot)
     assert window.record.reliability is None and not window.badge.isVisible()
 
