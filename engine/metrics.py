@@ -137,8 +137,20 @@ class _Scorer:
         chat template's head at least); those keys and values come from one forward over the
         unperturbed prompt, so each perturbed prompt runs only from its first change on. Rows
         run longest remainder first, so each batch is padded only to its own longest remainder
-        (deleting or keeping the top words makes prompts of very different lengths).
+        (deleting or keeping the top words makes prompts of very different lengths). A prompt
+        that occurs more than once runs once (an antithetic pair's "delete the top half" is the
+        other's "keep the top half" when the case has an even number of tokens).
         """
+        unique: dict[tuple[int, ...], int] = {}
+        slots = [unique.setdefault(tuple(prompt.tolist()), len(unique)) for prompt in prompts]
+        if len(unique) < len(prompts):
+            found = None if greedy is None else torch.empty(len(unique), self.n_answer,
+                                                            dtype=torch.bool)
+            out = self.log_probs_of_ids([torch.tensor(ids, dtype=torch.long) for ids in unique],
+                                        found)
+            if greedy is not None:
+                greedy[:] = found[slots]
+            return out[slots]
         device = self.answer.device
         tails = self.answer[:-1]
         reference = self.problem.prompt_ids.cpu()

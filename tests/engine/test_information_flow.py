@@ -13,6 +13,7 @@ from engine.errors import Cancelled, InvalidSettingsError
 from engine.generation import generate_with_cache
 from engine.methods import METHODS, AttributionInput
 from engine.methods._information_flow import _forward, information_flow, is_stop_token
+from engine.methods.base import answer_log_probs
 from engine.methods.input_x_gradient import input_x_gradient
 from engine.prompting import build_prompt
 from engine.task import TaskState
@@ -161,6 +162,14 @@ def test_input_x_gradient_equals_captum(tiny_model, tiny_tokenizer, matrix):
     moved = input_x_gradient(tiny_model, tiny_tokenizer, problem, baseline="token:7")
     assert not moved.sequence[~problem.attributable].any()
     assert (moved.sequence - ours.sequence).abs().max() > 1e-6
+    # The record's log p of the answer comes from the gradient's own forward, and is the same
+    # as a separate forward without gradients.
+    ids = torch.cat([problem.prompt_ids, problem.answer_ids[:-1]])
+    with torch.no_grad():
+        expected = answer_log_probs(tiny_model, tiny_model.get_input_embeddings()(ids)[None],
+                                    problem.answer_ids)[0].double()
+    assert expected.abs().min() > 1e-3
+    torch.testing.assert_close(ours.f_input, expected, rtol=1e-6, atol=1e-8)
 
 
 @pytest.mark.parametrize("sink", ["answer", "predicting"])

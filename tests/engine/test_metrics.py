@@ -173,3 +173,36 @@ def test_perturbed_prompts_reuse_the_unchanged_prefix_exactly(tiny_tokenizer, ti
         logp = torch.log_softmax(logits[len(ids) - 1:].double(), -1)
         expected = logp.gather(-1, problem.answer_ids.view(-1, 1)).squeeze(-1)
         assert torch.allclose(shared[row], expected, atol=1e-5), row
+
+
+def test_a_prompt_given_twice_runs_once_with_the_same_result(tiny_tokenizer, tiny_model):
+    """An antithetic pair's "delete the top half" is the other's "keep the top half" on a case
+    of even length: such a prompt runs once, and every copy gets its figures."""
+    from engine.metrics import _perturbed, _Scorer
+    from engine.task import TaskState
+
+    problem, _ = _problem(tiny_tokenizer)
+    case = torch.nonzero(problem.attributable, as_tuple=True)[0][:-1]
+    case = case[: len(case) // 2 * 2]  # even
+    scores = random_scores((len(problem.prompt_ids),), seed=5)
+    halves = [_perturbed(problem.prompt_ids, case[ranking[case].argsort(descending=True)]
+                         [: len(case) // 2], case, kind, 0)
+              for ranking, kind in ((scores, "delete"), (1 - scores, "keep"))]
+    assert torch.equal(halves[0], halves[1])
+    other = problem.prompt_ids[:-2].clone()
+    rows: list[int] = []
+    hook = tiny_model.register_forward_pre_hook(
+        lambda _, args, kwargs: rows.append(len(kwargs["input_ids"])), with_kwargs=True)
+    try:
+        greedy = torch.zeros(4, len(problem.answer_ids), dtype=torch.bool)
+        scorer = _Scorer(tiny_model, problem, None, TaskState())
+        both = scorer.log_probs_of_ids([halves[0], other, halves[1], other], greedy)
+        ran = sum(rows[1:])  # after the forward that caches the shared prefix
+        rows.clear()
+        alone = torch.zeros(2, len(problem.answer_ids), dtype=torch.bool)
+        expected = scorer.log_probs_of_ids([halves[0], other], alone)
+    finally:
+        hook.remove()
+    assert ran == 2
+    torch.testing.assert_close(both, expected[[0, 1, 0, 1]], rtol=1e-6, atol=1e-8)
+    assert torch.equal(greedy, alone[[0, 1, 0, 1]])
