@@ -61,6 +61,7 @@ bench: setup installer
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
 	$(BIN)/python -m benchmarks.claims --out docs/evaluation.md
 	$(BIN)/python -m benchmarks.reliability_draws --out docs/evaluation.md
+	$(BIN)/python -m benchmarks.check_levels --out docs/evaluation.md
 	$(BIN)/python -m benchmarks.default_badge --out docs/evaluation.md
 	$(BIN)/python -m benchmarks.check_precision --out docs/evaluation.md
 

@@ -202,9 +202,10 @@ def every_method(model: Any, tokenizer: Any, device: torch.device, n: int, answe
 def window_defaults(model: Any, tokenizer: Any, device: torch.device, n: int, answer: int
                     ) -> list[str]:
     """What the window runs by default after the answer: IFR on the whole answer, then the
-    reliability check's parts (its 31 perturbed prompts: the explanation's ranking and one
-    antithetic pair of random rankings; its second opinion, input x gradient), each with its
+    reliability check's parts (its perturbed prompts at its levels: the explanation's ranking
+    and one antithetic pair of random rankings; its second opinion, input x gradient), each with its
     peak memory against the 8 GB laptop budget (engine/hardware.py)."""
+    from engine.defaults import CHECK_PERCENTS
     from engine.hardware import gpu_budget_bytes
     from engine.metrics import deletion_aopc
     from engine.precision import scoring_model
@@ -217,7 +218,7 @@ def window_defaults(model: Any, tokenizer: Any, device: torch.device, n: int, an
     scores = out.sequence.double().cpu()
     scorer, precision = scoring_model(model, "auto")
     _, prompts_s, prompts_mb = timed(lambda: deletion_aopc(
-        scorer, problem, [scores, *antithetic_rankings(scores.shape, 1)]), device)
+        scorer, problem, [scores, *antithetic_rankings(scores.shape, 1)], CHECK_PERCENTS), device)
     _, second_s, second_mb = timed(lambda: second.run(
         model, tokenizer, problem, **{**second.defaults(), "matrix": False}), device)
     budget = gpu_budget_bytes() / 2**20
@@ -225,7 +226,8 @@ def window_defaults(model: Any, tokenizer: Any, device: torch.device, n: int, an
             "| step | seconds | peak MiB |", "|---|---|---|",
             f"| IFR on the whole answer (a fresh forward; the window reuses generation's "
             f"cache) | {ifr_s:.2f} | {ifr_mb:,.0f} |",
-            f"| the check's 31 perturbed prompts ({precision}) | {prompts_s:.2f} | "
+            f"| the check's {1 + 6 * len(CHECK_PERCENTS)} perturbed prompts ({precision}) | "
+            f"{prompts_s:.2f} | "
             f"{prompts_mb:,.0f} |",
             f"| the check's second opinion (input x gradient) | {second_s:.2f} | "
             f"{second_mb:,.0f} |",

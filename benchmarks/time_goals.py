@@ -41,6 +41,7 @@ def _median(run: Callable[[], T]) -> tuple[float, T]:
 
 
 def measure() -> dict:
+    from engine.defaults import CHECK_PERCENTS
     from engine.explain import ExplainRequest, answer_row, explain
     from engine.metrics import deletion_aopc
     from engine.models import ModelRequest, load_model
@@ -78,7 +79,7 @@ def measure() -> dict:
         for precision, times in runs.items():
             scorer, _ = scoring_model(loaded.model, precision)
             start = time.perf_counter()
-            deletion_aopc(scorer, problem, rankings)
+            deletion_aopc(scorer, problem, rankings, CHECK_PERCENTS)
             times.append(time.perf_counter() - start)
     prompts_s = {name: statistics.median(times) for name, times in runs.items()}
     check = checks["auto"]
@@ -100,7 +101,8 @@ def measure() -> dict:
             "prompts_s": prompts_s, "clicks": clicks, "ig_s": ig_s,
             "ig_points": ig.method.params.get("points"),
             "ig_error": ig.attribution.completeness_error, "method": record.method.name,
-            "n": len(record.prompt.token_ids), "T": len(record.answer.token_ids)}
+            "n": len(record.prompt.token_ids), "T": len(record.answer.token_ids),
+            "percents": check.percents}
 
 
 def _met(seconds: float, goal: float) -> str:
@@ -113,6 +115,9 @@ def main() -> None:
     args = parser.parse_args()
     m = measure()
     both = m["explain_s"] + m["reliability_s"]["auto"]
+    levels = len(m["percents"])
+    prompts, more = 1 + 6 * levels, 4 * levels
+    listed = ", ".join(map(str, m["percents"][:-1])) + f" and {m['percents'][-1]}"
     lines = [
         HEADING, "",
         f"Run {datetime.now(UTC):%Y-%m-%d} with `python -m benchmarks.time_goals` (in `make "
@@ -131,7 +136,7 @@ def main() -> None:
         f"correlation {m['rho']:.2f}) | {m['reliability_s']['auto']:.1f} | at most 3 |",
         f"| the same check in the model's float32 ({m['verdicts']['model']}) | "
         f"{m['reliability_s']['model']:.1f} | |",
-        f"| the check's 31 perturbed prompts alone: {m['precision']} / float32 | "
+        f"| the check's {prompts} perturbed prompts alone: {m['precision']} / float32 | "
         f"{m['prompts_s']['auto']:.1f} / {m['prompts_s']['model']:.1f} | |",
         f"| making the bfloat16 twin (once per model, at its first check; 0 where it is not "
         f"used) | {m['twin_s']:.1f} | |",
@@ -141,10 +146,12 @@ def main() -> None:
         f"| converged IG on the answer's text ({m['ig_points']} points, completeness error "
         f"{100 * m['ig_error']:.2f}%) | {m['ig_s']:.1f} | one click away |", "",
         f"The reliability check {_met(m['reliability_s']['auto'], 3)} its goal here, and "
-        f"Explain to the badge {_met(both, 10)} its own. The check runs 31 perturbed prompts "
-        "(the explanation's top 1, 5, 10, 20 and 50% deleted or kept alone, and the same for "
-        "one antithetic pair of random rankings), and 21 more when that pair leaves a close "
-        f"call ({'as here' if m['draws'] > 2 else 'not here'}). Each runs only from its first "
+        f"Explain to the badge {_met(both, 10)} its own. The check runs {prompts} perturbed "
+        f"prompts (the explanation's top {listed}% deleted or kept alone, and the same for "
+        f"one antithetic pair of random rankings), and {more} more when that pair leaves a close "
+        f"call ({'as here' if m['draws'] > 2 else 'not here'}); docs/evaluation.md, "
+        "\"Reliability check: how many deletion levels\", says why these levels and not the "
+        "evaluation's five. Each runs only from its first "
         "changed token on, on the unperturbed prompt's keys and values, but each must run the "
         "whole answer again, and those answer tokens alone are about half of the work. In "
         "float32 the matrix products already run at the cores' peak; a CPU that multiplies "

@@ -137,12 +137,21 @@ def verdict_view(check: Reliability) -> VerdictView:
         f"{check.random_comprehensiveness:+.4f} (higher is better)",
         f"Sufficiency (AOPC) {check.sufficiency:+.4f} vs random "
         f"{check.random_sufficiency:+.4f} (lower is better)",
+        levels_note(check),
         f"Rank correlation with {check.second_method}: {check.rank_correlation:.2f}",
         f"Random: {check.random_draws} rankings, in pairs of a ranking and its reverse; "
         f"checked in {check.seconds:.1f} s",
         *((note,) if (note := precision_note(check)) else ()))
     return VerdictView(check.verdict, VERDICT_NAMES.get(check.verdict, check.verdict),
                        check.summary, back, ink, details, check.seconds)
+
+
+def levels_note(check: Reliability) -> str:
+    """What the check's AOPC averages, in a sentence."""
+    words = [str(n) for n in check.percents]
+    listed = words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+    return (f"AOPC: the drop of the answer's probability, averaged over the top {listed}% of "
+            "the case words deleted or kept alone")
 
 
 def precision_note(check: Reliability) -> str:

@@ -23,3 +23,10 @@ def second_opinion(name: str) -> str:
 # CPU multiplies bfloat16 natively (engine/precision.py), "model" in the model's own precision.
 # On the 20 demo cases the twin gave the same verdicts in about half the time (docs/evaluation.md).
 CHECK_PRECISIONS = ("auto", "model")
+
+# The reliability check's levels: its AOPC is the mean drop with the top 1, 5 and 50% of the case
+# deleted or kept alone, the two ends of the five levels of the evaluation (METHODS.md). On the
+# 20 demo cases it gave the verdict of all five levels and 12 random rankings in 78 of 80 checks
+# (five levels: 75), in each half of the cases, at 0.60x the tokens (docs/evaluation.md, "how
+# many deletion levels"); its two misses were more cautious, the five levels' five bolder.
+CHECK_PERCENTS = (1, 5, 50)

@@ -307,12 +307,34 @@ def deletion_aopc(model, problem: AttributionInput, rankings: Sequence[torch.Ten
     :func:`faithfulness` computes them, sharing one reference forward and one batched pass
     over every ranking's perturbed prompts (the reliability check's 1 + 10 x rankings
     forwards, instead of 16 per ranking)."""
+    aopc = deletion_drops(model, problem, rankings, percents, state, batch_size).mean(1)
+    return [(float(comp), float(suff)) for comp, suff in aopc]
+
+
+def deletion_drops(model, problem: AttributionInput, rankings: Sequence[torch.Tensor],
+                   percents: Sequence[int] = PERCENTS, state: TaskState | None = None,
+                   batch_size: int | None = None) -> torch.Tensor:
+    """[R, K, 2]: for each ranking and each percent k, the mean drop of the answer tokens'
+    probability when its top k% of the case is deleted (comprehensiveness) or kept alone
+    (sufficiency); their mean over k is :func:`deletion_aopc`."""
     state = state or TaskState()
+    prompts = perturbed_prompts(problem, rankings, percents)
+    scorer = _Scorer(model, problem, batch_size, state)
+    with cancellable(model, state):
+        logp = scorer.log_probs_of_ids(prompts)
+    p = logp[0].exp()
+    drops = (p - logp[1:].exp()).view(len(rankings), len(percents), 2, -1)  # [R, K, 2, T]
+    return drops.mean(-1)
+
+
+def perturbed_prompts(problem: AttributionInput, rankings: Sequence[torch.Tensor],
+                      percents: Sequence[int] = PERCENTS) -> list[torch.Tensor]:
+    """The unperturbed prompt, then for each ranking and percent k the prompt with its top k%
+    of the case deleted and with only those kept (ranking-major, then k, then the two)."""
     case = torch.nonzero(problem.attributable.cpu(), as_tuple=True)[0]
     if len(case) == 0:
         raise InvalidSettingsError("the case has no attributable tokens to evaluate")
     prompt = problem.prompt_ids.cpu()
-    scorer = _Scorer(model, problem, batch_size, state)
     prompts = [prompt]
     for scores in rankings:
         order = case[scores.detach().double().cpu()[case].argsort(descending=True)]
@@ -320,12 +342,17 @@ def deletion_aopc(model, problem: AttributionInput, rankings: Sequence[torch.Ten
             count = max(1, math.ceil(k / 100 * len(case)))
             prompts += [_perturbed(prompt, order[:count], case, kind, baseline_id=-1)
                         for kind in ("delete", "keep")]
-    with cancellable(model, state):
-        logp = scorer.log_probs_of_ids(prompts)
-    p = logp[0].exp()
-    drops = (p - logp[1:].exp()).view(len(rankings), len(percents), 2, -1)  # [R, K, 2, T]
-    aopc = drops.mean(1).mean(-1)  # [R, 2]
-    return [(float(comp), float(suff)) for comp, suff in aopc]
+    return prompts
+
+
+def tokens_to_run(problem: AttributionInput, prompts: Sequence[torch.Tensor]) -> list[int]:
+    """For each prompt, the tokens a forward runs when it starts from the prompt's first
+    difference from ``problem``'s (the cached keys and values before it are shared): its own
+    tokens from there, and the answer's."""
+    reference = problem.prompt_ids.cpu()
+    tails = len(problem.answer_ids) - 1
+    return [len(prompt) - min(_common_prefix(prompt.cpu(), reference), len(prompt) - 1) + tails
+            for prompt in prompts]
 
 
 def answer_log_probs(model, problem: AttributionInput, prompts: Sequence[torch.Tensor], *,

@@ -157,6 +157,9 @@ class Reliability:
     # What the perturbed prompts ran in: the model's own dtype, or "bfloat16-twin" for a float32
     # model's rounded twin (engine/precision.py); "" in records from before it was recorded.
     precision: str = ""
+    # The levels (% of the case) its AOPC averages; records from before they were recorded were
+    # checked at all five.
+    percents: tuple[int, ...] = (1, 5, 10, 20, 50)
 
 
 @dataclass(frozen=True)
@@ -311,6 +314,9 @@ def _judged(check: Reliability) -> Reliability:
         raise ValueError("a reliability figure is out of its range")
     if not isinstance(check.precision, str) or check.precision not in CHECK_PRECISION_NAMES:
         raise ValueError(f"unknown reliability precision {check.precision!r}")
+    if not check.percents or list(check.percents) != sorted(set(check.percents)) \
+            or not 0 < check.percents[0] <= check.percents[-1] < 100:
+        raise ValueError(f"reliability levels {list(check.percents)} are not percents in order")
     return dataclasses.replace(check, verdict=verdict_of(*figures),
                                summary=summary_of(*figures, check.second_method))
 

@@ -3,8 +3,9 @@
 Three questions, each answered against chance:
 
 1. Comprehensiveness: does deleting the case words this explanation ranks highest lower the
-   answer's probability more than deleting random words? (AOPC over the top 1, 5, 10, 20 and
-   50%, against the mean over random rankings drawn in antithetic pairs: see "Chance" below.)
+   answer's probability more than deleting random words? (AOPC over the top 1, 5 and 50%,
+   the ends of the evaluation's five levels: see "Levels" below; against the mean over random
+   rankings drawn in antithetic pairs: see "Chance" below.)
 2. Sufficiency: does keeping only those words preserve the answer better than keeping random
    ones?
 3. Agreement: does a second, cheap method of another family (IFR; input x gradient when
@@ -30,8 +31,16 @@ rankings: a pair's chance AOPC varied 0.81 times as much as two independent draw
 pair and a second on a close call in 94% (a second pair on 30% of checks), three independent
 rankings, the check's design before, in 82%.
 
-Cost: 1 + 10 x (1 + 2 x pairs) perturbed prompts, each with the whole answer (31 by default,
-21 more on a close call). Every one runs only from its first changed token on, on the
+Levels: the evaluation's AOPC averages five (1, 5, 10, 20 and 50%); the check averages the
+two ends of the curve, where the highlighted words are tested one or a few at a time and where
+half the case goes. On the 20 demo cases (``python -m benchmarks.check_levels``,
+docs/evaluation.md "Reliability check: how many deletion levels") these three gave the verdict
+of all five levels and 12 rankings in 78 of 80 checks against 75 with all five, in each half of
+the cases, and ran 0.60x the tokens. A record keeps the levels its figures were taken at.
+
+Cost: 1 + 6 x (1 + 2 x pairs) perturbed prompts, each with the whole answer (19 by default,
+12 more on a close call; a pair's "delete half" and "keep half" coincide on a case of even
+length and run once). Every one runs only from its first changed token on, on the
 unperturbed prompt's keys and values (one forward over the prompt), and they are batched by
 the length left to run. Then the second method (one forward for IFR; one forward and one
 backward for input x gradient). The answer's tokens in each prompt are about half of the
@@ -51,9 +60,10 @@ from typing import Any
 
 import torch
 
+from engine.defaults import CHECK_PERCENTS
 from engine.errors import InvalidInputError, TokenTraceError
 from engine.methods import METHODS, AttributionInput, get_method, second_opinion
-from engine.metrics import deletion_aopc, random_scores
+from engine.metrics import PERCENTS, deletion_aopc, random_scores
 from engine.precision import scoring_model
 from engine.record import Explanation, Reliability
 from engine.task import Silent, TaskState
@@ -120,9 +130,11 @@ def antithetic_rankings(shape: Sequence[int], pairs: int, first_seed: int = 0
 
 def check_reliability(model: Any, tokenizer: Any, record: Explanation, *, pairs: int = 1,
                       close_pairs: int = 1, precision: str = "auto",
+                      percents: Sequence[int] = CHECK_PERCENTS,
                       state: TaskState | None = None) -> Reliability:
     """The three checks on ``record`` (an explanation made with this model), against
-    ``pairs`` antithetic pairs of random rankings, and ``close_pairs`` more on a close call.
+    ``pairs`` antithetic pairs of random rankings, and ``close_pairs`` more on a close call;
+    AOPC over ``percents`` (some of the evaluation's levels).
 
     ``precision``: "auto" runs the perturbed prompts in a bfloat16 twin of a float32 model on a
     CPU that multiplies bfloat16 natively (engine/precision.py), "model" in the model's own
@@ -130,6 +142,11 @@ def check_reliability(model: Any, tokenizer: Any, record: Explanation, *, pairs:
     if pairs < 1 or close_pairs < 0:
         raise ValueError(f"the reliability check needs pairs >= 1 and close_pairs >= 0 (got "
                          f"{pairs} and {close_pairs})")
+    percents = tuple(percents)
+    if not percents or list(percents) != sorted(set(percents)) \
+            or not set(percents) <= set(PERCENTS):
+        raise ValueError(f"the reliability check's levels must be some of {PERCENTS} in order "
+                         f"(got {percents})")
     state = state or TaskState()
     start = time.perf_counter()
     check_usable(record, model)
@@ -142,7 +159,8 @@ def check_reliability(model: Any, tokenizer: Any, record: Explanation, *, pairs:
     scorer, precision_used = scoring_model(model, precision)  # the twin: made at a first check
     state.check()
     (comp, suff), *chance = deletion_aopc(
-        scorer, problem, [scores, *antithetic_rankings(scores.shape, pairs)], state=Silent(state))
+        scorer, problem, [scores, *antithetic_rankings(scores.shape, pairs)], percents,
+        state=Silent(state))
     state.progressed("reliability", 1, 3)
 
     second = second_opinion(record.method.name)
@@ -159,7 +177,7 @@ def check_reliability(model: Any, tokenizer: Any, record: Explanation, *, pairs:
 
     if close_pairs and close_call(comp, mean(0), suff, mean(1), rho):
         more = antithetic_rankings(scores.shape, close_pairs, first_seed=pairs)
-        chance += deletion_aopc(scorer, problem, more, state=Silent(state))
+        chance += deletion_aopc(scorer, problem, more, percents, state=Silent(state))
     state.progressed("reliability", 3, 3)
 
     figures = (comp, mean(0), suff, mean(1), rho)
@@ -170,4 +188,5 @@ def check_reliability(model: Any, tokenizer: Any, record: Explanation, *, pairs:
         verdict=verdict_of(*figures), summary=summary_of(*figures, second),
         comprehensiveness=comp, random_comprehensiveness=mean(0), sufficiency=suff,
         random_sufficiency=mean(1), second_method=second, rank_correlation=rho,
-        random_draws=len(chance), seconds=time.perf_counter() - start, precision=precision_used)
+        random_draws=len(chance), seconds=time.perf_counter() - start, precision=precision_used,
+        percents=percents)

@@ -24,6 +24,7 @@ from desktop.present import (
     claim_views,
     evidence_words,
     flagged_first,
+    levels_note,
     precision_note,
     whatif_view,
 )
@@ -141,7 +142,8 @@ def _reliability_html(view: ExplanationView) -> str:
             "<table border='1' cellspacing='0' cellpadding='3'><tr><th>check</th>"
             f"<th>this explanation</th><th>random words (mean of {check.random_draws})</th></tr>"
             f"{rows}</table><p>Rank correlation with {esc(check.second_method)} over the case "
-            f"words: {check.rank_correlation:.2f}. Checked in {check.seconds:.1f} s."
+            f"words: {check.rank_correlation:.2f}. {esc(levels_note(check))}. Checked in "
+            f"{check.seconds:.1f} s."
             f"{esc(' ' + note + '.') if (note := precision_note(check)) else ''}</p>")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from test_qt_overlay import long_record
 
@@ -12,6 +14,7 @@ from desktop.present import (
     case_pieces,
     legend,
     legend_words,
+    levels_note,
     precision_note,
     units_of,
     verdict_view,
@@ -94,6 +97,10 @@ def test_the_badge_says_which_precision_its_deletions_ran_in(precision, said):
     check = Reliability("fair", "Use with care: ...", 0.2, 0.1, 0.3, 0.32, "ifr", 0.4, 2, 5.0,
                         precision)
     details = verdict_view(check).details
+    # Checked before the levels were recorded: at all five.
+    assert "top 1, 5, 10, 20 and 50% of the case words" in levels_note(check)
+    assert levels_note(check) in details
+    assert "top 1, 5 and 50%" in levels_note(replace(check, percents=(1, 5, 50)))
     if said is None:
         assert precision_note(check) == "" and not any("deletions" in d for d in details)
     else:

@@ -84,7 +84,8 @@ def test_a_check_in_bfloat16_is_the_twin_s_figures_and_near_float32(loaded, monk
     assert (rounded.precision, exact.precision) == (TWIN, "float32")
     scores = torch.tensor(record.attribution.sequence, dtype=torch.float64)
     (comp, suff), *chance = deletion_aopc(bfloat16_twin(loaded.model), problem_of(record, "cpu"),
-                                          [scores, *antithetic_rankings(scores.shape, 1)])
+                                          [scores, *antithetic_rankings(scores.shape, 1)],
+                                          rounded.percents)
     assert (rounded.comprehensiveness, rounded.sufficiency) == pytest.approx((comp, suff),
                                                                              abs=1e-9)
     assert rounded.random_comprehensiveness == pytest.approx(

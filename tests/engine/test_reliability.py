@@ -7,6 +7,7 @@ import torch
 from tiny import CASE
 
 from engine import verdict
+from engine.defaults import CHECK_PERCENTS
 from engine.errors import Cancelled
 from engine.explain import ExplainRequest, explain
 from engine.methods import get_method
@@ -67,22 +68,22 @@ def test_check_on_a_real_explanation(loaded, method, second):
                                     target="recommend endocrine therapy"), loaded)
     check = check_reliability(loaded.model, loaded.tokenizer, record, precision="model")
     assert check.verdict in ("strong", "fair", "weak") and check.precision == "float32"
+    assert check.percents == CHECK_PERCENTS
+    levels = MetricSettings(soft=False, percents=CHECK_PERCENTS)  # the check's levels
     assert check.second_method == second
     assert -1 <= check.rank_correlation <= 1 and check.random_draws in (2, 4)
     assert "rank correlation" in check.summary and check.seconds > 0
     # The numbers are the metrics of the record's own attribution.
     baseline = parse_baseline("pad", loaded.tokenizer, len(loaded.tokenizer))
     ours = faithfulness(loaded.model, problem_of(record, "cpu"),
-                        torch.tensor(record.attribution.sequence), baseline,
-                        MetricSettings(soft=False))
+                        torch.tensor(record.attribution.sequence), baseline, levels)
     # Within float rounding: batches padded to other lengths round differently (about 1e-10).
     assert check.comprehensiveness == pytest.approx(ours.values["comprehensiveness"], abs=1e-7)
     assert check.sufficiency == pytest.approx(ours.values["sufficiency"], abs=1e-7)
     # Chance is the mean of the same metrics over a seeded random ranking and its reverse, and
     # over a second pair exactly when the first pair left a close call.
     drawn = [random_scores((len(record.prompt.token_ids),), seed=seed) for seed in (0, 1)]
-    chance = [faithfulness(loaded.model, problem_of(record, "cpu"), ranking, baseline,
-                           MetricSettings(soft=False))
+    chance = [faithfulness(loaded.model, problem_of(record, "cpu"), ranking, baseline, levels)
               for ranking in (drawn[0], 1 - drawn[0], drawn[1], 1 - drawn[1])]
 
     def mean(name, rankings):
@@ -182,3 +183,39 @@ def test_check_cancels(loaded):
 
     with pytest.raises(Cancelled):
         check_reliability(loaded.model, loaded.tokenizer, record, state=Stop())
+
+
+def test_the_check_averages_the_levels_it_is_given_and_records_them(loaded):
+    record = explain(ExplainRequest(CASE, target="recommend endocrine therapy"), loaded)
+    every = check_reliability(loaded.model, loaded.tokenizer, record, close_pairs=0,
+                              precision="model", percents=(1, 5, 10, 20, 50))
+    ends = check_reliability(loaded.model, loaded.tokenizer, record, close_pairs=0,
+                             precision="model", percents=(1, 50))
+    assert (every.percents, ends.percents) == ((1, 5, 10, 20, 50), (1, 50))
+    assert ends.comprehensiveness != pytest.approx(every.comprehensiveness, rel=1e-3)
+    baseline = parse_baseline("pad", loaded.tokenizer, len(loaded.tokenizer))
+    ours = faithfulness(loaded.model, problem_of(record, "cpu"),
+                        torch.tensor(record.attribution.sequence), baseline,
+                        MetricSettings(soft=False, percents=(1, 50)))
+    # Within float rounding (batches padded to other lengths), as above.
+    assert ends.comprehensiveness == pytest.approx(ours.values["comprehensiveness"], abs=1e-8)
+    for wrong in ((), (50, 1), (1, 1), (3,)):
+        with pytest.raises(ValueError, match="levels"):
+            check_reliability(loaded.model, loaded.tokenizer, record, percents=wrong)
+
+
+@pytest.mark.parametrize("percents", [[], [50, 1], [0, 5], [5, 100], [1, 1], ["1"], [True]])
+def test_a_file_with_levels_no_check_takes_is_refused(loaded, percents):
+    from dataclasses import replace
+
+    from engine.errors import InvalidInputError
+
+    record = explain(ExplainRequest(CASE, target="recommend surgery"), loaded)
+    check = check_reliability(loaded.model, loaded.tokenizer, record, close_pairs=0)
+    data = replace(record, reliability=check).to_dict()
+    assert Explanation.from_dict(data).reliability.percents == CHECK_PERCENTS
+    del data["reliability"]["percents"]  # saved before the levels were recorded: all five
+    assert Explanation.from_dict(data).reliability.percents == (1, 5, 10, 20, 50)
+    data["reliability"]["percents"] = percents
+    with pytest.raises(InvalidInputError, match="not a valid explanation file"):
+        Explanation.from_dict(data)
