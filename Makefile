@@ -62,6 +62,7 @@ bench: setup installer
 	$(BIN)/python -m benchmarks.claims --out docs/evaluation.md
 	$(BIN)/python -m benchmarks.reliability_draws --out docs/evaluation.md
 	$(BIN)/python -m benchmarks.check_levels --out docs/evaluation.md
+	$(BIN)/python -m benchmarks.check_levels --held-out --out docs/evaluation.md
 	$(BIN)/python -m benchmarks.default_badge --out docs/evaluation.md
 	$(BIN)/python -m benchmarks.check_precision --out docs/evaluation.md
 

@@ -11,6 +11,10 @@ second on a close call) gives the verdict that all five levels and all 12 rankin
 what it costs.
 
     python -m benchmarks.check_levels --out docs/evaluation.md
+    python -m benchmarks.check_levels --held-out --out docs/evaluation.md
+
+``--held-out`` scores the 16 cases of benchmarks/data/heldout_cases.jsonl instead, written
+after the check's levels were chosen on the demo cases, so they test that choice.
 """
 
 from __future__ import annotations
@@ -33,11 +37,15 @@ from engine.metrics import PERCENTS
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADING = "## Reliability check: how many deletion levels"
+HELD_OUT_HEADING = "## Reliability check: the levels on held-out cases"
 INDEPENDENT, REVERSED = 8, 4
 DATA = ROOT / "docs/evaluation/check-levels.json"
+DEMO_CASES = ROOT / "resources/cases/breast_cancer_cases.jsonl"
+HELD_OUT = ROOT / "benchmarks/data/heldout_cases.jsonl"
+HELD_OUT_DATA = ROOT / "docs/evaluation/check-levels-held-out.json"
 
 
-def collect(limit: int | None) -> list[dict]:
+def collect(limit: int | None, cases_file: Path = DEMO_CASES) -> list[dict]:
     from engine.cases import load_cases
     from engine.explain import ExplainRequest, explain
     from engine.methods import METHODS, get_method, second_opinion
@@ -47,7 +55,7 @@ def collect(limit: int | None) -> list[dict]:
     from engine.task import TaskState
 
     loaded = load_model(ModelRequest("embedded", device="cpu"))
-    cases = load_cases(ROOT / "resources/cases/breast_cancer_cases.jsonl")[:limit]
+    cases = load_cases(cases_file)[:limit]
     found = []
     for number, case in enumerate(cases, 1):
         start = time.perf_counter()
@@ -152,6 +160,18 @@ def analyse(found: list[dict]) -> list[dict]:
     return rows
 
 
+TABLE_HEAD = ("| levels (% of the case) | tokens run per check (mean) | against five levels | "
+              "verdict as the reference's | stronger | weaker | a second pair |",
+              "|---|---|---|---|---|---|---|")
+
+
+def _table_row(row: dict, full: dict) -> str:
+    return (f"| {', '.join(map(str, row['levels']))} | {row['tokens']:,.0f} | "
+            f"{row['tokens'] / full['tokens']:.2f}x | {row['same']} of {row['total']} "
+            f"({100 * row['same'] / row['total']:.0f}%) | {row['stronger']} | "
+            f"{row['weaker']} | {100 * row['second'] / row['total']:.0f}% |")
+
+
 def _halves(found: list[dict], levels: Sequence[int]) -> str:
     """A design's (``levels``: percents) matches with the reference on the first and the
     second 10 cases, then on the odd-numbered and the even-numbered ones."""
@@ -161,16 +181,23 @@ def _halves(found: list[dict], levels: Sequence[int]) -> str:
     return " / ".join(f"{row['same']} of {row['total']}" for row in found_rows)
 
 
-def report(found: list[dict], rows: list[dict], when: str) -> str:
+def _summary(found: list[dict], rows: list[dict]) -> tuple[dict, dict, dict[str, int]]:
+    """The row of all five levels, the row of the check's levels, and the reference's verdicts
+    counted."""
     from engine.defaults import CHECK_PERCENTS
 
-    full = rows[0]
-    chosen = next(row for row in rows if row["levels"] == list(CHECK_PERCENTS))
     verdicts: dict[str, int] = {}
     every = tuple(range(len(PERCENTS)))
     for case in found:
         name = _verdict(case, every, range(INDEPENDENT + REVERSED))
         verdicts[name] = verdicts.get(name, 0) + 1
+    return rows[0], next(row for row in rows if row["levels"] == list(CHECK_PERCENTS)), verdicts
+
+
+def report(found: list[dict], rows: list[dict], when: str) -> str:
+    from engine.defaults import CHECK_PERCENTS
+
+    full, chosen, verdicts = _summary(found, rows)
     listed = [row for row in rows if row["same"] >= full["same"] - full["total"] // 20
               or len(row["levels"]) >= 4 or row["levels"] in ([10, 50], [5, 50], [5, 20])]
     lines = [
@@ -186,16 +213,9 @@ def report(found: list[dict], rows: list[dict], when: str) -> str:
         "check's rule (one antithetic pair, a second on a close call) from each of the 4 "
         "pairs; tokens: those its perturbed prompts run (the answer's included), the mean "
         "over its checks, the cost that matters.", "",
-        "| levels (% of the case) | tokens run per check (mean) | against five levels | "
-        "verdict as the reference's | stronger | weaker | a second pair |",
-        "|---|---|---|---|---|---|---|",
+        *TABLE_HEAD,
     ]
-    for row in listed:
-        lines.append(
-            f"| {', '.join(map(str, row['levels']))} | {row['tokens']:,.0f} | "
-            f"{row['tokens'] / full['tokens']:.2f}x | {row['same']} of {row['total']} "
-            f"({100 * row['same'] / row['total']:.0f}%) | {row['stronger']} | "
-            f"{row['weaker']} | {100 * row['second'] / row['total']:.0f}% |")
+    lines += [_table_row(row, full) for row in listed]
     lines += [
         "", "Listed: every design of three or more levels within 4 matches of all five, and "
         "a few of two. The reference is all five levels, so a design of fewer levels is "
@@ -223,26 +243,59 @@ def report(found: list[dict], rows: list[dict], when: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def held_out_report(found: list[dict], rows: list[dict], when: str) -> str:
+    """The chosen levels against all five and the other sets of three, on cases that played
+    no part in choosing them."""
+    from engine.defaults import CHECK_PERCENTS
+
+    full, chosen, verdicts = _summary(found, rows)
+    threes = [row for row in rows if len(row["levels"]) == 3]
+    better = sum(row["same"] > chosen["same"] for row in threes)
+    lines = [
+        HELD_OUT_HEADING, "",
+        f"Run {datetime.now(UTC):%Y-%m-%d} with `python -m benchmarks.check_levels --held-out` "
+        f"({when}; kept in {HELD_OUT_DATA.relative_to(ROOT)}); torch {torch.__version__}, "
+        f"{platform.machine()} CPU, float32. {len(found)} cases of "
+        f"{HELD_OUT.relative_to(ROOT)}, written after the check's levels were chosen on the "
+        "demo cases (above) and not used to choose them; otherwise as above. Reference: all "
+        f"five levels and all {INDEPENDENT + REVERSED} rankings "
+        f"({', '.join(f'{n} {v}' for v, n in sorted(verdicts.items()))}).", "",
+        *TABLE_HEAD,
+    ]
+    lines += [_table_row(row, full)
+              for row in [full, chosen, *(r for r in threes if r is not chosen)]]
+    lines += [
+        "", f"On these cases the check's levels ({', '.join(map(str, CHECK_PERCENTS))}%) "
+        f"matched the reference in {chosen['same']} of {chosen['total']} checks, all five "
+        f"levels in {full['same']}; {better} of the {len(threes)} sets of three did better "
+        "here.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, help="put the table in this markdown file")
     parser.add_argument("--cases", type=int, default=None, help="only the first N demo cases")
-    parser.add_argument("--data", type=Path, default=DATA, help="where the drops are kept")
+    parser.add_argument("--held-out", action="store_true",
+                        help="the held-out cases (benchmarks/data/heldout_cases.jsonl)")
+    parser.add_argument("--data", type=Path, help="where the drops are kept")
     parser.add_argument("--reuse", action="store_true",
                         help="analyse the drops kept in --data instead of scoring again")
     args = parser.parse_args(argv)
+    args.data = args.data or (HELD_OUT_DATA if args.held_out else DATA)
     if args.reuse:
         found = json.loads(args.data.read_text())
         when = "the drops from an earlier run"
     else:
-        found = collect(args.cases)
+        found = collect(args.cases, HELD_OUT if args.held_out else DEMO_CASES)
         args.data.parent.mkdir(parents=True, exist_ok=True)
         args.data.write_text(json.dumps(found))
         when = "scored in this run"
-    text = report(found, analyse(found), when)
+    text = (held_out_report if args.held_out else report)(found, analyse(found), when)
     print(text)
     if args.out:
-        replace_section(args.out, HEADING, text)
+        replace_section(args.out, HELD_OUT_HEADING if args.held_out else HEADING, text)
 
 
 if __name__ == "__main__":

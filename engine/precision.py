@@ -3,7 +3,7 @@ check's perturbed prompts, a statistic compared against chance.
 
 On a CPU that multiplies bfloat16 natively (AMX or AVX-512 BF16) the twin runs those prompts
 about twice as fast as float32, where float32 matrix products are already at the cores' peak
-(docs/benchmarks.md, "Time goals": the demo case's 31 prompts). The answer, the
+(docs/benchmarks.md, "Time goals": the demo case's perturbed prompts). The answer, the
 explanation and every figure the user can compare with a reference implementation stay in the
 model's own precision; the check records which precision it ran in.
 
