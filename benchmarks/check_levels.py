@@ -33,7 +33,7 @@ import torch
 
 import engine  # noqa: F401  (offline before transformers)
 from benchmarks.report import replace_section
-from engine.metrics import PERCENTS
+from engine.defaults import PERCENTS
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADING = "## Reliability check: how many deletion levels"
@@ -172,13 +172,13 @@ def _table_row(row: dict, full: dict) -> str:
             f"{row['weaker']} | {100 * row['second'] / row['total']:.0f}% |")
 
 
-def _halves(found: list[dict], levels: Sequence[int]) -> str:
+def _halves(found: list[dict], levels: Sequence[int]) -> list[int]:
     """A design's (``levels``: percents) matches with the reference on the first and the
-    second 10 cases, then on the odd-numbered and the even-numbered ones."""
+    second half of the cases, then on the odd-numbered and the even-numbered ones."""
     parts = (found[:len(found) // 2], found[len(found) // 2:], found[::2], found[1::2])
     found_rows = [next(r for r in analyse(part) if r["levels"] == list(levels))
                   for part in parts]
-    return " / ".join(f"{row['same']} of {row['total']}" for row in found_rows)
+    return [row["same"] for row in found_rows]
 
 
 def _summary(found: list[dict], rows: list[dict]) -> tuple[dict, dict, dict[str, int]]:
@@ -194,12 +194,42 @@ def _summary(found: list[dict], rows: list[dict]) -> tuple[dict, dict, dict[str,
     return rows[0], next(row for row in rows if row["levels"] == list(CHECK_PERCENTS)), verdicts
 
 
+def _span(rows: list[dict], size: int) -> str:
+    """The fewest and the most matches among the designs of ``size`` levels."""
+    same = [row["same"] for row in rows if len(row["levels"]) == size]
+    return f"{min(same)} to {max(same)}" if min(same) != max(same) else f"{same[0]}"
+
+
+def _by_halves(found: list[dict]) -> str:
+    """The check's levels against all five on each half of the cases, and how they compare."""
+    from engine.defaults import CHECK_PERCENTS
+
+    ours, theirs = _halves(found, CHECK_PERCENTS), _halves(found, PERCENTS)
+    pairs = list(zip(ours, theirs, strict=True))
+    if all(a >= b for a, b in pairs):
+        how = "as often or more often in every half"
+    elif all(a <= b for a, b in pairs):
+        how = "as often or less often in every half"
+    else:
+        how = "more often in some halves and less in others"
+    listed = lambda values: " / ".join(map(str, values))  # noqa: E731
+    return f"{listed(ours)} against {listed(theirs)} with all five: {how}"
+
+
+def _levels(percents: Sequence[int]) -> str:
+    words = [str(k) for k in percents]
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
 def report(found: list[dict], rows: list[dict], when: str) -> str:
     from engine.defaults import CHECK_PERCENTS
 
     full, chosen, verdicts = _summary(found, rows)
-    listed = [row for row in rows if row["same"] >= full["same"] - full["total"] // 20
-              or len(row["levels"]) >= 4 or row["levels"] in ([10, 50], [5, 50], [5, 20])]
+    near = full["total"] // 20
+    twos = ([10, 50], [5, 50], [5, 20])
+    listed = [row for row in rows if row["same"] >= full["same"] - near
+              or len(row["levels"]) >= 4 or row["levels"] in twos]
+    per_case = full["total"] // len(found)
     lines = [
         HEADING, "",
         f"Run {datetime.now(UTC):%Y-%m-%d} with `python -m benchmarks.check_levels` ({when}; "
@@ -210,33 +240,34 @@ def report(found: list[dict], rows: list[dict], when: str) -> str:
         f"reverses of the first {REVERSED} are scored at each level. Reference: the verdict "
         f"from all five levels and all {INDEPENDENT + REVERSED} rankings "
         f"({', '.join(f'{n} {v}' for v, n in sorted(verdicts.items()))}). Each design runs the "
-        "check's rule (one antithetic pair, a second on a close call) from each of the 4 "
-        "pairs; tokens: those its perturbed prompts run (the answer's included), the mean "
-        "over its checks, the cost that matters.", "",
+        f"check's rule (one antithetic pair, a second on a close call) from each of the "
+        f"{REVERSED} pairs; tokens: those its perturbed prompts run (the answer's included), "
+        "the mean over its checks. The shared prompt's forward and the second method cost "
+        "the same in every design, so a whole check saves less than its tokens (Time goals, "
+        "docs/benchmarks.md).", "",
         *TABLE_HEAD,
     ]
     lines += [_table_row(row, full) for row in listed]
     lines += [
-        "", "Listed: every design of three or more levels within 4 matches of all five, and "
-        "a few of two. The reference is all five levels, so a design of fewer levels is "
-        "judged by how often it reaches the same verdict as the evaluation's metric would "
-        "with plenty of random rankings.", "",
-        f"**The check averages the top {', '.join(map(str, CHECK_PERCENTS[:-1]))} and "
-        f"{CHECK_PERCENTS[-1]}%** "
-        "(engine/defaults.py, `CHECK_PERCENTS`): the two ends of the curve, the highlighted "
-        "words tested one or a few at a time and half of the case. It matched the reference "
-        f"in {chosen['same']} of {chosen['total']} checks against {full['same']} with all "
-        f"five levels, at {chosen['tokens'] / full['tokens']:.2f}x the tokens; where it "
-        f"missed it was more cautious ({chosen['weaker']} weaker, {chosen['stronger']} "
-        f"stronger; all five levels: {full['weaker']} weaker, {full['stronger']} stronger). "
-        "It was chosen after seeing all 20 cases, which flatters it; its lead holds in each "
-        "half of them (first and last ten, odd and even: "
-        f"{_halves(found, CHECK_PERCENTS)} against {_halves(found, PERCENTS)} with all five), "
-        "which makes a fluke less likely, but that is no test on new cases. Twenty cases "
-        "cannot tell "
-        "three or four matches apart from chance; what they show is that dropping the middle "
-        "levels loses no agreement with the full metric, while two levels lose some. A record "
-        "keeps the levels its figures were taken at (`reliability.percents`; files from before "
+        "", f"Listed: every design of four or five levels, every other design within {near} "
+        f"matches of all five, and {len(twos)} of two levels. The reference is all five "
+        "levels, so a design of fewer levels is judged by how often it reaches the verdict "
+        "the evaluation's metric reaches with plenty of random rankings. Designs of three "
+        f"levels matched in {_span(rows, 3)} checks, of four in {_span(rows, 4)}, of two in "
+        f"{_span(rows, 2)}.", "",
+        f"**The check averages the top {_levels(CHECK_PERCENTS)}%** (engine/defaults.py, "
+        "`CHECK_PERCENTS`): the two smallest levels, where the highlighted words are tested "
+        "a few at a time, and the largest. It matched the reference in "
+        f"{chosen['same']} of {chosen['total']} checks against {full['same']} with all five "
+        f"levels, with {chosen['tokens'] / full['tokens']:.2f}x the perturbed prompts' "
+        f"tokens; where it missed it was more cautious ({chosen['weaker']} weaker, "
+        f"{chosen['stronger']} stronger; all five levels: {full['weaker']} weaker, "
+        f"{full['stronger']} stronger). It was chosen after seeing these {len(found)} cases, "
+        "which flatters it, and the halves of the same cases (first and last, odd and even: "
+        f"{_by_halves(found)}) are no test of that. The {full['total']} checks are "
+        f"{per_case} per case and not independent: {len(found)} cases cannot tell a few "
+        "matches apart from chance. The held-out cases below test the choice. A record keeps "
+        "the levels its figures were taken at (`reliability.percents`; files from before "
         "read as all five), the badge's hover text and the PDF name them, and `tokentrace "
         "evaluate` keeps all five.",
     ]
@@ -244,13 +275,14 @@ def report(found: list[dict], rows: list[dict], when: str) -> str:
 
 
 def held_out_report(found: list[dict], rows: list[dict], when: str) -> str:
-    """The chosen levels against all five and the other sets of three, on cases that played
+    """The check's levels against every other design of three or more, on cases that played
     no part in choosing them."""
     from engine.defaults import CHECK_PERCENTS
 
     full, chosen, verdicts = _summary(found, rows)
-    threes = [row for row in rows if len(row["levels"]) == 3]
-    better = sum(row["same"] > chosen["same"] for row in threes)
+    others = [row for row in rows if len(row["levels"]) >= 3 and row is not chosen]
+    better = sum(row["same"] > chosen["same"] for row in others)
+    tied = sum(row["same"] == chosen["same"] for row in others)
     lines = [
         HELD_OUT_HEADING, "",
         f"Run {datetime.now(UTC):%Y-%m-%d} with `python -m benchmarks.check_levels --held-out` "
@@ -262,13 +294,15 @@ def held_out_report(found: list[dict], rows: list[dict], when: str) -> str:
         f"({', '.join(f'{n} {v}' for v, n in sorted(verdicts.items()))}).", "",
         *TABLE_HEAD,
     ]
-    lines += [_table_row(row, full)
-              for row in [full, chosen, *(r for r in threes if r is not chosen)]]
+    lines += [_table_row(row, full) for row in [chosen, *others]]
     lines += [
-        "", f"On these cases the check's levels ({', '.join(map(str, CHECK_PERCENTS))}%) "
-        f"matched the reference in {chosen['same']} of {chosen['total']} checks, all five "
-        f"levels in {full['same']}; {better} of the {len(threes)} sets of three did better "
-        "here.",
+        "", f"On these cases the check's levels ({_levels(CHECK_PERCENTS)}%) matched the "
+        f"reference in {chosen['same']} of {chosen['total']} checks ({chosen['weaker']} more "
+        f"cautious, {chosen['stronger']} bolder), all five levels with the check's own "
+        f"rankings in {full['same']} ({full['weaker']} more cautious, {full['stronger']} "
+        f"bolder); of the other {len(others)} designs of three or more levels, {better} did "
+        f"better here and {tied} as well. The {chosen['total']} checks are "
+        f"{chosen['total'] // len(found)} per case and not independent.",
     ]
     return "\n".join(lines) + "\n"
 

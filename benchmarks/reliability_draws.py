@@ -173,7 +173,8 @@ def report(found: list[dict], summary: dict, when: str) -> str:
         "top words are disjoint from the first ranking's up to half of the case, so the two "
         "cannot both happen to delete a word the answer rests on.",
         "",
-        f"The check now draws one antithetic pair and a second on a close call: "
+        f"The check draws one antithetic pair and a second on a close call: at the five "
+        "levels it took then, "
         f"{default[4] / default[3]:.0f} prompts on average (a second pair in "
         f"{_share(default[5], default[3])} of checks) instead of three "
         f"independent rankings' 41, and its verdict matched the reference's in "

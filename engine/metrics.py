@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from engine.defaults import PERCENTS
 from engine.errors import InvalidSettingsError
 from engine.methods.base import (
     AttributionInput,
@@ -44,7 +45,6 @@ from engine.methods.base import (
 )
 from engine.task import TaskState
 
-PERCENTS = (1, 5, 10, 20, 50)
 PIS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 METRICS = ("log_odds", "comprehensiveness", "sufficiency", "soft_nc", "soft_ns", "pi_soft_nc",
            "pi_soft_ns")
@@ -305,8 +305,8 @@ def deletion_aopc(model, problem: AttributionInput, rankings: Sequence[torch.Ten
                   batch_size: int | None = None) -> list[tuple[float, float]]:
     """(comprehensiveness, sufficiency) AOPC for each whole-answer ranking [n], exactly as
     :func:`faithfulness` computes them, sharing one reference forward and one batched pass
-    over every ranking's perturbed prompts (the reliability check's 1 + 10 x rankings
-    forwards, instead of 16 per ranking)."""
+    over every ranking's perturbed prompts (1 + 2 x levels x rankings prompts: the
+    reliability check's 19 by default)."""
     aopc = deletion_drops(model, problem, rankings, percents, state, batch_size).mean(1)
     return [(float(comp), float(suff)) for comp, suff in aopc]
 

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from engine.defaults import PERCENTS
 from engine.errors import InvalidInputError, OutputError
 from engine.files import check_regular_file
 from engine.verdict import VERDICTS, summary_of, verdict_of
@@ -159,7 +160,7 @@ class Reliability:
     precision: str = ""
     # The levels (% of the case) its AOPC averages; records from before they were recorded were
     # checked at all five.
-    percents: tuple[int, ...] = (1, 5, 10, 20, 50)
+    percents: tuple[int, ...] = PERCENTS
 
 
 @dataclass(frozen=True)
@@ -298,6 +299,14 @@ def _check_claims(claims: Claims, case_chars: int, answer_tokens: int) -> None:
             raise ValueError(f"a claim's evidence does not match the {sentences} case sentences")
 
 
+def is_check_levels(percents: Any) -> bool:
+    """Whether ``percents`` are levels a reliability check takes: some of the evaluation's, in
+    order, each once, as plain integers."""
+    return (isinstance(percents, tuple) and 0 < len(percents) <= len(PERCENTS)
+            and all(type(k) is int and k in PERCENTS for k in percents)
+            and list(percents) == sorted(set(percents)))
+
+
 def _judged(check: Reliability) -> Reliability:
     """An opened check with its verdict and sentence worked out again from its own figures, so
     that the badge always says what those figures say (a file edited to read "strong" reads as
@@ -314,9 +323,9 @@ def _judged(check: Reliability) -> Reliability:
         raise ValueError("a reliability figure is out of its range")
     if not isinstance(check.precision, str) or check.precision not in CHECK_PRECISION_NAMES:
         raise ValueError(f"unknown reliability precision {check.precision!r}")
-    if not check.percents or list(check.percents) != sorted(set(check.percents)) \
-            or not 0 < check.percents[0] <= check.percents[-1] < 100:
-        raise ValueError(f"reliability levels {list(check.percents)} are not percents in order")
+    if not is_check_levels(check.percents):
+        raise ValueError(f"reliability levels {list(check.percents)[:8]} are not some of "
+                         f"{list(PERCENTS)} in order")
     return dataclasses.replace(check, verdict=verdict_of(*figures),
                                summary=summary_of(*figures, check.second_method))
 

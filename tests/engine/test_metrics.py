@@ -194,7 +194,7 @@ def test_a_prompt_given_twice_runs_once_with_the_same_result(tiny_tokenizer, tin
     hook = tiny_model.register_forward_pre_hook(
         lambda _, args, kwargs: rows.append(len(kwargs["input_ids"])), with_kwargs=True)
     try:
-        greedy = torch.zeros(4, len(problem.answer_ids), dtype=torch.bool)
+        greedy = torch.ones(4, len(problem.answer_ids), dtype=torch.bool)  # to be written
         scorer = _Scorer(tiny_model, problem, None, TaskState())
         both = scorer.log_probs_of_ids([halves[0], other, halves[1], other], greedy)
         ran = sum(rows[1:])  # after the forward that caches the shared prefix
@@ -205,4 +205,5 @@ def test_a_prompt_given_twice_runs_once_with_the_same_result(tiny_tokenizer, tin
         hook.remove()
     assert ran == 2
     torch.testing.assert_close(both, expected[[0, 1, 0, 1]], rtol=1e-6, atol=1e-8)
+    assert not alone.all()  # so that an unwritten ``greedy`` would fail the next line
     assert torch.equal(greedy, alone[[0, 1, 0, 1]])

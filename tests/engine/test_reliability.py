@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from tiny import CASE
@@ -199,23 +201,34 @@ def test_the_check_averages_the_levels_it_is_given_and_records_them(loaded):
                         MetricSettings(soft=False, percents=(1, 50)))
     # Within float rounding (batches padded to other lengths), as above.
     assert ends.comprehensiveness == pytest.approx(ours.values["comprehensiveness"], abs=1e-8)
-    for wrong in ((), (50, 1), (1, 1), (3,)):
+    for wrong in ((), (50, 1), (1, 1), (3,), (1.0, 5, 50)):
         with pytest.raises(ValueError, match="levels"):
             check_reliability(loaded.model, loaded.tokenizer, record, percents=wrong)
 
 
-@pytest.mark.parametrize("percents", [[], [50, 1], [0, 5], [5, 100], [1, 1], ["1"], [True]])
-def test_a_file_with_levels_no_check_takes_is_refused(loaded, percents):
+@pytest.fixture(scope="module")
+def checked_file(loaded) -> dict:
     from dataclasses import replace
-
-    from engine.errors import InvalidInputError
 
     record = explain(ExplainRequest(CASE, target="recommend surgery"), loaded)
     check = check_reliability(loaded.model, loaded.tokenizer, record, close_pairs=0)
-    data = replace(record, reliability=check).to_dict()
+    return replace(record, reliability=check).to_dict()
+
+
+def test_a_file_keeps_the_check_s_levels(checked_file):
+    data = copy.deepcopy(checked_file)
     assert Explanation.from_dict(data).reliability.percents == CHECK_PERCENTS
     del data["reliability"]["percents"]  # saved before the levels were recorded: all five
     assert Explanation.from_dict(data).reliability.percents == (1, 5, 10, 20, 50)
+
+
+@pytest.mark.parametrize("percents", [[], [50, 1], [0, 5], [5, 100], [1, 1], [3], [2, 99],
+                                      [1, 5, 10, 20, 50, 50], ["1"], [True], [1.0], [[1]],
+                                      None, 5, "1,5"])
+def test_a_file_with_levels_no_check_takes_is_refused(checked_file, percents):
+    from engine.errors import InvalidInputError
+
+    data = copy.deepcopy(checked_file)
     data["reliability"]["percents"] = percents
     with pytest.raises(InvalidInputError, match="not a valid explanation file"):
         Explanation.from_dict(data)
