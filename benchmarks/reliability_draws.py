@@ -149,8 +149,7 @@ def report(found: list[dict], summary: dict, when: str) -> str:
         f"torch {torch.__version__}, {platform.machine()} CPU. {len(found)} demo cases, the "
         f"window's defaults ({found[0]['method']}, up to 64 answer tokens). For each case: "
         f"{INDEPENDENT} independent seeded random rankings and the reverses of the first "
-        f"{REVERSED}, every one scored at the evaluation's five levels (1, 5, 10, 20 and 50%; "
-        "the check now takes three: \"how many deletion levels\" below). Reference: the "
+        f"{REVERSED}, every one scored as the reliability check scores it. Reference: the "
         f"verdict with chance from all {INDEPENDENT + REVERSED} rankings ({verdicts}); every "
         "design's rankings are among those 12, which favours the designs with more rankings a "
         "little. A close call (engine/verdict.py, `close_call`): the explanation's "
@@ -173,8 +172,7 @@ def report(found: list[dict], summary: dict, when: str) -> str:
         "top words are disjoint from the first ranking's up to half of the case, so the two "
         "cannot both happen to delete a word the answer rests on.",
         "",
-        f"The check draws one antithetic pair and a second on a close call: at the five "
-        "levels it took then, "
+        f"The check now draws one antithetic pair and a second on a close call: "
         f"{default[4] / default[3]:.0f} prompts on average (a second pair in "
         f"{_share(default[5], default[3])} of checks) instead of three "
         f"independent rankings' 41, and its verdict matched the reference's in "

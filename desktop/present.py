@@ -158,7 +158,7 @@ def precision_note(check: Reliability) -> str:
     """Which precision the check's word deletions ran in, in a sentence ("" if not recorded)."""
     if check.precision == "bfloat16-twin":
         return ("Word deletions scored with the weights rounded to bfloat16, for speed: this "
-                "typically moves the figures by 1 to 3%, which can tip a verdict near a threshold")
+                "moves the figures by about 1%, which can tip a verdict near a threshold")
     if check.precision:
         return f"Word deletions scored in {check.precision}, the model's own precision"
     return ""

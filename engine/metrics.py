@@ -306,7 +306,7 @@ def deletion_aopc(model, problem: AttributionInput, rankings: Sequence[torch.Ten
     """(comprehensiveness, sufficiency) AOPC for each whole-answer ranking [n], exactly as
     :func:`faithfulness` computes them, sharing one reference forward and one batched pass
     over every ranking's perturbed prompts (1 + 2 x levels x rankings prompts: the
-    reliability check's 19 by default)."""
+    reliability check's 31 by default)."""
     aopc = deletion_drops(model, problem, rankings, percents, state, batch_size).mean(1)
     return [(float(comp), float(suff)) for comp, suff in aopc]
 

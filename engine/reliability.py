@@ -3,9 +3,9 @@
 Three questions, each answered against chance:
 
 1. Comprehensiveness: does deleting the case words this explanation ranks highest lower the
-   answer's probability more than deleting random words? (AOPC over the top 1, 5 and 50%,
-   three of the evaluation's five levels: see "Levels" below; against the mean over random
-   rankings drawn in antithetic pairs: see "Chance" below.)
+   answer's probability more than deleting random words? (AOPC over the top 1, 5, 10, 20 and
+   50%, the evaluation's levels: see "Levels" below; against the mean over random rankings
+   drawn in antithetic pairs: see "Chance" below.)
 2. Sufficiency: does keeping only those words preserve the answer better than keeping random
    ones?
 3. Agreement: does a second, cheap method of another family (IFR; input x gradient when
@@ -27,22 +27,20 @@ decides the verdict) a second pair is drawn and chance is the mean of all four r
 Measured on the 20 demo cases (64-token answers, IFR; ``python -m benchmarks.reliability_draws``,
 docs/evaluation.md "Reliability check: random rankings"), against the verdict from 12
 rankings: a pair's chance AOPC varied 0.81 times as much as two independent draws'
-(comprehensiveness; sufficiency 0.61); at the five levels the check took then, one pair gave
-the same verdict in 89% of draws, one pair and a second on a close call in 94% (a second pair
-on 30% of checks; at its three levels now 98%, a second pair on 36%), three independent
+(comprehensiveness; sufficiency 0.61); one pair gave the same verdict in 89% of draws, one
+pair and a second on a close call in 94% (a second pair on 30% of checks), three independent
 rankings, the check's design before, in 82%.
 
-Levels: the evaluation's AOPC averages five (1, 5, 10, 20 and 50%); the check averages the
-two smallest, where the highlighted words are tested a few at a time, and the largest, where
-half the case goes. On the 20 demo cases (``python -m benchmarks.check_levels``,
-docs/evaluation.md "Reliability check: how many deletion levels") these three gave the verdict
-of all five levels and 12 rankings in 78 of 80 checks against 75 with all five, with 0.60x the
-perturbed prompts' tokens; they were chosen on those cases, and the held-out cases after that
-section test the choice. A record keeps the levels its figures were taken at.
+Levels: the check averages the evaluation's five levels. Fewer would be cheaper, but the
+three that best matched the verdict of five levels and 12 rankings on the 20 demo cases (1, 5
+and 50%: 78 of 80 checks against 75, with 0.60x the perturbed prompts' tokens) matched it less
+often on 16 held-out cases (47 of 64 against 54; ``python -m benchmarks.check_levels``,
+docs/evaluation.md "Reliability check: how many deletion levels"). ``percents`` takes some of
+them, and a record keeps the levels its figures were taken at.
 
-Cost: 1 + 6 x (1 + 2 x pairs) perturbed prompts, each with the whole answer (19 by default,
-12 more on a close call; a pair's "delete half" and "keep half" coincide on a case of even
-length and run once). Every one runs only from its first changed token on, on the
+Cost: 1 + 2 x levels x (1 + 2 x pairs) perturbed prompts, each with the whole answer (31 by
+default, 21 more on a close call; a pair's "delete half" and "keep half" coincide on a case of
+even length and run once). Every one runs only from its first changed token on, on the
 unperturbed prompt's keys and values (one forward over the prompt), and they are batched by
 the length left to run. Then the second method (one forward for IFR; one forward and one
 backward for input x gradient). The answer's tokens in each prompt are about half of the

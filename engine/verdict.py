@@ -15,8 +15,7 @@ AGREEMENT = 0.3
 MARGIN = 0.1  # "better than random" means better by at least 10% of random's value
 # A close call, on which the check draws more random rankings: comprehensiveness within 10% of
 # a threshold (one antithetic pair's chance varies by about that much), sufficiency within 2.5%
-# (its chance varies about a quarter as much). Sized at five deletion levels; at the check's three
-# a pair varies more, and benchmarks.check_levels scores the rule with these bands as they are.
+# (its chance varies about a quarter as much), at the five deletion levels the check takes.
 CLOSE, CLOSE_SUFF = 0.10, 0.025
 
 

@@ -80,8 +80,8 @@ class SettingsPanel(QWidget):
         self.exact_check.setObjectName("exactCheck")
         self.exact_check.setToolTip(
             "Off: on a CPU that multiplies bfloat16 natively, the check deletes words with the "
-            "weights rounded to bfloat16, about twice as fast (figures typically move by 1 to "
-            "3%). On: the check runs in the model's own precision, as the explanation did")
+            "weights rounded to bfloat16, about twice as fast (figures move by about 1%). "
+            "On: the check runs in the model's own precision, as the explanation did")
         self.reliability.toggled.connect(self.exact_check.setEnabled)
         form.addRow("", self.exact_check)
         self.claims = QCheckBox("Find what each statement rests on")
