@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import InvalidInputError
-from engine.files import check_regular_file
+from engine.files import check_regular_file, parse_json
 from engine.record import MAX_RECORD_BYTES, Explanation, from_plain, to_plain, write_text_atomic
 
 SESSION_VERSION = 1
@@ -53,8 +53,8 @@ def load_session(path: str | Path) -> tuple[Explanation, ViewState, list[Any]]:
     """The record, how it was viewed, and the what-ifs kept with it."""
     check_regular_file(Path(path), "session file", MAX_RECORD_BYTES)
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = parse_json(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
         raise InvalidInputError(f"{path} is not a TokenTrace session ({exc})") from None
     if not isinstance(data, dict):
         raise InvalidInputError(f"{path} is not a TokenTrace session")

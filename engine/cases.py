@@ -11,12 +11,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engine.errors import InvalidInputError
-from engine.files import check_regular_file
+from engine.files import check_regular_file, parse_json
 from engine.prompting import validate_case_text
 
 MAX_CASE_FILE_BYTES = 1_000_000  # one case as text
@@ -54,11 +55,10 @@ def load_cases(path: str | Path) -> list[Case]:
             if not line.strip():
                 continue
             try:
-                entries.append((k, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise InvalidInputError(f"{path}, line {k}: not valid JSON ({exc.msg})") from None
-            except RecursionError:
-                raise InvalidInputError(f"{path}, line {k}: JSON nested too deeply") from None
+                entries.append((k, parse_json(line)))
+            except ValueError as exc:
+                reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+                raise InvalidInputError(f"{path}, line {k}: not valid JSON ({reason})") from None
         where = "line"
     else:
         raise InvalidInputError(f"{path}: case files are .jsonl or .csv")
@@ -67,7 +67,11 @@ def load_cases(path: str | Path) -> list[Case]:
     for number, entry in entries:
         if not isinstance(entry, dict):
             raise InvalidInputError(f"{path}, {where} {number}: expected an object")
-        case_id, text = str(entry.get("id", "")).strip(), entry.get("text")
+        raw_id, text = entry.get("id", ""), entry.get("text")
+        if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
+            raise InvalidInputError(f"{path}, {where} {number}: a case id is text or a whole "
+                                    f"number, not {type(raw_id).__name__}")
+        case_id = str(raw_id).strip()
         if not case_id or not isinstance(text, str) or not text.strip():
             raise InvalidInputError(f"{path}, {where} {number}: each case needs an id and text")
         if case_id in seen:
@@ -77,10 +81,10 @@ def load_cases(path: str | Path) -> list[Case]:
                                     f"{len(text):,} characters; at most "
                                     f"{MAX_CASE_FILE_BYTES:,} are allowed")
         fields = entry.get("fields") or {}
-        if not isinstance(fields, dict) or not all(
-                isinstance(v, (str, int, float, bool)) or v is None for v in fields.values()):
+        if not isinstance(fields, dict) or not all(_plain_value(v) for v in fields.values()):
             raise InvalidInputError(f"{path}, {where} {number}: \"fields\" must be an object "
-                                    "of names to plain values (text, numbers, true/false)")
+                                    "of names to plain values (text, finite numbers, "
+                                    "true/false)")
         seen.add(case_id)
         cases.append(Case(case_id, text.strip(), str(entry.get("title") or ""), dict(fields)))
     if not cases:
@@ -143,14 +147,22 @@ def read_fields(path: Path) -> dict[str, Any]:
     """A JSON object of clinical fields (name -> value)."""
     check_regular_file(path, "fields file", MAX_CASE_FILE_BYTES)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = parse_json(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise InvalidInputError(f"fields file not found: {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
         raise InvalidInputError(f"{path} is not a JSON object of fields ({exc})") from None
     if not isinstance(data, dict):
         raise InvalidInputError(f"{path} must hold a JSON object of fields")
+    if not all(_plain_value(v) for v in data.values()):
+        raise InvalidInputError(f"{path}: each field's value must be text, a finite number, "
+                                "true/false or null")
     return data
+
+
+def _plain_value(value: Any) -> bool:
+    return (value is None or isinstance(value, (str, int, bool))
+            or (isinstance(value, float) and math.isfinite(value)))
 
 
 def demo_cases(folder: Path = DEMO_CASES) -> list[tuple[str, str]]:

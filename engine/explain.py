@@ -25,7 +25,12 @@ from engine.hardware import PeakMemory, device_name
 from engine.methods import DEFAULT_METHOD, AttributionInput, get_method
 from engine.methods.base import check_option, is_out_of_memory, out_of_memory_error
 from engine.models import LoadedModel, text_sha256
-from engine.prompting import DEFAULT_SYSTEM_PROMPT, answer_pieces, build_prompt
+from engine.prompting import (
+    DEFAULT_SYSTEM_PROMPT,
+    answer_pieces,
+    build_prompt,
+    validate_case_text,
+)
 from engine.record import (
     Answer,
     Attribution,
@@ -69,7 +74,8 @@ class ExplainRequest:
         return cls(case_text=text, fields=spans, **settings)
 
     def validate(self) -> None:
-        """Reject impossible settings before any model work starts."""
+        """Reject impossible settings and an unusable case before any model work starts."""
+        validate_case_text(self.case_text)
         self.method_params()
         if self.steps is not None and self.steps < 1:
             raise InvalidSettingsError(f"steps must be at least 1 (got {self.steps})")
@@ -80,6 +86,13 @@ class ExplainRequest:
             raise InvalidSettingsError(f"batch size must be at least 1 (got {self.batch_size})")
         if self.target is not None and not self.target.strip():
             raise InvalidInputError("the forced answer (--target) is empty")
+        for what, text in (("forced answer (--target)", self.target),
+                           ("system prompt", self.system_prompt)):
+            try:
+                (text or "").encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidInputError(f"the {what} holds characters that are not valid "
+                                        "Unicode; give plain UTF-8 text") from None
         if not (self.baseline in ("pad", "zero") or self.baseline.startswith("token:")):
             raise InvalidSettingsError(
                 f"unknown baseline {self.baseline!r}; choose pad, zero or token:ID")

@@ -7,8 +7,10 @@ opens on a user's say (cases, fields, saved explanations, model files) goes thro
 
 from __future__ import annotations
 
+import json
 import stat
 from pathlib import Path
+from typing import Any
 
 from engine.errors import InvalidInputError
 
@@ -30,3 +32,13 @@ def check_regular_file(path: Path, what: str, limit: int | None = None) -> None:
     if limit is not None and info.st_size > limit:
         raise InvalidInputError(f"{path} is {info.st_size / 1e6:.1f} MB; a {what} may be at "
                                 f"most {limit / 1e6:.0f} MB")
+
+
+def parse_json(text: str) -> Any:
+    """:func:`json.loads` for text from a file a user chose: every way it can fail is a
+    ``ValueError`` (bad syntax, an integer of more digits than Python converts, and nesting
+    deeper than its stack, which is a ``RecursionError`` from the parser)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None

@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -253,6 +254,7 @@ def _load_folder(path: Path, dtype: torch.dtype, state: TaskState) -> tuple[Any,
     except Exception as exc:
         raise ModelLoadError(f"cannot load the tokenizer in {path}: {_short(exc)}") from None
     state.check()
+    _check_weights_cover(config, weights, path)
     try:
         model, loading = AutoModelForCausalLM.from_pretrained(
             path, local_files_only=True, trust_remote_code=False, use_safetensors=True,
@@ -486,6 +488,37 @@ def _write_cache(model: Any, tokenizer: Any, folder: Path, gguf_sha: str) -> Non
     files = {f.name: _digest([f], TaskState()) for f in sorted(folder.iterdir()) if f.is_file()}
     (folder / CACHE_MANIFEST).write_text(json.dumps({"gguf_sha256": gguf_sha, "files": files},
                                                     indent=1), encoding="utf-8")
+
+
+MAX_LAYERS = 1024  # far beyond any model a laptop runs; a config asking more is refused
+
+
+def _check_weights_cover(config: Any, weights: list[Path], where: Path) -> None:
+    """Refuse, before anything is allocated, a folder whose weight files hold far fewer
+    values than its config.json asks for: transformers would first allocate every missing
+    weight (gigabytes for a config.json of a few lines) and only then report it missing. The
+    model is laid out on the meta device (no memory); the files' headers give their sizes."""
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    layers = getattr(config, "num_hidden_layers", 0)
+    if not isinstance(layers, int) or not 0 <= layers <= MAX_LAYERS:
+        raise ModelLoadError(f"{where / 'config.json'} asks for {layers!r} layers; refused")
+    try:
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+        needed = sum(parameter.numel() for parameter in skeleton.parameters())
+        held = 0
+        for file in weights:
+            with safe_open(str(file), framework="pt") as handle:
+                held += sum(math.prod(handle.get_slice(key).get_shape())
+                            for key in handle.keys())  # noqa: SIM118 (not iterable)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load the model in {where}: {_short(exc)}") from None
+    if held < needed // 2:
+        raise ModelLoadError(f"the weights in {where} hold {held:,} values, its config.json "
+                             f"asks for {needed:,}: the model would run mostly on random "
+                             "weights, so it is refused")
 
 
 def _check_weights(loading: dict[str, Any], where: Path) -> None:

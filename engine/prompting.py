@@ -58,6 +58,11 @@ def validate_case_text(case_text: str) -> str:
     if len(text) > MAX_CASE_CHARS:
         raise InvalidInputError(f"the case is {len(text):,} characters; TokenTrace accepts up "
                                 f"to {MAX_CASE_CHARS:,} (a long note is about 20,000)")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: bytes that were not UTF-8, or bad JSON
+        raise InvalidInputError("the case holds characters that are not valid Unicode (bytes "
+                                "that are not UTF-8?); give plain UTF-8 text") from None
     return text
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from engine.defaults import PERCENTS
 from engine.errors import InvalidInputError, OutputError
-from engine.files import check_regular_file
+from engine.files import check_regular_file, parse_json
 from engine.verdict import VERDICTS, summary_of, verdict_of
 
 SCHEMA_VERSION = 1
@@ -229,9 +229,12 @@ class Explanation:
         _check_scores(self.attribution)
         if self.reliability is not None and self.reliability.verdict not in VERDICTS:
             raise ValueError(f"unknown reliability verdict {self.reliability.verdict!r}")
-        if any(not value >= 0 for value in (self.timings.load_s, self.timings.generate_s,
-                                            self.timings.attribute_s)):
-            raise ValueError("a timing is negative or not a number")
+        if any(not 0 <= value < math.inf for value in (
+                self.timings.load_s, self.timings.generate_s, self.timings.attribute_s)):
+            raise ValueError("a timing is negative or not a finite number")
+        memory = (self.hardware.peak_rss_mb, self.hardware.peak_accelerator_mb or 0.0)
+        if any(not 0 <= value < math.inf for value in memory):
+            raise ValueError("a peak memory is negative or not a finite number")
         if self.claims is not None:
             _check_claims(self.claims, len(self.prompt.case_text), t)
 
@@ -260,8 +263,8 @@ class Explanation:
     @classmethod
     def from_json(cls, text: str) -> Explanation:
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
+            data = parse_json(text)
+        except ValueError as exc:
             raise InvalidInputError(f"not an explanation file (invalid JSON: {exc})") from None
         return cls.from_dict(data)
 
@@ -299,6 +302,9 @@ def _check_claims(claims: Claims, case_chars: int, answer_tokens: int) -> None:
             raise ValueError(f"a claim's evidence does not match the {sentences} case sentences")
 
 
+MAX_DRAWS = 1000  # random rankings a check could draw; more is not a check's figure
+
+
 def is_check_levels(percents: Any) -> bool:
     """Whether ``percents`` are levels a reliability check takes: some of the evaluation's, in
     order, each once, as plain integers."""
@@ -318,8 +324,8 @@ def _judged(check: Reliability) -> Reliability:
                check.random_sufficiency, check.rank_correlation)
     if not all(math.isfinite(value) for value in figures):
         raise ValueError("a reliability figure is not a finite number")
-    if not -1 <= check.rank_correlation <= 1 or check.random_draws < 1 \
-            or not check.seconds >= 0:
+    if not -1 <= check.rank_correlation <= 1 or not 1 <= check.random_draws <= MAX_DRAWS \
+            or not 0 <= check.seconds < math.inf:
         raise ValueError("a reliability figure is out of its range")
     if not isinstance(check.precision, str) or check.precision not in CHECK_PRECISION_NAMES:
         raise ValueError(f"unknown reliability precision {check.precision!r}")
@@ -337,8 +343,8 @@ def _check_scores(attribution: Attribution) -> None:
     if not all(math.isfinite(value) for row in rows for value in row):
         raise ValueError("an attribution score is not a finite number")
     error = attribution.completeness_error
-    if error is not None and not error >= 0:
-        raise ValueError("the completeness error is negative or not a number")
+    if error is not None and not 0 <= error < math.inf:
+        raise ValueError("the completeness error is negative or not a finite number")
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -357,6 +363,7 @@ def check_writable(path: Path, what: str = "output") -> None:
     try:
         if path.is_dir():
             raise OutputError(f"the {what} {path} is a folder; give a file name")
+        _refuse_special(path, what)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, scratch = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".check")
         os.close(fd)
@@ -365,7 +372,16 @@ def check_writable(path: Path, what: str = "output") -> None:
         raise OutputError(f"cannot write the {what} {path}: {exc.strerror or exc}") from None
 
 
+def _refuse_special(path: Path, what: str) -> None:
+    """A device, pipe or socket is never replaced by the file written in its place (as root,
+    ``--json /dev/null`` would otherwise swap the real device node for a plain file)."""
+    if os.path.lexists(path) and not path.is_file() and not path.is_dir():
+        raise OutputError(f"the {what} {path} is a device, pipe or socket, not a file; give a "
+                          "file name")
+
+
 def _write_atomic(path: Path, text: str) -> None:
+    _refuse_special(path, "output")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -450,7 +466,11 @@ def _leaf(tp: Any, value: Any) -> Any:
                                     f"{_kind(value)}, not a number, text or true/false)")
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise InvalidInputError("not a valid explanation file (a number too large for a "
+                                    "float)") from None
     if (tp is int and isinstance(value, bool)) or not isinstance(value, tp):
         raise InvalidInputError(f"not a valid explanation file (expected "
                                 f"{_TYPE_NAMES.get(tp, tp)}, got {_kind(value)})")

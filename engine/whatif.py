@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from engine.errors import ContextTooLongError, InvalidInputError, InvalidSettingsError
-from engine.files import check_regular_file
+from engine.files import check_regular_file, parse_json
 from engine.generation import generate_answer
 from engine.metrics import answer_log_probs
 from engine.prompting import answer_pieces, build_prompt, validate_case_text
@@ -221,8 +221,8 @@ class WhatIf:
     def load(cls, path: str | os.PathLike[str]) -> WhatIf:
         check_regular_file(Path(path), "what-if file", MAX_RECORD_BYTES)
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            data = parse_json(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
             raise InvalidInputError(f"{path} is not a what-if record ({exc})") from None
         if not isinstance(data, dict) or data.get("tokentrace_whatif") != WHATIF_VERSION:
             raise InvalidInputError(f"{path} is not a what-if record of format "

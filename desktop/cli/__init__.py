@@ -400,7 +400,9 @@ def _request(args: argparse.Namespace, case: str):
 
 
 def _stderr(line: str) -> None:
-    print(line, file=sys.stderr)
+    from desktop.cli.text import printable
+
+    print(printable(line), file=sys.stderr)
 
 
 def run_methods(args: argparse.Namespace) -> int:
@@ -447,12 +449,13 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
+        from desktop.cli.text import printable
         from engine.errors import TokenTraceError
 
         if isinstance(exc, TokenTraceError):
-            print(f"tokentrace: {exc}", file=sys.stderr)
+            print(f"tokentrace: {printable(str(exc))}", file=sys.stderr)
             return exc.exit_code
-        print(f"tokentrace: internal error: {type(exc).__name__}: {exc} "
+        print(f"tokentrace: internal error: {type(exc).__name__}: {printable(str(exc))} "
               "(run with --debug for the traceback)", file=sys.stderr)
         return EXIT_INTERNAL
 

@@ -16,10 +16,12 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.segment import Segment
 from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
+from desktop.cli.text import printable
 from desktop.present import (
     UNCOLOURED_BELOW,
     ExplanationView,
@@ -34,12 +36,22 @@ from engine.record import Explanation
 from engine.task import STAGES, TaskState
 
 
+class SafeConsole(Console):
+    """A rich console that prints no control character from the data it shows (a case, an
+    answer, a folder's name): only rich's own styles and cursor moves reach the terminal."""
+
+    def _render_buffer(self, buffer: Any) -> str:
+        return super()._render_buffer(
+            segment if segment.control else Segment(printable(segment.text), segment.style)
+            for segment in buffer)
+
+
 class RichTaskState(TaskState):
     """Progress bars on stderr for each stage; nothing printed with ``quiet``."""
 
     def __init__(self, quiet: bool = False) -> None:
         super().__init__()
-        console = Console(stderr=True)
+        console = SafeConsole(stderr=True)
         # Off when stderr is not a terminal: a log gets the error line and nothing else.
         self._progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -80,7 +92,7 @@ def coloured_case(view: ExplanationView) -> Text:
 
 def render_explanation(record: Explanation, top: int = 10, console: Console | None = None
                        ) -> None:
-    console = console or Console()
+    console = console or SafeConsole()
     view = ExplanationView.from_record(record, top=top, steps_flag="--steps")
     console.print(Text.assemble(("TokenTrace", "bold"), f" · {view.heading}"))
     console.print(Panel(view.answer or "(empty)", title=view.answer_title, title_align="left"))
@@ -169,7 +181,7 @@ def per_answer_token_table(view: ExplanationView, rows: int = 32, words: int = 3
 
 
 def render_methods(entries: list[dict[str, Any]], console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or SafeConsole()
     table = Table(title="Attribution methods")
     table.add_column("name", style="bold")
     table.add_column("description")
@@ -203,12 +215,12 @@ def render_evaluation(report: dict[str, Any], console: Console | None = None) ->
             cells.append(f"[bold]{text}[/bold]" if best.get(metric) == method else text)
         table.add_row(method, str(report["cases"][method]),
                       f"{report['seconds'][method]:.1f}", *cells)
-    (console or Console()).print(table)
+    (console or SafeConsole()).print(table)
 
 
 def render_whatif(found: Any, console: Console | None = None) -> None:
     """Both answers with the differences marked, and how likely the original one still is."""
-    console = console or Console()
+    console = console or SafeConsole()
     view = whatif_view(found)
     console.print(Text.assemble(("What if", "bold"), ": " + "; ".join(view.edits)))
     merged = Text()
@@ -229,7 +241,7 @@ def render_whatif(found: Any, console: Console | None = None) -> None:
 def render_sensitivity(record: Explanation, effects: Any, console: Console | None = None
                        ) -> None:
     """The case's sentences ranked by what taking each away does to the answer."""
-    console = console or Console()
+    console = console or SafeConsole()
     console.print(Panel(record.answer.text or "(empty)", title="Answer", title_align="left"))
     table = Table(title="What removing each sentence does to the answer", title_justify="left")
     table.add_column("#", justify="right")

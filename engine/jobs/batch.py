@@ -31,6 +31,7 @@ from engine.cases import Case, load_cases
 from engine.errors import InvalidSettingsError, OutputError, TokenTraceError
 from engine.explain import ExplainRequest
 from engine.fields import field_shares, render_fields
+from engine.files import parse_json
 from engine.grouping import top_spans, word_scores
 from engine.jobs.pool import CasePool, as_pool
 from engine.models import LoadedModel
@@ -101,7 +102,7 @@ INDEX = "records.json"  # which settings each record was made with
 
 def _read_index(out: Path) -> dict[str, str]:
     try:
-        data = json.loads((out / INDEX).read_text(encoding="utf-8"))
+        data = parse_json((out / INDEX).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)} \

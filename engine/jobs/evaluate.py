@@ -21,6 +21,7 @@ from typing import Any
 from engine.cases import load_cases
 from engine.errors import InvalidSettingsError
 from engine.evaluation import RANDOM, CaseResult, EvaluationSettings, summarise
+from engine.files import parse_json
 from engine.jobs.pool import CasePool, as_pool
 from engine.metrics import HIGHER_IS_BETTER, METRICS
 from engine.models import LoadedModel
@@ -89,9 +90,9 @@ def _load_progress(path: Path) -> dict[tuple[str, str, str, str], CaseResult]:
         return done
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            data = json.loads(line)
+            data = parse_json(line)
             result = CaseResult.from_dict(data)
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, OverflowError):
             continue  # a line cut short by an interruption
         done[(data.get("fingerprint", ""), result.case, result.method,
               data.get("case_sha256", ""))] = result

@@ -219,3 +219,33 @@ def test_whatif_and_sensitivity_from_the_command_line(tiny_model_folder, tmp_pat
     assert "give at least one edit" in capsys.readouterr().err
     assert main(["whatif", case, *model, "--remove", "PR positive"]) == 2
     assert "“PR positive” is not in the case" in capsys.readouterr().err
+
+
+def test_the_terminal_never_prints_control_characters_from_the_data():
+    """A case or a folder name holding escape sequences cannot retitle or clear the terminal,
+    or colour text, when printed; rich's own colours still reach it."""
+    import io
+
+    from rich.text import Text
+
+    from desktop.cli.terminal import SafeConsole
+    from desktop.cli.text import printable
+
+    hostile = "A woman \x1b]0;PWNED\x07\x1b[2J\x1b[31mER\u202epositive\x9b1m\tnode\n"
+    assert printable(hostile) == ("A woman \ufffd]0;PWNED\ufffd\ufffd[2J\ufffd[31mER\ufffd"
+                                  "positive\ufffd1m\tnode\n")
+    out = io.StringIO()
+    console = SafeConsole(file=out, force_terminal=True, color_system="truecolor", width=200)
+    console.print(Text(hostile, style="bold"))
+    written = out.getvalue()
+    assert "\x07" not in written and "\x1b]" not in written and "\x1b[2J" not in written
+    assert "\x1b[31m" not in written and "\u202e" not in written and "\x9b" not in written
+    assert "\x1b[1m" in written  # rich's own bold
+
+
+def test_an_error_naming_a_hostile_path_prints_no_escape(tmp_path, capsys):
+    from desktop.cli import main
+
+    assert main(["explain", "--case-file", str(tmp_path / "missing\x1b]0;x\x07.txt")]) != 0
+    err = capsys.readouterr().err
+    assert "missing" in err and "\x1b" not in err and "\x07" not in err

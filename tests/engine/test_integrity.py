@@ -198,6 +198,11 @@ def test_a_record_that_cannot_be_saved_is_a_failure_and_the_batch_goes_on(loaded
      '"fields" must be an object'),
     ("no-id.csv", "case,text\nc1,ER positive\n", "no 'id' column"),
     ("long-field.csv", 'id,text\nc1,"' + "ER positive " * 100_000 + '"\n', "at most 1,000,000"),
+    ("huge-id.jsonl", '{"id": ' + "9" * 5000 + ', "text": "ER positive"}\n', "not valid JSON"),
+    ("null-id.jsonl", '{"id": null, "text": "ER positive"}\n', "not NoneType"),
+    ("object-id.jsonl", '{"id": {"a": 1}, "text": "ER positive"}\n', "not dict"),
+    ("nan-field.jsonl", '{"id": "a", "text": "ER positive", "fields": {"age": NaN}}\n',
+     "finite numbers"),
 ])
 def test_hostile_case_lists_get_one_clear_message(tmp_path, name, content, message):
     from engine.cases import load_cases
@@ -254,6 +259,12 @@ HOSTILE_RECORDS = [  # (what was altered, the change, what the one line says)
      "method setting is a list"),
     ("a field name that is a number", _set(("attribution", "per_field"), {"ER": "x"}),
      "expected a number"),
+    ("a time of 400 digits", _set(("timings", "load_s"), 10**400), "too large"),
+    ("an infinite time", _set(("timings", "generate_s"), float("inf")), "timing"),
+    ("a memory peak of NaN", _set(("hardware", "peak_rss_mb"), float("nan")), "peak memory"),
+    ("a negative memory peak", _set(("hardware", "peak_rss_mb"), -5.0), "peak memory"),
+    ("an infinite completeness error", _set(("attribution", "completeness_error"),
+                                            float("inf")), "completeness error"),
 ]
 
 
@@ -281,6 +292,8 @@ RELIABILITY = {"verdict": "strong", "summary": "Trustworthy here: ...", "compreh
     ("random_sufficiency", float("nan"), "not a finite number"),
     ("rank_correlation", 7.0, "out of its range"),
     ("random_draws", 0, "out of its range"),
+    ("random_draws", 10**30, "out of its range"),
+    ("seconds", float("inf"), "out of its range"),
     ("seconds", -1.0, "out of its range"),
     ("precision", "int4", "unknown reliability precision"),
     ("precision", 5, "expected text, got an integer"),
@@ -401,3 +414,81 @@ def test_a_full_disk_gives_one_line_exit_6_and_keeps_the_old_file(tiny_model_fol
     assert "full/r.pdf" in lines[1] and "disk full" in lines[1]
     assert sum("not saved" in line for line in lines[2:]) == 2  # each case, then the summary
     assert "failures.json: No space left on device" in lines[-1]
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ('{"schema_version": 1, "x": ' + "[" * 200_000 + "]" * 200_000 + "}", "nested too deeply"),
+    ('{"schema_version": 1, "x": ' + "9" * 5000 + "}", "invalid JSON"),
+])
+def test_json_no_parser_can_hold_gets_one_line(tmp_path, content, message):
+    """Nesting deeper than Python's stack, or an integer of thousands of digits: one clear
+    line from every reader of a user's JSON (an explanation, a session, a fields file)."""
+    from desktop.session import load_session
+    from engine.cases import read_fields
+
+    with pytest.raises(InvalidInputError, match=message):
+        Explanation.from_json(content)
+    path = tmp_path / "hostile.json"
+    path.write_text(content)
+    for read in (Explanation.load, load_session, read_fields):
+        with pytest.raises(InvalidInputError):
+            read(path)
+
+
+def test_a_fields_file_with_a_byte_order_mark_or_bad_values(tmp_path):
+    from engine.cases import read_fields
+
+    path = tmp_path / "fields.json"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"age": 52}')
+    assert read_fields(path) == {"age": 52}
+    for bad in ('{"age": NaN}', '{"age": Infinity}', '{"age": [52]}', '{"age": {"y": 1}}'):
+        path.write_text(bad)
+        with pytest.raises(InvalidInputError, match="finite number"):
+            read_fields(path)
+
+
+@pytest.mark.parametrize("where", ["case", "target", "system"])
+def test_text_that_is_not_unicode_is_refused_before_the_model_loads(where):
+    broken = "A woman \udcff with a mass"  # what bytes that are not UTF-8 become in argv
+    settings = {"case": {"case_text": broken}, "target": {"case_text": CASE, "target": broken},
+                "system": {"case_text": CASE, "system_prompt": broken}}[where]
+    with pytest.raises(InvalidInputError, match="not valid Unicode"):
+        ExplainRequest(**settings).validate()
+
+
+def test_an_output_never_replaces_a_pipe_or_device(tmp_path, loaded):
+    import os
+    import stat
+
+    from engine.errors import OutputError
+    from engine.record import check_writable, write_text_atomic
+
+    fifo = tmp_path / "out.json"
+    os.mkfifo(fifo)
+    with pytest.raises(OutputError, match="device, pipe or socket"):
+        check_writable(fifo)
+    with pytest.raises(OutputError, match="device, pipe or socket"):
+        write_text_atomic(fifo, "{}")
+    with pytest.raises(OutputError, match="device, pipe or socket"):
+        _record(loaded).save(fifo)
+    assert stat.S_ISFIFO(fifo.stat().st_mode)  # still the pipe it was
+
+
+def test_a_config_far_bigger_than_its_weights_is_refused_before_allocating(tiny_model_folder,
+                                                                         tmp_path):
+    """transformers would allocate every missing weight first: gigabytes for a config.json of
+    a few lines. The folder is refused from the files' headers and a meta-device layout."""
+    folder = tmp_path / "big"
+    shutil.copytree(tiny_model_folder, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(hidden_size=4096, intermediate_size=16384, num_hidden_layers=64,
+                  num_attention_heads=32, num_key_value_heads=32, head_dim=128)
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="asks for") as caught:
+        load_model(ModelRequest(str(folder)))
+    needed = int(re.search(r"asks for ([\d,]+)", str(caught.value))[1].replace(",", ""))
+    assert needed > 10**10  # about 40 GB in float32, never allocated
+    config["num_hidden_layers"] = 10**9
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="layers; refused"):
+        load_model(ModelRequest(str(folder)))
