@@ -130,6 +130,9 @@ def read_case(text: str | None, case_file: Path | None) -> str:
             raise InvalidInputError(f"case file not found: {case_file}") from None
         except OSError as exc:
             raise InvalidInputError(f"cannot read {case_file}: {exc.strerror}") from None
+        if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+            raise InvalidInputError(f"{case_file} is UTF-16 text (as some Windows editors save "
+                                    "it); save the case as UTF-8 plain text")
         if b"\x00" in data:
             raise InvalidInputError(f"{case_file} looks binary (it contains NUL bytes); give a "
                                     "plain-text case")

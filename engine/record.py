@@ -357,15 +357,22 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def check_writable(path: Path, what: str = "output") -> None:
-    """Fail now, before any compute, if ``path`` (a file to be written) cannot be written:
-    its folder is made if missing and a scratch file is created and removed there."""
+    """Fail now, before any compute, if ``path`` (a file to be written) cannot be written: a
+    scratch file is created and removed in its folder, or, where that folder does not exist
+    yet, in the nearest one that does. Nothing is made here: the writer makes the missing
+    folders when it writes, so a run that fails leaves none behind."""
     path = Path(path)
     try:
         if path.is_dir():
             raise OutputError(f"the {what} {path} is a folder; give a file name")
         _refuse_special(path, what)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, scratch = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".check")
+        folder = path.absolute().parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            raise OutputError(f"cannot write the {what} {path}: {folder} is a file, not a "
+                              "folder")
+        fd, scratch = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".check")
         os.close(fd)
         os.unlink(scratch)
     except OSError as exc:

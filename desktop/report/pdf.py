@@ -192,6 +192,10 @@ def write_pdf(record: Explanation, path: str | os.PathLike[str],
 
     target = Path(path)
     check_writable(target, "report")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot write the report {target}: {exc.strerror or exc}") from None
     tmp = target.with_name(f".{target.name}.partial")
     writer = QPdfWriter(str(tmp))
     writer.setResolution(300)

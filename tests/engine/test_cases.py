@@ -51,3 +51,14 @@ def test_bad_case_files(tmp_path, name, content, message):
         load_cases(path)
     with pytest.raises(InvalidInputError, match="case file not found"):
         load_cases(tmp_path / "missing.jsonl")
+
+
+def test_a_utf16_case_file_is_named_as_such(tmp_path):
+    from engine.cases import read_case
+
+    for encoding in ("utf-16", "utf-16-be"):
+        path = tmp_path / f"{encoding}.txt"
+        path.write_bytes(("\ufeff" if encoding.endswith("be") else "").encode(encoding)
+                         + "A 52-year-old woman, ER positive.".encode(encoding))
+        with pytest.raises(InvalidInputError, match=r"UTF-16 text.*save the case as UTF-8"):
+            read_case(None, path)

@@ -173,6 +173,14 @@ def test_unwritable_outputs_fail_before_any_compute_with_exit_6(tmp_path, capsys
     code = main(["evaluate", "--cases", str(cases), "--json", str(blocker / "e.json"),
                  "--model", str(tmp_path / "not-there"), "--quiet"])
     assert code == 6 and "evaluation output" in capsys.readouterr().err
+    # A run that fails (here: no such model) leaves no folder made for its outputs behind.
+    for option, name in (("--json", "r.json"), ("--pdf", "r.pdf")):
+        code = main(["explain", CASE, option, str(tmp_path / "new" / "a" / name), "--model",
+                     str(tmp_path / "not-there"), "--quiet"])
+        assert code == 3 and not (tmp_path / "new").exists()
+    code = main(["batch", "--cases", str(cases), "--out", str(tmp_path / "new" / "out"),
+                 "--model", str(tmp_path / "not-there"), "--quiet"])
+    assert code == 3 and not (tmp_path / "new").exists()
 
 
 def test_a_record_that_cannot_be_saved_is_a_failure_and_the_batch_goes_on(loaded, tmp_path):
