@@ -51,7 +51,7 @@ def measure(program: Path, scratch: Path) -> dict[str, float]:
     home.mkdir(parents=True)
     shot = scratch / "window.png"
     explain = [str(program), "explain", "--case-file", str(CASE), "--max-new-tokens", "8",
-               "--steps", "4", "--no-matrix", "--quiet"]
+               "--no-matrix", "--quiet"]
     return {
         "version": _timed([str(program), "--version"], cache, home),
         "methods": _timed([str(program), "methods"], cache, home),

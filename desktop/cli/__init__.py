@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--markdown", type=Path, metavar="OUT",
                           help="write the summary as a Markdown table")
     evaluate.add_argument("--plot", type=Path, metavar="PNG",
-                          help="the pi-curve plot (default: beside the JSON or CSV)")
+                          help="the pi-curve plot (default: beside the JSON or CSV; none "
+                               "with --no-soft)")
     evaluate.add_argument("--option", action="append", default=[], type=_option,
                           metavar="METHOD.KEY=VALUE",
                           help="a method's setting, e.g. heta.samples=2; repeatable")
@@ -318,12 +319,15 @@ def run_batch_command(args: argparse.Namespace) -> int:
 
 def run_evaluate_command(args: argparse.Namespace) -> int:
     from desktop.cli.terminal import RichTaskState, render_evaluation
-    from engine.errors import Cancelled
+    from engine.errors import Cancelled, InvalidSettingsError
     from engine.evaluation import EvaluationSettings
     from engine.jobs.evaluate import EvaluateSettings, parse_method_options, run_evaluation
     from engine.metrics import MetricSettings
     from engine.prompting import DEFAULT_SYSTEM_PROMPT
 
+    if args.plot is not None and args.no_soft:
+        raise InvalidSettingsError("--plot draws the pi-Soft curves, which --no-soft skips: "
+                                   "drop one of them")
     settings = EvaluateSettings(
         cases_file=args.cases, json=args.json, csv=args.csv, markdown=args.markdown,
         limit=args.limit, evaluation=EvaluationSettings(
@@ -390,6 +394,7 @@ def _request(args: argparse.Namespace, case: str):
     from engine.explain import ExplainRequest
     from engine.prompting import DEFAULT_SYSTEM_PROMPT
 
+    _refuse_settings_the_method_lacks(args)
     return ExplainRequest(
         case_text=case, method=args.method, steps=args.steps,
         max_new_tokens=args.max_new_tokens, target=args.target, baseline=args.baseline,
@@ -397,6 +402,21 @@ def _request(args: argparse.Namespace, case: str):
         system_prompt=DEFAULT_SYSTEM_PROMPT if args.system is None else args.system,
         matrix=not args.no_matrix, batch_size=args.batch_size,
         options=tuple((key.replace("-", "_"), value) for key, value in args.option))
+
+
+def _refuse_settings_the_method_lacks(args: argparse.Namespace) -> None:
+    """``--steps 32`` with a method that has no steps is a mistake to name, not to ignore."""
+    from engine.errors import InvalidSettingsError
+    from engine.methods import METHODS, get_method
+
+    taken = get_method(args.method).defaults()
+    given = (("--steps", "steps", args.steps is not None),
+             ("--batch-size", "batch_size", args.batch_size is not None),
+             ("--baseline", "baseline", args.baseline != "pad"))
+    for flag, key, present in given:
+        if present and key not in taken:
+            takers = ", ".join(name for name, spec in METHODS.items() if key in spec.defaults())
+            raise InvalidSettingsError(f"{args.method} takes no {flag}; it applies to {takers}")
 
 
 def _stderr(line: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -17,6 +19,9 @@ from PySide6.QtWidgets import (
 from engine.defaults import DEFAULT_METHOD
 from engine.explain import ExplainRequest
 from engine.prompting import DEFAULT_SYSTEM_PROMPT
+
+# Between options: spaces, or a comma before the next key= (not a comma inside a value).
+OPTION_SEPARATOR = re.compile(r"\s+|,(?=\s*[A-Za-z_][\w-]*\s*=)")
 
 
 class SettingsPanel(QWidget):
@@ -123,9 +128,10 @@ class SettingsPanel(QWidget):
                                            for p in own) or "This method has no options.")
 
     def option_pairs(self) -> tuple[tuple[str, str], ...]:
-        """``key=value`` pairs typed in the options field (spaces or commas between them)."""
+        """``key=value`` pairs typed in the options field, with spaces or commas between them;
+        a comma inside a value stays (``layers=-1,-2``)."""
         pairs = []
-        for item in self.options.text().replace(",", " ").split():
+        for item in filter(None, OPTION_SEPARATOR.split(self.options.text())):
             key, _, value = item.partition("=")
             pairs.append((key.strip().replace("-", "_"), value.strip()))
         return tuple(pairs)

@@ -328,7 +328,8 @@ def information_flow(
     if stop_tokens:
         pieces = [tokenizer.decode([int(i)]) for i in ids.tolist()]
         stops = torch.tensor([is_stop_token(p) for p in pieces], device=device)
-        stops[:n] &= problem.attributable  # template tokens keep their scores
+        # Template tokens too, as the package does given the same ids: a blank line of the
+        # chat template gets no share, so the case's shares are the package's.
         keep[stops] = 0.0
         # The package reads each sink's stop flag from the answer token at the sink position.
         span_tokens = torch.arange(n + first, n + last + 1, device=device)

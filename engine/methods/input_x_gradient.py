@@ -78,8 +78,8 @@ def _cost(size: Size, params: dict[str, Any]) -> Cost:
 
 SPEC = MethodSpec(
     name="input-x-gradient",
-    description="Input x gradient on the embeddings: one forward and one backward "
-                "(Captum's LayerGradientXActivation with the zero baseline)",
+    description="Input x gradient on the embeddings, (e - b) . gradient: one forward and "
+                "one backward (with baseline=zero, Captum's LayerGradientXActivation)",
     params=(
         Param("baseline", "pad", "pad (pad, else eos embedding), zero, or token:ID"),
         Param("matrix", False, "also compute the per-answer-token matrix"),

@@ -30,7 +30,7 @@ def test_batch_writes_every_file_and_skips_a_bad_case(tiny_model_folder, tmp_pat
     _write_cases(cases, [*GOOD, "ER positive , " * 200])  # the last is too long for the model
     out = tmp_path / "out"
     code = main(["batch", "--cases", str(cases), "--out", str(out), "--model",
-                 str(tiny_model_folder), "--max-new-tokens", "3", "--steps", "2", "--pdf",
+                 str(tiny_model_folder), "--max-new-tokens", "3", "--pdf",
                  "--quiet"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -99,7 +99,7 @@ def test_batch_from_fields_reports_per_field(tiny_model_folder, tmp_path, capsys
                 "age": 50 + k, "er": "positive", "her2": her2}}) + "\n")
     out = tmp_path / "out"
     assert main(["batch", "--cases", str(cases), "--out", str(out), "--from-fields", "--model",
-                 str(tiny_model_folder), "--target", "endocrine therapy", "--steps", "2",
+                 str(tiny_model_folder), "--target", "endocrine therapy",
                  "--quiet"]) == 0
     record = json.loads((out / "records" / f"{safe_name('f1')}.json").read_text())
     assert set(record["attribution"]["per_field"]) == {"age", "er", "her2"}
@@ -113,5 +113,5 @@ def test_explain_fields_file(tiny_model_folder, tmp_path, capsys):
     fields = tmp_path / "fields.json"
     fields.write_text(json.dumps({"age": 61, "er": "positive", "her2": "negative"}))
     assert main(["explain", "--fields-file", str(fields), "--model", str(tiny_model_folder),
-                 "--target", "endocrine therapy", "--steps", "2", "--quiet"]) == 0
+                 "--target", "endocrine therapy", "--quiet"]) == 0
     assert "Attribution per clinical field" in capsys.readouterr().out

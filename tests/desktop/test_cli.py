@@ -12,7 +12,7 @@ import pytest
 
 from desktop.cli import main
 
-TARGET = ["--target", "endocrine therapy", "--steps", "2", "--quiet"]
+TARGET = ["--target", "endocrine therapy", "--quiet"]
 
 
 @pytest.fixture
@@ -45,7 +45,15 @@ CASES = [
     (["explain", "ER positive", "--max-new-tokens", "-3"], 2, "must be at least 1, got -3"),
     (["explain", "ER positive", "--steps", "many"], 2, "expected a whole number, got 'many'"),
     (["explain", "ER positive", "--method", "shap"], 2, "unknown method 'shap'; choose one of"),
-    (["explain", "ER positive", "--baseline", "mask"], 2, "unknown baseline 'mask'"),
+    (["explain", "ER positive", "--method", "ig", "--baseline", "mask"], 2,
+     "unknown baseline 'mask'"),
+    # A shared setting the method does not take is named, not silently dropped.
+    (["explain", "ER positive", "--steps", "32"], 2,
+     "ifr takes no --steps; it applies to ig, dig, udig, sig, ca-lig"),
+    (["explain", "ER positive", "--method", "grad-ellm", "--baseline", "zero"], 2,
+     "grad-ellm takes no --baseline; it applies to ig,"),
+    (["batch", "--cases", "{missing}", "--out", "{missing}", "--batch-size", "4"], 2,
+     "ifr takes no --batch-size"),
     (["explain", "ER positive", "--target", " "], 2, "forced answer (--target) is empty"),
     (["explain", "ER positive", "--model", "{missing}"], 3, "model not found"),
     (["explain", "ER positive", "--model", "{empty_dir}"], 3, "has no config.json"),
@@ -56,6 +64,8 @@ CASES = [
      "the id must be an integer from 0 to"),
     (["explain", "ER positive " * 200, "--model", "{folder}"], 4,
      "more than this model's context of 256 tokens"),
+    (["evaluate", "--cases", "{missing}", "--json", "{missing}", "--no-soft", "--plot", "p.png"],
+     2, "--plot draws the pi-Soft curves, which --no-soft skips"),
     (["frobnicate"], 2, "invalid choice: 'frobnicate'"),
     (["explain", "ER positive", "--reliability", "--check-precision", "int8"], 2,
      "invalid choice: 'int8'"),

@@ -409,7 +409,11 @@ def test_method_picker_shows_defaults_options_and_runs_the_method(ready_window, 
     assert "unknown" not in panel.estimate.text()  # the mode is checked when the run starts
     panel.options.setText("depth=3")
     assert "has no option 'depth'" in panel.estimate.text()
+    panel.options.setText("mode=exact,layers=-1,-2")  # a comma inside a value stays
+    assert panel.option_pairs() == (("mode", "exact"), ("layers", "-1,-2"))
+    assert panel.estimate.text().startswith("about")
     panel.options.setText("mode=exact, layers=all")
+    assert panel.option_pairs() == (("mode", "exact"), ("layers", "all"))
     assert panel.estimate.text().startswith("about")
     panel.max_new_tokens.setValue(3)
     with qtbot.waitSignal(window.explanation_shown, timeout=60_000):

@@ -51,7 +51,7 @@ def test_long_case_paginates_and_draws_the_highlight_colours(tmp_path):
 def test_explain_pdf_from_the_command_line(tiny_model_folder, tmp_path, capsys):
     out = tmp_path / "r.pdf"
     code = main(["explain", "52 year old woman , ER positive , HER2 negative .", "--model",
-                 str(tiny_model_folder), "--target", "endocrine therapy", "--steps", "2",
+                 str(tiny_model_folder), "--target", "endocrine therapy",
                  "--quiet", "--pdf", str(out)])
     assert code == 0, capsys.readouterr().err
     text = " ".join(" ".join(p.extract_text() for p in PdfReader(out).pages).split())

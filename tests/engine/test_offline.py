@@ -65,7 +65,7 @@ def test_explanation_runs_with_no_network(tiny_model_folder, tmp_path):
     out = tmp_path / "record.json"
     command = [sys.executable, "-m", "desktop.cli", "explain", "ER positive , HER2 negative .",
                "--model", str(tiny_model_folder), "--target", "endocrine therapy",
-               "--steps", "4", "--json", str(out), "--quiet"]
+               "--json", str(out), "--quiet"]
     isolated = _unshare_works()
     if isolated:
         command = ["unshare", "-rn", *command]

@@ -63,7 +63,7 @@ def test_bundle_explains_a_case_offline(bundle, tmp_path):
     record, report = tmp_path / "record.json", tmp_path / "report.pdf"
     done = offline([program, "explain", "--case-file",
                     str(ROOT / "resources" / "cases" / "demo_case.txt"), "--max-new-tokens", "6",
-                    "--steps", "4", "--no-matrix", "--quiet", "--json", str(record),
+                    "--no-matrix", "--quiet", "--json", str(record),
                     "--pdf", str(report)], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     data = json.loads(record.read_text())
