@@ -24,8 +24,8 @@ Sink positions (``sink``): ``answer`` (the package's) puts the sink on the answe
 own positions (position n + t holds y_t); ``predicting`` (our variant) puts it on the positions
 whose outputs predict the answer tokens (n - 1 + t, where F_t = log p(y_t | x, y_<t) is read).
 
-Equal to the ``flashtrace`` package on the same ids (tests: tiny Llama and Qwen2). Differences,
-on purpose:
+Equal to the ``flashtrace`` package on the same ids, chat template included: its stop-token
+filter covers the template's tokens too (tests: tiny Llama and Qwen2). Differences, on purpose:
 
 - Fused with the answer: keys and values come from the model's key/value cache, and after
   generation the prompt's part of it is the cache generation left (``prompt_cache``), so only the
