@@ -13,6 +13,7 @@ import torch
 
 from engine.errors import InvalidSettingsError
 from engine.methods.base import cache_keyword, cancellable
+from engine.prompting import stable_prefix
 from engine.task import TaskState
 
 # End-of-turn markers of common chat templates, used when present in the vocabulary.
@@ -47,7 +48,8 @@ class _Streamer:
             return
         for token_id in value.reshape(-1).tolist():
             self.ids.append(int(token_id))
-            text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+            # A character still missing bytes waits for the token that completes it.
+            text = stable_prefix(self.tokenizer.decode(self.ids, skip_special_tokens=True))
             piece, self.text = text[len(self.text):], text
             self.state.token_generated(int(token_id), piece)
 

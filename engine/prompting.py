@@ -167,11 +167,33 @@ def _bounded(seconds: float, budget: int, state: TaskState) -> Iterator[list[str
 
 
 def answer_pieces(tokenizer: Any, ids: list[int]) -> tuple[str, tuple[str, ...]]:
-    """Decode ``ids`` and split the text into one piece per token (pieces join to the text)."""
+    """Decode ``ids`` and split the text into one piece per token; the pieces join to the text.
+
+    A character whose bytes span several tokens (byte-level BPE: "≈" can be three) belongs to
+    the token that completes it, and the tokens before it get "" (a prefix decodes to U+FFFD
+    there). A tokenizer whose prefixes do not decode to prefixes of the text (space clean-up)
+    gives each token what it adds to the longest common prefix, so the pieces still join.
+    """
+    text = tokenizer.decode(ids, skip_special_tokens=False)
     pieces: list[str] = []
-    previous = ""
-    for k in range(1, len(ids) + 1):
-        current = tokenizer.decode(ids[:k], skip_special_tokens=False)
-        pieces.append(current[len(previous):] if current.startswith(previous) else current)
-        previous = current
-    return previous, tuple(pieces)
+    done = 0  # characters of ``text`` given out so far
+    for k in range(1, len(ids)):
+        prefix = stable_prefix(tokenizer.decode(ids[:k], skip_special_tokens=False))
+        reach = max(done, common_prefix_length(prefix, text))
+        pieces.append(text[done:reach])
+        done = reach
+    if ids:
+        pieces.append(text[done:])
+    return text, tuple(pieces)
+
+
+def stable_prefix(decoded: str) -> str:
+    """``decoded`` without a trailing U+FFFD: the bytes of a character not yet complete."""
+    return decoded.rstrip("\ufffd")
+
+
+def common_prefix_length(a: str, b: str) -> int:
+    length = min(len(a), len(b))
+    if a[:length] == b[:length]:
+        return length
+    return next(i for i in range(length) if a[i] != b[i])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from tiny import CASE
 
 from engine.errors import InvalidInputError
@@ -51,6 +52,55 @@ def test_answer_pieces_join_to_the_text(tiny_tokenizer):
     text, pieces = answer_pieces(tiny_tokenizer, ids)
     assert "".join(pieces) == text
     assert len(pieces) == len(ids) == 5
+
+
+def _byte_tokenizer():
+    """Byte-level BPE without merges: every UTF-8 byte is its own token, so "≈" is three."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    backend = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(sorted(alphabet))},
+                                   merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=backend)
+
+
+def test_answer_pieces_keep_a_character_split_over_tokens_whole():
+    tokenizer = _byte_tokenizer()
+    answer = "Ki-67 ≈ 20 %, BP ≥ 140 🙂"
+    ids = tokenizer.encode(answer, add_special_tokens=False)
+    assert len(ids) == len(answer.encode("utf-8"))  # the case this test is about
+    text, pieces = answer_pieces(tokenizer, ids)
+    assert text == answer and "".join(pieces) == answer and len(pieces) == len(ids)
+    assert "\ufffd" not in "".join(pieces)
+    start = len("Ki-67 ")
+    assert pieces[start:start + 3] == ("", "", "≈")  # the token that completes it holds it
+    emoji = len("🙂".encode("utf-8"))
+    assert pieces[-emoji:] == ("",) * (emoji - 1) + ("🙂",)
+
+
+def test_streamed_pieces_wait_for_a_whole_character():
+    from engine.generation import _Streamer
+    from engine.task import TaskState
+
+    class Collect(TaskState):
+        def __init__(self):
+            super().__init__()
+            self.pieces = []
+
+        def token_generated(self, token_id, text):
+            self.pieces.append(text)
+
+    tokenizer = _byte_tokenizer()
+    state = Collect()
+    streamer = _Streamer(tokenizer, state)
+    streamer.put(torch.tensor([[0]]))  # the prompt
+    answer = "T1c ≤ 2 cm"
+    for token_id in tokenizer.encode(answer, add_special_tokens=False):
+        streamer.put(torch.tensor([token_id]))
+    assert "".join(state.pieces) == answer and "\ufffd" not in "".join(state.pieces)
 
 
 def test_template_that_rewrites_the_case_is_reported(tiny_tokenizer):
