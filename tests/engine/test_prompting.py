@@ -77,7 +77,7 @@ def test_answer_pieces_keep_a_character_split_over_tokens_whole():
     assert "\ufffd" not in "".join(pieces)
     start = len("Ki-67 ")
     assert pieces[start:start + 3] == ("", "", "≈")  # the token that completes it holds it
-    emoji = len("🙂".encode("utf-8"))
+    emoji = len("🙂".encode())
     assert pieces[-emoji:] == ("",) * (emoji - 1) + ("🙂",)
 
 
