@@ -63,13 +63,13 @@ from typing import Any
 import torch
 
 from engine.defaults import CHECK_PERCENTS, PERCENTS
-from engine.errors import InvalidInputError, TokenTraceError
+from engine.errors import InvalidInputError, InvalidSettingsError, TokenTraceError
 from engine.methods import METHODS, AttributionInput, get_method, second_opinion
 from engine.metrics import deletion_aopc, random_scores
 from engine.precision import scoring_model
 from engine.record import Explanation, Reliability, is_check_levels
 from engine.task import Silent, TaskState
-from engine.verdict import close_call, summary_of, verdict_of
+from engine.verdict import close_call, not_checkable, summary_of, verdict_of
 
 
 def check_usable(record: Explanation, model: Any) -> None:
@@ -150,6 +150,9 @@ def check_reliability(model: Any, tokenizer: Any, record: Explanation, *, pairs:
                          f"as integers (got {percents})")
     state = state or TaskState()
     start = time.perf_counter()
+    reason = not_checkable(record.method.params)
+    if reason:
+        raise InvalidSettingsError(reason)
     check_usable(record, model)
     device = next(model.parameters()).device
     problem = problem_of(record, device)

@@ -88,3 +88,16 @@ def summary_of(comp: float, chance_comp: float, suff: float, chance_suff: float,
         verdict_of(comp, chance_comp, suff, chance_suff, rho)]
     return (f"{lead}: {removal}; {keeping}; it {agreement} with {second} "
             f"(rank correlation {rho:.2f}).")
+
+
+def not_checkable(params: dict) -> str | None:
+    """Why an explanation made with these method parameters cannot be checked, or None.
+
+    The check deletes words and watches the whole answer's probability, and compares with a
+    second method's explanation of the whole answer: an explanation of a few answer tokens
+    (``span``) would be judged on what it does not claim to explain."""
+    span = str(params.get("span", "all")).strip().lower()
+    if span != "all":
+        return (f"the reliability check judges explanations of the whole answer; this one "
+                f"explains answer tokens {span} only (span={span})")
+    return None

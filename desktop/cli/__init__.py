@@ -246,6 +246,13 @@ def run_explain(args: argparse.Namespace) -> int:
     case, spans = read_any_case(args.text, args.case_file, args.fields_file)
     request = replace(_request(args, case), fields=spans)
     request.validate()  # bad settings fail before a model is loaded
+    if args.reliability:
+        from engine.errors import InvalidSettingsError
+        from engine.verdict import not_checkable
+
+        reason = not_checkable(request.method_params())
+        if reason:
+            raise InvalidSettingsError(f"{reason}: drop --reliability or the span")
     from engine.record import check_writable
 
     for path, what in ((args.json, "record"), (args.pdf, "report")):

@@ -53,6 +53,7 @@ from engine.explain import ExplainRequest
 from engine.models import ModelRequest
 from engine.record import Explanation
 from engine.task import STAGES
+from engine.verdict import not_checkable
 
 CLOSE_WAIT_MS = 2000  # how long a running step may take to stop before a closed window hides
 
@@ -429,8 +430,11 @@ class MainWindow(QMainWindow):
         if record is None:
             return False
         if self.settings_panel.reliability.isChecked() and record.reliability is None:
-            self.check_reliability()
-            return True
+            reason = not_checkable(record.method.params)
+            if reason is None:
+                self.check_reliability()
+                return True
+            self.badge.show_pending(f"Not checked: {reason}.")
         if self.settings_panel.claims.isChecked() and record.claims is None:
             self.find_claims()
             return True

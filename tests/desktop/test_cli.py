@@ -66,6 +66,8 @@ CASES = [
      "more than this model's context of 256 tokens"),
     (["evaluate", "--cases", "{missing}", "--json", "{missing}", "--no-soft", "--plot", "p.png"],
      2, "--plot draws the pi-Soft curves, which --no-soft skips"),
+    (["explain", "ER positive", "--reliability", "--option", "span=0:1"], 2,
+     "judges explanations of the whole answer; this one explains answer tokens 0:1 only"),
     (["frobnicate"], 2, "invalid choice: 'frobnicate'"),
     (["explain", "ER positive", "--reliability", "--check-precision", "int8"], 2,
      "invalid choice: 'int8'"),

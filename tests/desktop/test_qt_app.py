@@ -427,6 +427,20 @@ def test_method_picker_shows_defaults_options_and_runs_the_method(ready_window, 
     assert "long run" in panel.estimate.text()
 
 
+def test_an_explanation_of_a_span_says_it_is_not_checked(ready_window, qtbot):
+    window = ready_window
+    window.settings_panel.claims.setChecked(False)
+    _use(window, "ifr")
+    window.settings_panel.options.setText("span=0:0")
+    try:
+        _explain(window, qtbot, method="ifr")
+        assert window.record.reliability is None and window.badge.isVisible()
+        assert "Not checked: the reliability check judges explanations of the whole answer" \
+            in window.badge.text()
+    finally:
+        window.settings_panel.options.setText("")
+
+
 def test_reliability_badge_follows_an_explanation(ready_window, qtbot, tmp_path):
     window = ready_window
     assert window.settings_panel.reliability.isChecked()  # on by default

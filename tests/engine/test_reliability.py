@@ -10,7 +10,7 @@ from tiny import CASE
 
 from engine import verdict
 from engine.defaults import CHECK_PERCENTS
-from engine.errors import Cancelled
+from engine.errors import Cancelled, InvalidSettingsError
 from engine.explain import ExplainRequest, explain
 from engine.methods import get_method
 from engine.methods.base import parse_baseline
@@ -174,6 +174,15 @@ def test_check_reports_its_three_parts_in_order(loaded):
     check_reliability(loaded.model, loaded.tokenizer, record, state=heard)
     # The parts' own progress (the second method's, the prompts') would jump the bar about.
     assert heard.reports == [("reliability", done, 3) for done in range(4)]
+
+
+def test_an_explanation_of_a_span_is_not_checked(loaded):
+    # The check watches the whole answer: it would judge a span's explanation on tokens it
+    # does not claim to explain.
+    record = explain(ExplainRequest(CASE, target="recommend surgery",
+                                    options=(("span", "1:1"),)), loaded)
+    with pytest.raises(InvalidSettingsError, match="explains answer tokens 1:1 only"):
+        check_reliability(loaded.model, loaded.tokenizer, record)
 
 
 def test_check_cancels(loaded):
