@@ -258,7 +258,10 @@ class Explanation:
             except ValueError as exc:
                 raise InvalidInputError(f"not a valid explanation file ({exc})") from None
             data = {**data, "reliability": to_plain(judged)}
-        return from_plain(cls, data)
+        record = from_plain(cls, data)
+        if record.claims is not None:  # each flag as its own support and threshold say
+            record = dataclasses.replace(record, claims=_flagged(record.claims))
+        return record
 
     @classmethod
     def from_json(cls, text: str) -> Explanation:
@@ -287,7 +290,19 @@ def _check_ids(what: str, ids: tuple[int, ...]) -> None:
         raise ValueError(f"a {what} token id is negative")
 
 
+def _flagged(claims: Claims) -> Claims:
+    """An opened file's claims with "grounded" worked out again from each claim's support and
+    the file's threshold, as the reliability verdict is: a file edited to say a claim rests on
+    the case reads as its figures do."""
+    return dataclasses.replace(claims, claims=tuple(
+        dataclasses.replace(claim, grounded=claim.support >= claims.threshold)
+        for claim in claims.claims))
+
+
 def _check_claims(claims: Claims, case_chars: int, answer_tokens: int) -> None:
+    if not (math.isfinite(claims.threshold) and claims.threshold > 0
+            and math.isfinite(claims.seconds) and claims.seconds >= 0):
+        raise ValueError("the claims' threshold or time is not a finite positive number")
     sentences = len(claims.sentences)
     for start, end in claims.sentences:
         if not 0 <= start < end <= case_chars:

@@ -135,6 +135,27 @@ def test_claims_with_spans_beyond_the_case_or_answer_are_refused_on_load(tiny):
     data["claims"]["claims"][0]["tokens"] = [0, 99]
     with pytest.raises(InvalidInputError, match="beyond the answer"):
         Explanation.from_dict(data)
+    for threshold in (float("nan"), float("inf"), -1.0, 0.0):
+        data = replace(record, claims=find_claims(loaded.model, loaded.tokenizer,
+                                                  record)).to_dict()
+        data["claims"]["threshold"] = threshold
+        with pytest.raises(InvalidInputError, match="threshold or time"):
+            Explanation.from_dict(data)
+
+
+def test_an_opened_claim_s_flag_follows_its_support(tiny):
+    # As the reliability verdict: a file edited to say a claim rests on the case (or does
+    # not) reads as its support and threshold say.
+    from dataclasses import replace
+
+    loaded, record = tiny
+    claims = find_claims(loaded.model, loaded.tokenizer, record)
+    data = replace(record, claims=claims).to_dict()
+    for claim in data["claims"]["claims"]:
+        claim["grounded"] = not claim["grounded"]
+    opened = Explanation.from_dict(data).claims
+    assert [c.grounded for c in opened.claims] == [c.grounded for c in claims.claims]
+    assert all(c.grounded == (c.support >= claims.threshold) for c in opened.claims)
 
 
 @pytest.mark.parametrize("method", ["auto", "ifr"])
