@@ -230,3 +230,12 @@ def check_convergence(target_error: float, max_steps: int, least: int) -> None:
         raise InvalidSettingsError(f"target error must be between 0 and 1 (got {target_error})")
     if max_steps < least:
         raise InvalidSettingsError(f"max steps must be at least {least} (got {max_steps})")
+
+
+def path_points(base: torch.Tensor, delta: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
+    """base + alpha * delta [len(alphas), L, d], as Captum forms them: alpha times the
+    difference in at least float32 and rounded once, so that in bfloat16 the points are not
+    moved by rounding alpha itself to 8 bits (nearby nodes would meet)."""
+    work = torch.promote_types(delta.dtype, torch.float32)
+    alpha = alphas.to(delta.device, work).view(-1, 1, 1)
+    return base + (alpha * delta.to(work)).to(delta.dtype)

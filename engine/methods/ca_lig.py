@@ -44,6 +44,7 @@ from engine.methods._paths import (
     endpoint_log_probs,
     gauss_legendre,
     integrate,
+    path_points,
     relative_completeness_error,
 )
 from engine.methods.base import (
@@ -105,7 +106,7 @@ def layer_integrated_gradients(model: Any, emb: EmbeddedProblem, layer: int, ste
     real, base = inputs or block_inputs(model, emb, [layer])[layer]
     block = decoder_layers(model)[layer]
     weights, alphas = gauss_legendre(steps)
-    device, dtype = real.device, real.dtype
+    device = real.device
     acc = accumulation_dtype(device)
     delta = real - base
     delta_acc = delta.to(acc)
@@ -115,7 +116,7 @@ def layer_integrated_gradients(model: Any, emb: EmbeddedProblem, layer: int, ste
             return answer_log_probs(model, emb.real[None], emb.answer_ids)
 
     def points(start: int, stop: int) -> torch.Tensor:
-        return base + alphas[start:stop].to(device, dtype).view(-1, 1, 1) * delta
+        return path_points(base, delta, alphas[start:stop])
 
     def reduce(grad: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         w = weights[start:stop].to(device, acc).view(-1, 1, 1)

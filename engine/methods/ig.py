@@ -45,6 +45,7 @@ from engine.methods._paths import (
     endpoint_log_probs,
     gauss_legendre,
     integrate,
+    path_points,
     refine,
     relative_completeness_error,
 )
@@ -90,14 +91,13 @@ def integrated_gradients(
     check_steps(steps, batch_size)
     emb = embed_problem(model, tokenizer, problem, baseline)
     weights, alphas = gauss_legendre(steps)
-    n, device, dtype = emb.n, emb.real.device, emb.real.dtype
+    n, device = emb.n, emb.real.device
     acc = accumulation_dtype(device)
     delta = emb.delta
     delta_n = delta[:n].to(acc)
 
     def points(start: int, stop: int) -> torch.Tensor:
-        alpha = alphas[start:stop].to(device, dtype).view(-1, 1, 1)
-        return emb.base + alpha * delta
+        return path_points(emb.base, delta, alphas[start:stop])
 
     def reduce(grad: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         # Contract with (e - b) now: keeps memory at [T, n] instead of [T, n, d].
@@ -133,7 +133,7 @@ def converged_integrated_gradients(
     check_convergence(target_error, max_steps, 2 * INITIAL_INTERVALS + 1)
     check_steps(max_steps, batch_size)
     emb = embed_problem(model, tokenizer, problem, baseline)
-    n, device, dtype = emb.n, emb.real.device, emb.real.dtype
+    n, device = emb.n, emb.real.device
     acc = accumulation_dtype(device)
     delta_n = emb.delta[:n].to(acc)
     n_answer = len(emb.answer_ids)
@@ -145,7 +145,7 @@ def converged_integrated_gradients(
         def work(start: int, stop: int) -> None:
             chosen = torch.tensor([alpha for _, alpha in points[start:stop]],
                                   dtype=torch.float64)
-            x = (emb.base + chosen.to(device, dtype).view(-1, 1, 1) * emb.delta)
+            x = path_points(emb.base, emb.delta, chosen)
             x = x.detach().requires_grad_(True)
             f = forward(x)  # [B, T]
             targets = [f[:, t].sum() for t in range(n_answer)] if matrix else [f.sum()]

@@ -237,3 +237,15 @@ def test_bad_convergence_settings(tiny_model, tiny_tokenizer, kwargs, message):
     problem = _problem(tiny_tokenizer, _forced(tiny_tokenizer))
     with pytest.raises(InvalidSettingsError, match=message):
         integrated_gradients(tiny_model, tiny_tokenizer, problem, **kwargs)
+
+
+def test_path_points_in_bfloat16_are_captum_s():
+    # Captum forms baseline + alpha * (input - baseline) with alpha a Python float; rounding
+    # alpha to bfloat16's 8 bits first moved 16% of the values.
+    from engine.methods._paths import path_points
+
+    torch.manual_seed(0)
+    base, real = torch.randn(2, 5, 64, dtype=torch.bfloat16)
+    alphas = torch.rand(200, dtype=torch.float64)
+    captum = torch.stack([base + float(a) * (real - base) for a in alphas])
+    assert torch.equal(path_points(base, real - base, alphas), captum)
