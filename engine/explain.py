@@ -266,6 +266,10 @@ def answer_row(record: Explanation, row: int, loaded: LoadedModel,
     if loaded.info.sha256 != record.model.sha256:
         raise ModelLoadError("this explanation was made with another model; load it to "
                              "explain single answer tokens")
+    if loaded.info.dtype != record.model.dtype:
+        raise ModelLoadError(f"this explanation was made in {record.model.dtype}, the model is "
+                             f"loaded in {loaded.info.dtype}; load it in {record.model.dtype} "
+                             "to explain single answer tokens")
     check_usable(record, loaded.model)
     spec = get_method(record.method.name)
     params = recorded_params(spec, record.method.params)

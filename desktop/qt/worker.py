@@ -163,6 +163,10 @@ class EngineWorker(QObject):
         if self._loaded.info.sha256 != record.model.sha256:
             raise ModelLoadError(f"this explanation was made with another model; load it to "
                                  f"{what}")
+        if self._loaded.info.dtype != record.model.dtype:  # a row in bfloat16 is not its row
+            raise ModelLoadError(f"this explanation was made in {record.model.dtype}, the "
+                                 f"model is loaded in {self._loaded.info.dtype}; load it in "
+                                 f"{record.model.dtype} to {what}")
         return self._loaded
 
     @Slot(int, object)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from tiny import CASE, make_tiny_model, make_tiny_tokenizer
@@ -65,3 +67,7 @@ def test_bad_rows_other_models_and_cancellation(loaded, tmp_path):
     make_tiny_tokenizer().save_pretrained(tmp_path)
     with pytest.raises(ModelLoadError, match="made with another model"):
         answer_row(record, 0, load_model(ModelRequest(str(tmp_path))))
+    # The same weights in another precision would give another row under the record's name.
+    in_float64 = replace(record, model=replace(record.model, dtype="float64"))
+    with pytest.raises(ModelLoadError, match="made in float64, the model is loaded in float32"):
+        answer_row(in_float64, 0, loaded)
