@@ -275,13 +275,16 @@ def answer_row(record: Explanation, row: int, loaded: LoadedModel,
     params = recorded_params(spec, record.method.params)
     if "matrix" in params:
         params["matrix"] = False
-    if "hops" in params:  # a token's row is its own single-sink flow, as in the matrix
+    flow = "hops" in params
+    if flow:  # a token's row is its own single-sink flow, as in the matrix
         params.update(hops=0, span="all")
     device = loaded.device
     n = len(record.prompt.token_ids)
     problem = AttributionInput(
         prompt_ids=torch.tensor([*record.prompt.token_ids, *answer[:row]], device=device),
-        attributable=torch.tensor([*record.prompt.attributable, *[False] * row],
+        # The earlier answer tokens now sit in the prompt. The flow methods count them as
+        # content (normalise=content), as the matrix does; the gradient methods keep them fixed.
+        attributable=torch.tensor([*record.prompt.attributable, *[flow] * row],
                                   device=device),
         answer_ids=torch.tensor(answer[row:row + 1], device=device),
     )

@@ -17,7 +17,8 @@ TARGET = "recommend endocrine therapy"
 QUICK = {"ig": {"steps": 4}, "feature-ablation": {}, "shapley": {"samples": 2},
          "dig": {"steps": 3, "nbrs": 5, "upscale": 0}, "udig": {"steps": 3, "nbrs": 5},
          "sig": {"steps": 2}, "grad-ellm": {"mode": "exact"},
-         "ca-lig": {"steps": 2, "layers": "all"}, "flashtrace": {"hops": 1},
+         "ca-lig": {"steps": 2, "layers": "all"},
+         "flashtrace": {"hops": 1, "normalise": "content"},
          "ifr": {"sink": "predicting"}, "input-x-gradient": {}}
 
 
