@@ -377,8 +377,10 @@ def _common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
 
 
 def _expanded(cache, length: int, batch: int, config):
-    """A fresh cache holding ``cache``'s first ``length`` positions for each of ``batch`` rows
-    (views: the shared prefix is not copied, and ``cache`` itself is never extended)."""
+    """A fresh cache holding ``cache``'s first ``length`` positions for each of ``batch`` rows;
+    ``cache`` itself is never extended. The rows are expanded views, but the cache's update
+    concatenates them, so each batch holds its own copy of the prefix: the batch size is
+    planned for the prefix's length as well (``_batched`` is given it)."""
     from transformers import DynamicCache
 
     rows = DynamicCache(config=config)
