@@ -8,6 +8,7 @@ opens on a user's say (cases, fields, saved explanations, model files) goes thro
 from __future__ import annotations
 
 import json
+import os
 import stat
 from pathlib import Path
 from typing import Any
@@ -42,3 +43,34 @@ def parse_json(text: str) -> Any:
         return json.loads(text)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
+
+
+def check_distinct(inputs: dict[str, Path | None], outputs: dict[str, Path | None],
+                   inside: dict[str, Path] | None = None) -> None:
+    """Refuse, before any work, an output that would overwrite one of the run's inputs or
+    another of its outputs (``--json case.txt``, ``--json x --pdf x``), or an input that lies
+    in a folder the run writes (``inside``: what -> folder). Paths are compared resolved
+    (relative names, ``..`` and symbolic links), so two names of one file are one file."""
+    from engine.errors import InvalidSettingsError
+
+    def resolved(path: Path) -> str:
+        return os.path.realpath(os.path.expanduser(path))
+
+    seen: dict[str, str] = {}
+    for what, path in inputs.items():
+        if path is not None:
+            seen.setdefault(resolved(path), what)
+    for what, path in outputs.items():
+        if path is None:
+            continue
+        key = resolved(path)
+        if key in seen:
+            raise InvalidSettingsError(f"the {what} {path} is also the {seen[key]}: writing it "
+                                       "would replace that; choose another name")
+        seen[key] = what
+    for what, folder in (inside or {}).items():
+        root = resolved(folder)
+        for name, path in inputs.items():
+            if path is not None and resolved(path).startswith(root + os.sep):
+                raise InvalidSettingsError(f"the {name} {path} lies in the {what} {folder}, "
+                                           "which this run writes; move it out first")

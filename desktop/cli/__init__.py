@@ -253,8 +253,11 @@ def run_explain(args: argparse.Namespace) -> int:
         reason = not_checkable(request.method_params())
         if reason:
             raise InvalidSettingsError(f"{reason}: drop --reliability or the span")
+    from engine.files import check_distinct
     from engine.record import check_writable
 
+    check_distinct({"case file": args.case_file, "fields file": args.fields_file},
+                   {"record (--json)": args.json, "report (--pdf)": args.pdf})
     for path, what in ((args.json, "record"), (args.pdf, "report")):
         if path is not None:
             check_writable(path, what)  # and so does an output that cannot be written

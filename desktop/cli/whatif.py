@@ -91,6 +91,7 @@ def _explained(args: argparse.Namespace, request: Any, state: Any) -> tuple[Any,
 def run_whatif(args: argparse.Namespace) -> int:
     from desktop.cli.terminal import RichTaskState, render_whatif
     from engine.errors import InvalidInputError
+    from engine.files import check_distinct
     from engine.record import check_writable
     from engine.whatif import apply_edits, what_if
 
@@ -99,6 +100,8 @@ def run_whatif(args: argparse.Namespace) -> int:
                                 "--remove-sentence N")
     request = _request(args)
     apply_edits(request.case_text, args.edits)  # an edit that finds nothing fails now
+    check_distinct({"case file": getattr(args, "case_file", None)},
+                   {"what-if record (--json)": args.json, "report (--pdf)": args.pdf})
     for path, what in ((args.json, "what-if record"), (args.pdf, "report")):
         if path is not None:
             check_writable(path, what)
@@ -126,10 +129,13 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     import json
 
     from desktop.cli.terminal import RichTaskState, render_sensitivity
+    from engine.files import check_distinct
     from engine.record import check_writable, write_text_atomic
     from engine.whatif import sensitivity
 
     request = _request(args)  # bad settings fail before the model loads
+    check_distinct({"case file": getattr(args, "case_file", None)},
+                   {"ranking (--json)": args.json})
     if args.json is not None:
         check_writable(args.json, "ranking")
     with RichTaskState(quiet=args.quiet) as state:

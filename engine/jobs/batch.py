@@ -31,7 +31,7 @@ from engine.cases import Case, load_cases
 from engine.errors import InvalidSettingsError, OutputError, TokenTraceError
 from engine.explain import ExplainRequest
 from engine.fields import field_shares, render_fields
-from engine.files import parse_json
+from engine.files import check_distinct, parse_json
 from engine.grouping import top_spans, word_scores
 from engine.jobs.pool import CasePool, as_pool
 from engine.models import LoadedModel
@@ -60,6 +60,10 @@ class BatchSettings:
 
     def validate(self) -> None:
         self.template.validate()
+        check_distinct({"case list": self.cases_file},
+                       {f"batch output {name}": self.out / name for name in OUTPUT_FILES},
+                       inside={"records folder": self.out / "records",
+                               "reports folder": self.out / "reports"})
         load_cases(self.cases_file)  # a broken case file fails before the model loads
         check_writable(self.out / "summary.csv", "batch output")  # and an unwritable folder
 
@@ -98,6 +102,7 @@ def existing_record(out: Path, case: Case) -> Explanation | None:
 
 
 INDEX = "records.json"  # which settings each record was made with
+OUTPUT_FILES = (INDEX, "failures.json", "summary.csv", "summary.pdf")  # beside the folders
 
 
 def _read_index(out: Path) -> dict[str, str]:

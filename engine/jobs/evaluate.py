@@ -21,7 +21,7 @@ from typing import Any
 from engine.cases import load_cases
 from engine.errors import InvalidSettingsError
 from engine.evaluation import RANDOM, CaseResult, EvaluationSettings, summarise
-from engine.files import parse_json
+from engine.files import check_distinct, parse_json
 from engine.jobs.pool import CasePool, as_pool
 from engine.metrics import HIGHER_IS_BETTER, METRICS
 from engine.models import LoadedModel
@@ -47,6 +47,10 @@ class EvaluateSettings:
             raise InvalidSettingsError("give --json OUT and/or --csv OUT: the results (and the "
                                        "progress that a rerun resumes from) are written there")
         self.evaluation.validate()
+        check_distinct({"case list": self.cases_file},
+                       {"results (--json)": self.json, "table (--csv)": self.csv,
+                        "summary (--markdown)": self.markdown,
+                        "progress file": self.progress_path})
         load_cases(self.cases_file)
         for path in (self.json, self.csv, self.markdown, self.progress_path):
             if path is not None:

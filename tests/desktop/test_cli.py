@@ -261,3 +261,40 @@ def test_an_error_naming_a_hostile_path_prints_no_escape(tmp_path, capsys):
     assert main(["explain", "--case-file", str(tmp_path / "missing\x1b]0;x\x07.txt")]) != 0
     err = capsys.readouterr().err
     assert "missing" in err and "\x1b" not in err and "\x07" not in err
+
+
+def test_an_output_never_replaces_an_input_or_another_output(tmp_path, capsys):
+    # Checked before the model loads (no model is named here that could load): exit 2, and
+    # every file is as it was.
+    case = tmp_path / "case.txt"
+    case.write_text("52 year old woman , ER positive .")
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text('{"id": "c1", "text": "ER positive ."}\n')
+    (tmp_path / "out" / "records").mkdir(parents=True)
+    inner = tmp_path / "out" / "records" / "cases.jsonl"
+    inner.write_text(cases.read_text())
+    alias = tmp_path / "alias.txt"
+    alias.symlink_to(case)
+    runs = [
+        (["explain", "--case-file", str(case), "--json", str(alias)], "is also the case file"),
+        (["explain", "--case-file", str(case), "--json", str(tmp_path / "x"), "--pdf",
+          str(tmp_path / "sub" / ".." / "x")], "is also the record (--json)"),
+        (["whatif", "--case-file", str(case), "--remove", "ER", "--json", str(case)],
+         "is also the case file"),
+        (["sensitivity", "--case-file", str(case), "--json", str(case)], "is also the case file"),
+        (["evaluate", "--cases", str(cases), "--json", str(cases)], "is also the case list"),
+        (["evaluate", "--cases", str(cases), "--json", str(tmp_path / "e"), "--csv",
+          str(tmp_path / "e")], "is also the results (--json)"),
+        (["batch", "--cases", str(inner), "--out", str(tmp_path / "out")],
+         "lies in the records folder"),
+    ]
+    before = {p: p.read_bytes() for p in (case, cases, inner)}
+    for argv, message in runs:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert {p: p.read_bytes() for p in before} == before
+    summary = tmp_path / "out" / "summary.csv"
+    summary.write_text("id,text\nc1,ER positive\n")
+    assert main(["batch", "--cases", str(summary), "--out", str(tmp_path / "out")]) == 2
+    assert "batch output summary.csv" in capsys.readouterr().err
