@@ -103,7 +103,18 @@ def _csv_entries(path: Path, raw: str) -> list[tuple[int, dict[str, Any]]]:
             raise InvalidInputError(
                 f"{path}: the header has no {' or '.join(repr(c) for c in missing)} column "
                 f"(columns: {', '.join(repr(c) for c in columns[:10]) or 'none'})")
-        return [(reader.line_num, _from_csv_row(row)) for row in reader]
+        twice = sorted({c for c in columns if columns.count(c) > 1})
+        if twice:  # the last would win, silently
+            raise InvalidInputError(f"{path}: the header names {', '.join(map(repr, twice))} "
+                                    "more than once")
+        entries = []
+        for row in reader:
+            if None in row:  # an unquoted comma in the text: the case would be cut there
+                raise InvalidInputError(
+                    f"{path}, line {reader.line_num}: {len(columns) + len(row[None])} values "
+                    f"for {len(columns)} columns; quote a text that holds commas (\"...\")")
+            entries.append((reader.line_num, _from_csv_row(row)))
+        return entries
     except csv.Error as exc:
         if "field larger than field limit" in str(exc):
             raise InvalidInputError(

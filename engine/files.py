@@ -40,9 +40,20 @@ def parse_json(text: str) -> Any:
     ``ValueError`` (bad syntax, an integer of more digits than Python converts, and nesting
     deeper than its stack, which is a ``RecursionError`` from the parser)."""
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_once_each)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
+
+
+def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose every key occurs once (``{"her2": "negative", "her2": "positive"}``
+    would otherwise read as positive, silently)."""
+    found = dict(pairs)
+    if len(found) < len(pairs):
+        seen: set[str] = set()
+        twice = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise ValueError(f"the key {twice[:40]!r} occurs more than once in one object")
+    return found
 
 
 def check_distinct(inputs: dict[str, Path | None], outputs: dict[str, Path | None],

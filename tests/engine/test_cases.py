@@ -43,6 +43,12 @@ def test_csv_cases_with_fields(tmp_path):
     ("c.jsonl", "\n\n", "holds no cases"),
     ("c.txt", "x", "case files are .jsonl or .csv"),
     ("c.csv", "id,text\n,missing id\n", "row 2: each case needs an id and text"),
+    # Silently wrong before: the text cut at its first comma, the last duplicate winning.
+    ("c.csv", "id,text\na,HER2 negative, ER positive\n", "line 2: 3 values for 2 columns"),
+    ("c.csv", "id,text,her2,her2\na,x,negative,positive\n", "names 'her2' more than once"),
+    ("c.jsonl", '{"id": "a", "text": "x", "text": "y"}\n', "'text' occurs more than once"),
+    ("c.jsonl", '{"id": "a", "text": "x", "fields": {"er": "+", "er": "-"}}\n',
+     "'er' occurs more than once"),
 ])
 def test_bad_case_files(tmp_path, name, content, message):
     path = tmp_path / name
