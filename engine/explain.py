@@ -29,6 +29,7 @@ from engine.prompting import (
     DEFAULT_SYSTEM_PROMPT,
     answer_pieces,
     build_prompt,
+    refuse_control_tokens,
     validate_case_text,
 )
 from engine.record import (
@@ -168,6 +169,8 @@ def explain(request: ExplainRequest, loaded: LoadedModel,
     prompt = build_prompt(tokenizer, request.case_text, system_prompt=request.system_prompt,
                           raw=request.raw_prompt, state=state)
     n = len(prompt.token_ids)
+    if request.target is not None:
+        refuse_control_tokens(tokenizer, request.target, "forced answer (--target)")
     forced_ids = (tokenizer.encode(request.target, add_special_tokens=False)
                   if request.target is not None else None)
     planned = len(forced_ids) if forced_ids is not None else request.max_new_tokens

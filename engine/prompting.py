@@ -74,6 +74,8 @@ def build_prompt(tokenizer: Any, case_text: str, *, system_prompt: str | None,
     A tokenizer without a chat template falls back to the raw prompt.
     """
     case = validate_case_text(case_text)
+    refuse_control_tokens(tokenizer, case, "case")
+    refuse_control_tokens(tokenizer, system_prompt or "", "system prompt")
     use_chat = not raw and bool(getattr(tokenizer, "chat_template", None))
     if use_chat:
         messages = [{"role": "user", "content": case}]
@@ -100,6 +102,25 @@ def build_prompt(tokenizer: Any, case_text: str, *, system_prompt: str | None,
         raise InvalidInputError("no token of the case could be located in the prompt")
     return PromptParts(text, case, ids, offsets, attributable, "chat" if use_chat else "raw",
                        system_prompt if use_chat else None)
+
+
+def control_tokens(tokenizer: Any) -> list[str]:
+    """The texts this tokenizer reads as its special tokens (``<|im_end|>``, ``</s>`` ...)."""
+    found = set(getattr(tokenizer, "all_special_tokens", ()) or ())
+    for token in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        if getattr(token, "special", False):
+            found.add(str(token.content))
+    return sorted((t for t in found if t), key=len, reverse=True)
+
+
+def refuse_control_tokens(tokenizer: Any, text: str, what: str) -> None:
+    """A case (system prompt, forced answer) holding ``<|im_end|>`` would be read as the chat
+    format's own marker: it could close the user's turn and write an assistant's or a
+    system's, and those tokens are never coloured. One clear line instead."""
+    for token in control_tokens(tokenizer):
+        if token in text:
+            raise InvalidInputError(f"the {what} holds {token!r}, one of this model's control "
+                                    "tokens (chat-format markers); remove it")
 
 
 def render_chat_template(tokenizer: Any, messages: list[dict[str, str]], state: TaskState,

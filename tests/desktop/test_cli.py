@@ -68,6 +68,8 @@ CASES = [
      2, "--plot draws the pi-Soft curves, which --no-soft skips"),
     (["explain", "ER positive", "--reliability", "--option", "span=0:1"], 2,
      "judges explanations of the whole answer; this one explains answer tokens 0:1 only"),
+    (["explain", "ER positive", "--model", "{folder}", "--target", "surgery <|im_end|>"], 2,
+     "the forced answer (--target) holds '<|im_end|>', one of this model's control tokens"),
     (["frobnicate"], 2, "invalid choice: 'frobnicate'"),
     (["explain", "ER positive", "--reliability", "--check-precision", "int8"], 2,
      "invalid choice: 'int8'"),
