@@ -12,6 +12,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,13 @@ def audited(event: str, record: Explanation, **extra: Any) -> None:
         "settings": record.method.params, "explanation": record.created_at, **extra}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        # Non-blocking: a pipe in its place would wait for a reader for ever.
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o600)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise TokenTraceError(f"the audit log {path} ({ENVIRONMENT}) is not a regular file "
+                                  "(a pipe, socket or device); point it at a file")
+        os.set_blocking(fd, True)
         with os.fdopen(fd, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(line, ensure_ascii=False, default=str) + "\n")
             handle.flush()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 
@@ -136,6 +137,17 @@ def test_audit_log_appends_one_line_per_explanation_and_export(loaded, tmp_path,
     monkeypatch.setenv("TOKENTRACE_AUDIT_LOG", str(tmp_path))  # a folder: cannot be written
     with pytest.raises(TokenTraceError, match="audit log"):
         explain(ExplainRequest(CASE, max_new_tokens=2, matrix=False), loaded)
+    pipe = tmp_path / "audit.fifo"  # waited for a reader for ever before
+    os.mkfifo(pipe)
+    monkeypatch.setenv("TOKENTRACE_AUDIT_LOG", str(pipe))
+    with pytest.raises(TokenTraceError, match="audit log"):
+        explain(ExplainRequest(CASE, max_new_tokens=2, matrix=False), loaded)
+    reader = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)  # with a reader: still not a file
+    try:
+        with pytest.raises(TokenTraceError, match="is not a regular file"):
+            explain(ExplainRequest(CASE, max_new_tokens=2, matrix=False), loaded)
+    finally:
+        os.close(reader)
 
 
 @pytest.mark.parametrize(("arguments", "message"), [
