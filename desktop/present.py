@@ -58,6 +58,11 @@ def legend_words(method: str) -> str:
     return "red: pushed toward the answer · blue: pushed against it"
 
 
+def _count(value: object) -> int | None:
+    """A positive whole number from a record's parameters, else None."""
+    return value if type(value) is int and 0 < value < 10**9 else None
+
+
 def completeness_hint(params: dict, error: float, steps_flag: str | None = None) -> str:
     """What to do about a completeness error, in words ("" when nothing is needed).
 
@@ -65,13 +70,16 @@ def completeness_hint(params: dict, error: float, steps_flag: str | None = None)
     rule with a high error suggests twice the points (``steps_flag``, e.g. ``--steps``, names
     the setting where the view has one).
     """
+    # An opened record's parameters are untrusted: only plain numbers are shown.
+    points, steps = _count(params.get("points")), _count(params.get("steps"))
+    target = params.get("target_error")
     if params.get("integration") == "adaptive-simpson":
-        used = f" after {params.get('points')} points"
-        if params.get("converged"):
+        used = f" after {points} points" if points else ""
+        if params.get("converged") is True:
             return f" (converged{used})"
-        return (f" (the budget ran out{used} before the {100 * params.get('target_error', 0):.0f}%"
-                " target; raise max_steps)")
-    steps = params.get("steps")
+        goal = (f"the {100 * target:.0f}% target" if type(target) in (int, float)
+                and 0 < target < 1 else "its target")
+        return f" (the budget ran out{used} before {goal}; raise max_steps)"
     if error > HIGH_COMPLETENESS_ERROR and steps:
         more = f"{steps_flag} {2 * steps}" if steps_flag else f"{2 * steps} steps"
         return f" (high: the path integral has not converged; try {more})"

@@ -81,7 +81,7 @@ class Prompt:
         if not len(self.tokens) == len(self.attributable) == n:
             raise ValueError(f"prompt has {n} ids, {len(self.tokens)} tokens, "
                              f"{len(self.attributable)} attributable flags")
-        if self.offsets and len(self.offsets) != n:
+        if len(self.offsets) != n:  # every view places the tokens in the text by them
             raise ValueError(f"prompt has {n} ids but {len(self.offsets)} offsets")
         if self.case_sha256 and self.case_sha256 != hashlib.sha256(
                 self.case_text.encode("utf-8")).hexdigest():
@@ -227,6 +227,10 @@ class Explanation:
                                                   *self.answer.token_ids)):
             raise ValueError(f"a token id lies outside the model's vocabulary of {vocab}")
         _check_scores(self.attribution)
+        unknown = set(self.attribution.per_field) - {name for name, _, _ in self.prompt.fields}
+        if unknown:
+            raise ValueError(f"per-field scores name {sorted(unknown)[0]!r}, which is not a "
+                             "field of the case")
         if self.reliability is not None and self.reliability.verdict not in VERDICTS:
             raise ValueError(f"unknown reliability verdict {self.reliability.verdict!r}")
         if any(not 0 <= value < math.inf for value in (
@@ -290,6 +294,9 @@ def _check_ids(what: str, ids: tuple[int, ...]) -> None:
         raise ValueError(f"a {what} token id is negative")
 
 
+MAX_THRESHOLD = 50.0  # nats per token: e^50 times less likely is already past any claim's fall
+
+
 def _flagged(claims: Claims) -> Claims:
     """An opened file's claims with "grounded" worked out again from each claim's support and
     the file's threshold, as the reliability verdict is: a file edited to say a claim rests on
@@ -300,9 +307,10 @@ def _flagged(claims: Claims) -> Claims:
 
 
 def _check_claims(claims: Claims, case_chars: int, answer_tokens: int) -> None:
-    if not (math.isfinite(claims.threshold) and claims.threshold > 0
-            and math.isfinite(claims.seconds) and claims.seconds >= 0):
-        raise ValueError("the claims' threshold or time is not a finite positive number")
+    if not (0 < claims.threshold <= MAX_THRESHOLD and math.isfinite(claims.seconds)
+            and claims.seconds >= 0):
+        raise ValueError(f"the claims' threshold or time is out of range (a threshold from 0 to "
+                         f"{MAX_THRESHOLD:.0f} nats per token, a finite time)")
     sentences = len(claims.sentences)
     for start, end in claims.sentences:
         if not 0 <= start < end <= case_chars:
@@ -351,12 +359,19 @@ def _judged(check: Reliability) -> Reliability:
                                summary=summary_of(*figures, check.second_method))
 
 
+MAX_SCORE = 1e15  # no method's score comes near it; sums of larger ones overflow to inf
+
+
 def _check_scores(attribution: Attribution) -> None:
-    """Every score finite: the window and the PDF colour what they are given."""
+    """Every score finite, and small enough that the sums the views form stay finite: the
+    window and the PDF colour what they are given."""
     rows = (attribution.sequence, *(attribution.per_token or ()),
             tuple(attribution.per_field.values()))
     if not all(math.isfinite(value) for row in rows for value in row):
         raise ValueError("an attribution score is not a finite number")
+    if any(abs(value) > MAX_SCORE for row in rows for value in row):
+        raise ValueError(f"an attribution score is larger than {MAX_SCORE:.0e}, which no "
+                         "method gives")
     error = attribution.completeness_error
     if error is not None and not 0 <= error < math.inf:
         raise ValueError("the completeness error is negative or not a finite number")

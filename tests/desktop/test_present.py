@@ -12,6 +12,7 @@ from desktop.present import (
     ExplanationView,
     blend,
     case_pieces,
+    completeness_hint,
     legend,
     legend_words,
     levels_note,
@@ -105,3 +106,18 @@ def test_the_badge_says_which_precision_its_deletions_ran_in(precision, said):
         assert precision_note(check) == "" and not any("deletions" in d for d in details)
     else:
         assert said in precision_note(check) and details[-1] == precision_note(check)
+
+
+def test_completeness_hints_show_only_plain_numbers_from_a_file():
+    ran_out = {"integration": "adaptive-simpson", "converged": False, "target_error": 0.05,
+               "points": 128}
+    assert completeness_hint(ran_out, 0.2) == (" (the budget ran out after 128 points before "
+                                               "the 5% target; raise max_steps)")
+    # An edited file's text where numbers belong (exit 70 before), or a "converged" string.
+    edited = {**ran_out, "target_error": "a", "points": "x", "converged": "yes"}
+    assert completeness_hint(edited, 0.2) == (" (the budget ran out before its target; raise "
+                                              "max_steps)")
+    assert completeness_hint({"steps": "8"}, 0.5) == (" (high: more integration steps would make "
+                                                      "the attribution more faithful)")
+    assert completeness_hint({"steps": 8}, 0.5, "--steps") == (
+        " (high: the path integral has not converged; try --steps 16)")

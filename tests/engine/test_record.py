@@ -62,6 +62,19 @@ def test_shapes_are_checked():
                        "attribution": Attribution((0.0, 0.0, 0.0), ((0.0, 0.0, 0.0),), None)})
 
 
+@pytest.mark.parametrize(("edit", "message"), [
+    # Each crashed a view (exit 70) or showed nonsense before.
+    (lambda d: d["prompt"].update(offsets=[]), "3 ids but 0 offsets"),
+    (lambda d: d["attribution"].update(sequence=[0.0, 1.7e308, 1.7e308]), "larger than 1e\\+15"),
+    (lambda d: d["attribution"].update(per_field={"er": 1.0}), "'er', which is not a field"),
+])
+def test_inconsistent_files_are_refused(edit, message):
+    data = make_record(matrix=False).to_dict()
+    edit(data)
+    with pytest.raises(InvalidInputError, match=message):
+        Explanation.from_json(json.dumps(data))
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("{not json", "invalid JSON"),
     ('{"schema_version": 2}', "schema_version 2"),
