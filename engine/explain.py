@@ -173,10 +173,18 @@ def explain(request: ExplainRequest, loaded: LoadedModel,
         refuse_control_tokens(tokenizer, request.target, "forced answer (--target)")
     forced_ids = (tokenizer.encode(request.target, add_special_tokens=False)
                   if request.target is not None else None)
+    rows = model.get_input_embeddings().num_embeddings
+    highest = max((*prompt.token_ids, *(forced_ids or ())), default=0)
+    if highest >= rows:  # an index error deep in the model otherwise
+        raise ModelLoadError(f"the tokenizer gives token id {highest}, but the model's "
+                             f"embedding has {rows} rows: its tokenizer and weights do not "
+                             "belong together")
     planned = len(forced_ids) if forced_ids is not None else request.max_new_tokens
     if n + planned > loaded.context_length:
+        what = "the case makes a prompt" if not request.system_prompt else \
+            "the case with the system prompt makes a prompt"
         raise ContextTooLongError(
-            f"the case makes a prompt of {n:,} tokens; with {planned:,} answer tokens that is "
+            f"{what} of {n:,} tokens; with {planned:,} answer tokens that is "
             f"{n + planned:,}, more than this model's context of {loaded.context_length:,} "
             "tokens. Shorten the case, lower --max-new-tokens, or use a longer-context model")
 

@@ -300,3 +300,18 @@ def test_an_output_never_replaces_an_input_or_another_output(tmp_path, capsys):
     summary.write_text("id,text\nc1,ER positive\n")
     assert main(["batch", "--cases", str(summary), "--out", str(tmp_path / "out")]) == 2
     assert "batch output summary.csv" in capsys.readouterr().err
+
+
+def test_a_tokenizer_beyond_the_model_s_embedding_is_one_line(tmp_path, capsys):
+    # Exit 70 (an index error inside the model) before.
+    import torch
+    from tiny import make_tiny_model, make_tiny_tokenizer
+
+    folder = tmp_path / "small-vocab"
+    make_tiny_model("llama", 50, torch.float32).save_pretrained(folder)
+    make_tiny_tokenizer().save_pretrained(folder)
+    assert main(["explain", "52 year old woman , ER positive .", "--model", str(folder),
+                 "--max-new-tokens", "2", "--quiet"]) == 3
+    err = capsys.readouterr().err
+    assert "embedding has 50 rows: its tokenizer and weights do not belong together" in err
+    assert len(err.strip().splitlines()) == 1
