@@ -90,11 +90,24 @@ class CaseResult:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CaseResult:
-        curves = {k: {float(pi): float(v) for pi, v in c.items()}
-                  for k, c in data.get("curves", {}).items()}
+        """A stored result; ``ValueError`` unless every figure is a finite number (a progress
+        file is read back, and may have been cut short or edited)."""
+        def number(value: Any) -> float:
+            if type(value) not in (int, float) or not math.isfinite(value):
+                raise ValueError(f"{value!r} is not a finite number")
+            return float(value)
+
+        values, curves = data["values"], data.get("curves", {})
+        if not isinstance(values, dict) or not isinstance(curves, dict) or not all(
+                isinstance(c, dict) for c in curves.values()):
+            raise ValueError("values and curves must be objects")
+        seconds = number(data["seconds"])
+        if seconds < 0:
+            raise ValueError("a negative time")
         return cls(str(data["case"]), str(data["method"]), str(data.get("answer", "")),
-                   float(data["seconds"]), {k: float(v) for k, v in data["values"].items()},
-                   curves)
+                   seconds, {k: number(v) for k, v in values.items()},
+                   {k: {number(float(pi)): number(v) for pi, v in c.items()}
+                    for k, c in curves.items()})
 
 
 def evaluate_case(loaded: LoadedModel, case: Case, settings: EvaluationSettings,

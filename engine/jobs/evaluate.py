@@ -96,8 +96,8 @@ def _load_progress(path: Path) -> dict[tuple[str, str, str, str], CaseResult]:
         try:
             data = parse_json(line)
             result = CaseResult.from_dict(data)
-        except (ValueError, KeyError, TypeError, OverflowError):
-            continue  # a line cut short by an interruption
+        except (ValueError, KeyError, TypeError, OverflowError, AttributeError):
+            continue  # a line cut short by an interruption, or altered: that case runs again
         done[(data.get("fingerprint", ""), result.case, result.method,
               data.get("case_sha256", ""))] = result
     return done

@@ -66,9 +66,20 @@ def test_evaluate_writes_the_table_plot_and_resumes(tiny_model_folder, case_file
     # A batch size changes no result: still nothing recomputed.
     assert _evaluate(tiny_model_folder, case_file, tmp_path, "--option", "ig.batch_size=2") == 0
     assert len(progress.read_text().splitlines()) == 9
+    # A line altered to hold text or NaN where figures belong (exit 70, or "inf s/case", before)
+    # is not a result: that case and method run again.
+    lines = progress.read_text().splitlines()
+    altered = json.loads(lines[0])
+    altered.update(values=[], seconds="inf")
+    broken = json.loads(lines[1])
+    broken["values"] = {key: "nan" for key in broken["values"]}
+    progress.write_text("\n".join([json.dumps(altered), json.dumps(broken), *lines[2:]]) + "\n")
+    assert _evaluate(tiny_model_folder, case_file, tmp_path) == 0
+    assert len(progress.read_text().splitlines()) == 11
+    assert json.loads((tmp_path / "eval.json").read_text())["summary"] == report["summary"]
     # Other metric settings are other results: computed anew.
     assert _evaluate(tiny_model_folder, case_file, tmp_path, "--seed", "3") == 0
-    assert len(progress.read_text().splitlines()) == 18
+    assert len(progress.read_text().splitlines()) == 20
 
 
 @pytest.mark.parametrize(("extra", "message"), [
