@@ -32,7 +32,7 @@ from engine.errors import ContextTooLongError, InvalidInputError, InvalidSetting
 from engine.files import check_regular_file, parse_json
 from engine.generation import generate_answer
 from engine.metrics import answer_log_probs
-from engine.prompting import answer_pieces, build_prompt, validate_case_text
+from engine.prompting import MAX_CASE_CHARS, answer_pieces, build_prompt, validate_case_text
 from engine.record import (
     MAX_RECORD_BYTES,
     Explanation,
@@ -93,6 +93,12 @@ def apply_edits(case: str, edits: Sequence[Edit]) -> str:
             raise InvalidInputError(f"{edit.describe()}: give the text to change")
         if edit.target not in text:
             raise InvalidInputError(f"{edit.describe()}: “{edit.target}” is not in the case")
+        if edit.kind == "replace":  # checked before the text is made: edits can multiply it
+            grown = len(text) + text.count(edit.target) * (len(edit.replacement)
+                                                           - len(edit.target))
+            if grown > MAX_CASE_CHARS:
+                raise InvalidInputError(f"{edit.describe()} makes the case {grown:,} characters; "
+                                        f"a case may be at most {MAX_CASE_CHARS:,}")
         text = _apply_one(text, edit)
     try:
         return validate_case_text(text)

@@ -24,11 +24,23 @@ EXIT_CANCELLED = 130
 
 def _positive_int(text: str) -> int:
     try:
+        if not text.strip().isascii():  # int() also reads other scripts' digits ("٣")
+            raise ValueError
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text[:40]!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+MAX_THREADS = 512  # torch crashed (SIGSEGV) asked for 100,000
+
+
+def _threads(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_THREADS}, got {value}")
     return value
 
 
@@ -205,7 +217,7 @@ def _add_cluster_options(command: argparse.ArgumentParser) -> None:
     group.add_argument("--ray", metavar="HOST:PORT",
                        help="send the cases to the Ray cluster whose head is at HOST:PORT "
                             "(`ray start --head` there): they leave this machine for it")
-    group.add_argument("--threads", type=_positive_int, metavar="N",
+    group.add_argument("--threads", type=_threads, metavar="N",
                        help="CPU threads of this process, or of each worker (default: every "
                             "core, shared out among the workers). Runs with the same threads "
                             "give identical records; others differ in the last digits")

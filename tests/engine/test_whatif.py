@@ -37,8 +37,12 @@ def test_edits_that_leave_no_case_or_too_much_get_one_clear_message(tiny):
     loaded, record = tiny
     with pytest.raises(InvalidInputError, match="after the edits: the case is empty"):
         apply_edits(CASE, [Edit("remove", CASE)])
-    with pytest.raises(InvalidInputError, match="after the edits: the case is"):
+    with pytest.raises(InvalidInputError, match="makes the case 200,"):
         apply_edits(CASE, [Edit("replace", "woman", "x" * MAX_CASE_CHARS)])
+    # Each edit multiplies the case by 10: refused at the edit that passes the limit, before
+    # the text is made (ten of them asked for 10 GB before, an eleventh for 100 GB).
+    with pytest.raises(InvalidInputError, match=r"makes the case .* at most 200,000"):
+        apply_edits("a", [Edit("replace", "a", "a" * 10)] * 11)
     with pytest.raises(ContextTooLongError, match="more than this model's context"):
         what_if(loaded.model, loaded.tokenizer, record,
                 [Edit("replace", "woman", " woman" * 300)])
