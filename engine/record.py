@@ -55,6 +55,10 @@ class ModelInfo:
     template_sha256: str = ""  # the chat template's text ("" hashed when there is none)
     vocab_size: int = 0  # rows of the input embedding; token ids lie below it (0: not recorded)
 
+    def __post_init__(self) -> None:
+        if any(value < 0 for value in (self.parameters, self.context_length, self.vocab_size)):
+            raise ValueError("a model size (parameters, context, vocabulary) is negative")
+
 
 @dataclass(frozen=True)
 class MethodInfo:
@@ -233,9 +237,9 @@ class Explanation:
                              "field of the case")
         if self.reliability is not None and self.reliability.verdict not in VERDICTS:
             raise ValueError(f"unknown reliability verdict {self.reliability.verdict!r}")
-        if any(not 0 <= value < math.inf for value in (
+        if any(not 0 <= value < MAX_SECONDS for value in (
                 self.timings.load_s, self.timings.generate_s, self.timings.attribute_s)):
-            raise ValueError("a timing is negative or not a finite number")
+            raise ValueError("a timing is negative or past a year")
         memory = (self.hardware.peak_rss_mb, self.hardware.peak_accelerator_mb or 0.0)
         if any(not 0 <= value < math.inf for value in memory):
             raise ValueError("a peak memory is negative or not a finite number")
@@ -325,6 +329,7 @@ def _check_claims(claims: Claims, case_chars: int, answer_tokens: int) -> None:
             raise ValueError(f"a claim's evidence does not match the {sentences} case sentences")
 
 
+MAX_SECONDS = 365 * 24 * 3600.0  # a phase's time; more is not a run's figure
 MAX_DRAWS = 1000  # random rankings a check could draw; more is not a check's figure
 
 

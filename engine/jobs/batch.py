@@ -20,6 +20,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -66,6 +67,7 @@ class BatchSettings:
                                "reports folder": self.out / "reports"})
         load_cases(self.cases_file)  # a broken case file fails before the model loads
         check_writable(self.out / "summary.csv", "batch output")  # and an unwritable folder
+        check_batch_folder(self.out)
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,24 @@ INDEX = "records.json"  # which settings each record was made with
 OUTPUT_FILES = (INDEX, "failures.json", "summary.csv", "summary.pdf")  # beside the folders
 
 
+def check_batch_folder(out: Path) -> None:
+    """``out`` is new, empty, or a batch's own folder (it has the index every run writes first),
+    and its outputs can be written: a user's folder holding a ``summary.csv`` of their own is
+    never overwritten, and a folder where a file goes fails now, not case by case."""
+    if not out.is_dir():
+        return
+    ours = [name for name in OUTPUT_FILES[1:] if os.path.lexists(out / name)]
+    if ours and not (out / INDEX).is_file():
+        raise OutputError(f"{out} holds {ours[0]} but no {INDEX}: it is not a TokenTrace batch "
+                          "folder, and its files would be replaced; choose a new or empty folder")
+    for name in OUTPUT_FILES:
+        if (out / name).is_dir():
+            raise OutputError(f"{out / name} is a folder; the batch writes a file there")
+    for name in ("records", "reports"):
+        if os.path.lexists(out / name) and not (out / name).is_dir():
+            raise OutputError(f"{out / name} is a file; the batch writes a folder there")
+
+
 def _read_index(out: Path) -> dict[str, str]:
     try:
         data = parse_json((out / INDEX).read_text(encoding="utf-8"))
@@ -126,6 +146,10 @@ def stale_reason(record: Explanation, request: ExplainRequest, info: ModelInfo) 
     """Why an existing record cannot stand for this run's case (None: it can)."""
     if record.prompt.case_text != request.case_text:
         return "its case text differs"
+    if record.method.name != request.method:
+        return "it was made with another method"
+    if "".join(record.answer.tokens) != record.answer.text:  # edited, or made before 0.2
+        return "its answer text does not match its tokens"
     if (record.model.sha256, record.model.dtype) != (info.sha256, info.dtype):
         return "it was made with another model or precision"
     if record.model.tokenizer_sha256 and record.model.tokenizer_sha256 != info.tokenizer_sha256:
@@ -152,7 +176,10 @@ def run_batch(settings: BatchSettings, loaded: LoadedModel | CasePool,
         raise InvalidSettingsError("PDF reports need a report writer (the desktop's)")
     cases = load_cases(settings.cases_file)
     out = settings.out
+    check_batch_folder(out)
     out.mkdir(parents=True, exist_ok=True)
+    if not (out / INDEX).is_file():  # first: it marks the folder as a batch's
+        write_text_atomic(out / INDEX, "{}")
     fingerprint = hashlib.sha256(json.dumps(
         settings_fingerprint(settings.template, settings.from_fields), sort_keys=True,
         default=str).encode()).hexdigest()

@@ -115,3 +115,34 @@ def test_explain_fields_file(tiny_model_folder, tmp_path, capsys):
     assert main(["explain", "--fields-file", str(fields), "--model", str(tiny_model_folder),
                  "--target", "endocrine therapy", "--quiet"]) == 0
     assert "Attribution per clinical field" in capsys.readouterr().out
+
+
+def test_a_folder_that_is_not_a_batch_s_is_never_overwritten(tiny_model_folder, tmp_path, capsys):
+    cases = tmp_path / "cases.jsonl"
+    _write_cases(cases, GOOD[:1])
+    mine = tmp_path / "Documents"
+    mine.mkdir()
+    (mine / "summary.csv").write_text("my own table\n")
+    argv = ["batch", "--cases", str(cases), "--model", str(tiny_model_folder),
+            "--max-new-tokens", "2", "--quiet"]
+    assert main([*argv, "--out", str(mine)]) == 6
+    assert "not a TokenTrace batch folder" in capsys.readouterr().err
+    assert (mine / "summary.csv").read_text() == "my own table\n"
+    # A file where the batch writes a folder (or the reverse): one line now, not a skip per case.
+    odd = tmp_path / "odd"
+    (odd / "records.json").mkdir(parents=True)
+    assert main([*argv, "--out", str(odd)]) == 6
+    assert "is a folder; the batch writes a file there" in capsys.readouterr().err
+    # A batch's own folder, even one whose every case failed, is resumed.
+    out = tmp_path / "out"
+    assert main([*argv, "--out", str(out)]) == 0
+    assert json.loads((out / "records.json").read_text())
+    assert main([*argv, "--out", str(out)]) == 0
+    capsys.readouterr()
+    record_file = next((out / "records").glob("*.json"))
+    data = json.loads(record_file.read_text())
+    data["answer"]["text"] = "Mastectomy now"  # an edited record does not stand for the case
+    record_file.write_text(json.dumps(data))
+    assert main([*argv, "--out", str(out)]) == 0
+    assert "explained again: its answer text does not match its tokens" in capsys.readouterr().err
+    assert json.loads(record_file.read_text())["answer"]["text"] != "Mastectomy now"
