@@ -493,6 +493,9 @@ def _write_cache(model: Any, tokenizer: Any, folder: Path, gguf_sha: str) -> Non
 MAX_LAYERS = 1024  # far beyond any model a laptop runs; a config asking more is refused
 
 
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}  # safetensors' names
+
+
 def _check_weights_cover(config: Any, weights: list[Path], where: Path) -> None:
     """Refuse, before anything is allocated, a folder whose weight files hold far fewer
     values than its config.json asks for: transformers would first allocate every missing
@@ -508,13 +511,23 @@ def _check_weights_cover(config: Any, weights: list[Path], where: Path) -> None:
         with torch.device("meta"):
             skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
         needed = sum(parameter.numel() for parameter in skeleton.parameters())
+        names = {name for name, _ in skeleton.named_parameters()}
         held = 0
+        wrong: list[tuple[str, str]] = []
         for file in weights:
             with safe_open(str(file), framework="pt") as handle:
-                held += sum(math.prod(handle.get_slice(key).get_shape())
-                            for key in handle.keys())  # noqa: SIM118 (not iterable)
+                for key in handle.keys():  # noqa: SIM118 (not iterable)
+                    piece = handle.get_slice(key)
+                    held += math.prod(piece.get_shape())
+                    if key in names and piece.get_dtype() not in FLOAT_DTYPES:
+                        wrong.append((key, piece.get_dtype()))
     except Exception as exc:
         raise ModelLoadError(f"cannot load the model in {where}: {_short(exc)}") from None
+    if wrong:  # their bits would be read as integers and turned into floats
+        key, dtype = wrong[0]
+        raise ModelLoadError(f"the weight {key} in {where} is stored as {dtype}, not as floating "
+                             "point numbers: the file's header does not describe a model's "
+                             "weights, so it is refused")
     if held < needed // 2:
         raise ModelLoadError(f"the weights in {where} hold {held:,} values, its config.json "
                              f"asks for {needed:,}: the model would run mostly on random "

@@ -512,3 +512,22 @@ def test_a_config_far_bigger_than_its_weights_is_refused_before_allocating(tiny_
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelLoadError, match="layers; refused"):
         load_model(ModelRequest(str(folder)))
+
+
+def test_a_weight_whose_header_says_integers_is_refused(tiny_model_folder, tmp_path):
+    """The same bytes under a header that says I32: the float bits were read as integers and
+    the model ran on them (every score +0)."""
+    import struct
+
+    folder = tmp_path / "lying"
+    shutil.copytree(tiny_model_folder, folder)
+    weights = next(folder.glob("*.safetensors"))
+    raw = weights.read_bytes()
+    size = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + size])
+    header["lm_head.weight"]["dtype"] = "I32"  # same width, same offsets
+    text = json.dumps(header, separators=(",", ":")).encode().ljust(size)
+    assert len(text) == size
+    weights.write_bytes(raw[:8] + text + raw[8 + size:])
+    with pytest.raises(ModelLoadError, match="lm_head.weight .* is stored as I32"):
+        load_model(ModelRequest(str(folder)))
