@@ -529,5 +529,5 @@ def test_a_weight_whose_header_says_integers_is_refused(tiny_model_folder, tmp_p
     text = json.dumps(header, separators=(",", ":")).encode().ljust(size)
     assert len(text) == size
     weights.write_bytes(raw[:8] + text + raw[8 + size:])
-    with pytest.raises(ModelLoadError, match="lm_head.weight .* is stored as I32"):
+    with pytest.raises(ModelLoadError, match=r"lm_head\.weight .* is stored as I32"):
         load_model(ModelRequest(str(folder)))
