@@ -80,13 +80,19 @@ def load_cases(path: str | Path) -> list[Case]:
             raise InvalidInputError(f"{path}, {where} {number}: the case text is "
                                     f"{len(text):,} characters; at most "
                                     f"{MAX_CASE_FILE_BYTES:,} are allowed")
-        fields = entry.get("fields") or {}
-        if not isinstance(fields, dict) or not all(_plain_value(v) for v in fields.values()):
+        fields = entry.get("fields")
+        fields = {} if fields is None else fields
+        if not isinstance(fields, dict) or not all(_plain_value(v) for v in fields.values()) \
+                or not all(_field_name(k) for k in fields):
             raise InvalidInputError(f"{path}, {where} {number}: \"fields\" must be an object "
-                                    "of names to plain values (text, finite numbers, "
-                                    "true/false)")
+                                    "of names (text on one line) to plain values (text, "
+                                    "finite numbers, true/false)")
+        title = entry.get("title")
+        if title is not None and not isinstance(title, str):
+            raise InvalidInputError(f"{path}, {where} {number}: a case title is text, not "
+                                    f"{type(title).__name__}")
         seen.add(case_id)
-        cases.append(Case(case_id, text.strip(), str(entry.get("title") or ""), dict(fields)))
+        cases.append(Case(case_id, text.strip(), title or "", dict(fields)))
     if not cases:
         raise InvalidInputError(f"{path} holds no cases")
     return cases
@@ -171,7 +177,15 @@ def read_fields(path: Path) -> dict[str, Any]:
     if not all(_plain_value(v) for v in data.values()):
         raise InvalidInputError(f"{path}: each field's value must be text, a finite number, "
                                 "true/false or null")
+    if not all(_field_name(k) for k in data):
+        raise InvalidInputError(f"{path}: each field's name must be text on one line, not "
+                                "empty")
     return data
+
+
+def _field_name(name: str) -> bool:
+    """A field's name is shown as a line's label ("HER2: negative"): text on one line."""
+    return bool(name.strip()) and name.isprintable()
 
 
 def _plain_value(value: Any) -> bool:

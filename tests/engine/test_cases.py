@@ -49,6 +49,10 @@ def test_csv_cases_with_fields(tmp_path):
     ("c.jsonl", '{"id": "a", "text": "x", "text": "y"}\n', "'text' occurs more than once"),
     ("c.jsonl", '{"id": "a", "text": "x", "fields": {"er": "+", "er": "-"}}\n',
      "'er' occurs more than once"),
+    ("c.jsonl", '{"id": "a", "text": "x", "fields": 0}\n', '"fields" must be an object'),
+    ("c.jsonl", '{"id": "a", "text": "x", "fields": {"": "+"}}\n', "text on one line"),
+    ("c.jsonl", '{"id": "a", "text": "x", "fields": {"er\\nher2": "+"}}\n', "text on one line"),
+    ("c.jsonl", '{"id": "a", "text": "x", "title": ["x"]}\n', "a case title is text, not list"),
 ])
 def test_bad_case_files(tmp_path, name, content, message):
     path = tmp_path / name
