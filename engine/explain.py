@@ -139,7 +139,9 @@ def coerce_option(key: str, value: Any, default: Any) -> Any:
     except ValueError:
         expected = "an integer or none" if default is None else \
             f"{type(default).__name__} like {default!r}"
-        raise InvalidSettingsError(f"option {key}={value!r}: expected {expected}") from None
+        shown = repr(value) if len(value) <= 40 else \
+            f"{value[:40]!r}... ({len(value):,} characters)"
+        raise InvalidSettingsError(f"option {key}={shown}: expected {expected}") from None
 
 
 def software_versions() -> Versions:

@@ -45,7 +45,9 @@ def check_option(key: str, value: Any) -> None:
         return
     low, high = limits
     if not low <= value <= high:
-        raise InvalidSettingsError(f"{key} must be from {low:g} to {high:g} (got {value:g})")
+        shown = f"{value:g}" if isinstance(value, float) or abs(value) < 10**15 else \
+            f"a number of {len(str(abs(value)))} digits"
+        raise InvalidSettingsError(f"{key} must be from {low:g} to {high:g} (got {shown})")
 
 
 @dataclass(frozen=True)
