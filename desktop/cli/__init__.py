@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +33,14 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def output_file(text: str) -> Path:
+    """A file to write: a name ending in a path separator names a folder (``--json out/``
+    wrote a file called ``out`` before)."""
+    if text.endswith(("/", os.sep)):
+        raise argparse.ArgumentTypeError(f"{text!r} names a folder; give a file name in it")
+    return Path(text)
 
 
 MAX_THREADS = 512  # torch crashed (SIGSEGV) asked for 100,000
@@ -114,8 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
                          choices=["auto", "float32", "bfloat16", "float16", "float64"])
     explain.add_argument("--top", type=_positive_int, default=10,
                          help="how many influential words to list (default: 10)")
-    explain.add_argument("--json", type=Path, metavar="OUT", help="write the explanation record")
-    explain.add_argument("--pdf", type=Path, metavar="OUT", help="write the PDF report")
+    explain.add_argument("--json", type=output_file, metavar="OUT",
+                         help="write the explanation record")
+    explain.add_argument("--pdf", type=output_file, metavar="OUT", help="write the PDF report")
     explain.add_argument("--reliability", action="store_true",
                          help="also check how far the explanation can be trusted (its top words "
                               "against random ones, and a second method); seconds to minutes")
@@ -142,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="interpolation points (default: the method's; ig converges)")
     app.add_argument("--max-new-tokens", type=_positive_int,
                      help="longest answer to generate (default: 64)")
-    app.add_argument("--screenshot", type=Path, metavar="PNG",
+    app.add_argument("--screenshot", type=output_file, metavar="PNG",
                      help="run the whole flow on --case-file (or only start up, without one), "
                           "save the window here, exit")
 
@@ -172,11 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--methods", default="ig,grad-ellm,random",
                           help="comma-separated methods; 'random' is the reference "
                                "(default: ig,grad-ellm,random)")
-    evaluate.add_argument("--json", type=Path, metavar="OUT", help="write the full results")
-    evaluate.add_argument("--csv", type=Path, metavar="OUT", help="write one row per method")
-    evaluate.add_argument("--markdown", type=Path, metavar="OUT",
+    evaluate.add_argument("--json", type=output_file, metavar="OUT", help="write the full results")
+    evaluate.add_argument("--csv", type=output_file, metavar="OUT", help="write one row per method")
+    evaluate.add_argument("--markdown", type=output_file, metavar="OUT",
                           help="write the summary as a Markdown table")
-    evaluate.add_argument("--plot", type=Path, metavar="PNG",
+    evaluate.add_argument("--plot", type=output_file, metavar="PNG",
                           help="the pi-curve plot (default: beside the JSON or CSV; none "
                                "with --no-soft)")
     evaluate.add_argument("--option", action="append", default=[], type=_option,

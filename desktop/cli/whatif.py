@@ -4,8 +4,9 @@ away, and see what happens to the answer (engine/whatif.py)."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
+
+from desktop.cli import output_file
 
 
 def _replacement(text: str) -> tuple[str, str]:
@@ -47,8 +48,8 @@ def add_commands(commands: Any, explain: argparse.ArgumentParser) -> None:
                         help="remove every TEXT")
     whatif.add_argument("--remove-sentence", type=int, action=_EditAction, metavar="N",
                         help="remove sentence N (from 1; `tokentrace sensitivity` numbers them)")
-    whatif.add_argument("--json", type=Path, metavar="OUT", help="write the what-if record")
-    whatif.add_argument("--pdf", type=Path, metavar="OUT",
+    whatif.add_argument("--json", type=output_file, metavar="OUT", help="write the what-if record")
+    whatif.add_argument("--pdf", type=output_file, metavar="OUT",
                         help="write the PDF report of the original case with the what-if")
     sensitivity = commands.add_parser(
         "sensitivity", help="remove each sentence in turn and rank them by their effect",
@@ -56,7 +57,7 @@ def add_commands(commands: Any, explain: argparse.ArgumentParser) -> None:
                     "new answer) and rank the sentences by how much the answer's probability "
                     "falls, and whether the greedy answer would change.")
     sensitivity.add_argument("text", nargs="?", help="the case text (or use --case-file)")
-    sensitivity.add_argument("--json", type=Path, metavar="OUT", help="write the ranking")
+    sensitivity.add_argument("--json", type=output_file, metavar="OUT", help="write the ranking")
     for parser in (whatif, sensitivity):
         for option in shared:
             action = next(a for a in explain._actions if option in a.option_strings)

@@ -73,6 +73,7 @@ CASES = [
     (["batch", "--cases", "{missing}", "--out", "{missing}", "--threads", "100000"], 2,
      "--threads: must be at most 512, got 100000"),
     (["explain", "ER positive", "--max-new-tokens", "\u0663"], 2, "expected a whole number"),
+    (["explain", "ER positive", "--json", "new/"], 2, "'new/' names a folder; give a file name"),
     (["frobnicate"], 2, "invalid choice: 'frobnicate'"),
     (["explain", "ER positive", "--reliability", "--check-precision", "int8"], 2,
      "invalid choice: 'int8'"),
