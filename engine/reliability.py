@@ -15,7 +15,9 @@ Three questions, each answered against chance:
    gradient averages rho = -0.04, against its magnitude 0.33.
 
 The verdict (strong, fair or weak) and its sentence follow from these figures by the rule in
-engine/verdict.py.
+engine/verdict.py. An explanation that scores every case word alike ranks nothing: its figures
+are chance's (its deletions would otherwise follow the order of the text), so it is weak. An
+explanation of a span of the answer is not checked (the check watches the whole answer).
 
 Chance: each pair is a seeded uniformly random ranking and its reverse. The reverse is itself
 a uniformly random ranking, so the pair's mean estimates the same chance level as two
@@ -183,6 +185,12 @@ def check_reliability(model: Any, tokenizer: Any, record: Explanation, *, pairs:
         more = antithetic_rankings(scores.shape, close_pairs, first_seed=pairs)
         chance += deletion_aopc(scorer, problem, more, percents, state=Silent(state))
     state.progressed("reliability", 3, 3)
+    case_scores = scores[case]
+    if bool((case_scores == case_scores[0]).all()):
+        # Every case word scored alike ranks nothing: its deletions would follow the text's
+        # order (age and sex come first in a note, and can beat chance). Any order of equal
+        # words is a random ranking, so what it is worth is chance's own figures.
+        comp, suff = mean(0), mean(1)
 
     figures = (comp, mean(0), suff, mean(1), rho)
     if not all(math.isfinite(value) for value in figures):

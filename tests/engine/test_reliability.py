@@ -176,6 +176,21 @@ def test_check_reports_its_three_parts_in_order(loaded):
     assert heard.reports == [("reliability", done, 3) for done in range(4)]
 
 
+def test_an_explanation_that_ranks_nothing_is_worth_chance(loaded):
+    # Every case word scored alike: deleting "the top words" would delete the first words of
+    # the text, which can beat chance; a ranking of equal words is a random ranking.
+    from dataclasses import replace
+
+    record = explain(ExplainRequest(CASE, target="recommend surgery"), loaded)
+    flat = tuple(0.5 if a else 0.0 for a in record.prompt.attributable)
+    record = replace(record, attribution=replace(record.attribution, sequence=flat,
+                                                 per_token=None))
+    check = check_reliability(loaded.model, loaded.tokenizer, record)
+    assert check.comprehensiveness == check.random_comprehensiveness
+    assert check.sufficiency == check.random_sufficiency
+    assert check.verdict == "weak"
+
+
 def test_an_explanation_of_a_span_is_not_checked(loaded):
     # The check watches the whole answer: it would judge a span's explanation on tokens it
     # does not claim to explain.
