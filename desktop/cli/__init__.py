@@ -346,6 +346,10 @@ def run_batch_command(args: argparse.Namespace) -> int:
             return EXIT_CANCELLED
     print(f"{result.explained} cases explained, {result.resumed} already done, "
           f"{result.failed} skipped; summary in {args.out / 'summary.csv'}")
+    if result.failed and not (result.explained or result.resumed):
+        _stderr(f"tokentrace: no case could be explained; the reasons are in "
+                f"{args.out / 'failures.json'}")
+        return 1  # nothing was kept: a script must not read this run as done
     return 0
 
 

@@ -146,3 +146,13 @@ def test_a_folder_that_is_not_a_batch_s_is_never_overwritten(tiny_model_folder, 
     assert main([*argv, "--out", str(out)]) == 0
     assert "explained again: its answer text does not match its tokens" in capsys.readouterr().err
     assert json.loads(record_file.read_text())["answer"]["text"] != "Mastectomy now"
+
+
+def test_a_batch_in_which_every_case_fails_exits_1(tiny_model_folder, tmp_path, capsys):
+    cases = tmp_path / "cases.jsonl"
+    _write_cases(cases, ["ER positive , " * 200] * 2)  # too long for the model, both
+    out = tmp_path / "out"
+    assert main(["batch", "--cases", str(cases), "--out", str(out), "--model",
+                 str(tiny_model_folder), "--max-new-tokens", "2", "--quiet"]) == 1
+    assert "no case could be explained" in capsys.readouterr().err
+    assert len(json.loads((out / "failures.json").read_text())) == 2
