@@ -62,6 +62,10 @@ def test_verdicts():
     assert verdict_of(0.05, 0.10, 0.01, 0.05, 0.9) == "weak"  # below chance
     assert verdict_of(0.105, 0.10, 0.01, 0.05, 0.9) == "weak"  # a tie within 10% is no win
     assert verdict_of(0.30, 0.10, 0.3044, 0.3047, 0.9) == "fair"  # keeping them: a tie
+    # An answer the model is all but certain of: ratios of hairs decide nothing (both were
+    # "strong" before the floor).
+    assert verdict_of(3e-4, 1e-4, 1e-4, 5e-4, 0.9) == "weak"
+    assert verdict_of(0.001, -0.02, 0.1, 0.2, 0.5) == "fair"  # above chance, but a hair
 
 
 @pytest.mark.parametrize(("method", "second"), [("ig", "ifr"), ("ifr", "input-x-gradient")])
