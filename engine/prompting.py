@@ -105,12 +105,13 @@ def build_prompt(tokenizer: Any, case_text: str, *, system_prompt: str | None,
 
 
 def control_tokens(tokenizer: Any) -> list[str]:
-    """The texts this tokenizer reads as its special tokens (``<|im_end|>``, ``</s>`` ...)."""
+    """The texts this tokenizer reads as its special tokens (``<|im_end|>``, ``</s>`` ...);
+    one character or blank ones are left out (a pad token set to " " is in every text)."""
     found = set(getattr(tokenizer, "all_special_tokens", ()) or ())
     for token in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
         if getattr(token, "special", False):
             found.add(str(token.content))
-    return sorted((t for t in found if t), key=len, reverse=True)
+    return sorted((t for t in found if len(t.strip()) > 1), key=len, reverse=True)
 
 
 def refuse_control_tokens(tokenizer: Any, text: str, what: str) -> None:
