@@ -97,6 +97,12 @@ class Prompt:
             if not 0 <= start <= end <= len(self.text):
                 raise ValueError(f"a token span ({start}, {end}) lies outside the prompt's "
                                  f"{len(self.text)} characters")
+        if any(self.attributable):  # only the case's own tokens are coloured
+            first = self.text.rfind(self.case_text)
+            last = first + len(self.case_text)
+            if first < 0 or not all(e > s and s < last and e > first for (s, e), a in zip(
+                    self.offsets, self.attributable, strict=True) if a):
+                raise ValueError("a token outside the case text is marked as the case's")
         for name, start, end in self.fields:
             if not 0 <= start <= end <= len(self.case_text):
                 raise ValueError(f"field {name!r} ({start}, {end}) lies outside the case's "

@@ -67,6 +67,7 @@ def test_shapes_are_checked():
     (lambda d: d["prompt"].update(offsets=[]), "3 ids but 0 offsets"),
     (lambda d: d["attribution"].update(sequence=[0.0, 1.7e308, 1.7e308]), "larger than 1e\\+15"),
     (lambda d: d["attribution"].update(per_field={"er": 1.0}), "'er', which is not a field"),
+    (lambda d: d["prompt"].update(attributable=[True, True, True]), "outside the case text"),
 ])
 def test_inconsistent_files_are_refused(edit, message):
     data = make_record(matrix=False).to_dict()
