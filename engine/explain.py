@@ -183,7 +183,7 @@ def explain(request: ExplainRequest, loaded: LoadedModel,
                              "belong together")
     planned = len(forced_ids) if forced_ids is not None else request.max_new_tokens
     if n + planned > loaded.context_length:
-        what = "the case makes a prompt" if not request.system_prompt else \
+        what = "the case makes a prompt" if not prompt.system_prompt else \
             "the case with the system prompt makes a prompt"
         raise ContextTooLongError(
             f"{what} of {n:,} tokens; with {planned:,} answer tokens that is "

@@ -61,20 +61,29 @@ def check_distinct(inputs: dict[str, Path | None], outputs: dict[str, Path | Non
     """Refuse, before any work, an output that would overwrite one of the run's inputs or
     another of its outputs (``--json case.txt``, ``--json x --pdf x``), or an input that lies
     in a folder the run writes (``inside``: what -> folder). Paths are compared resolved
-    (relative names, ``..`` and symbolic links), so two names of one file are one file."""
+    (relative names, ``..`` and symbolic links) and, for files that exist, by the file itself
+    (device and inode), so that two names of one file are one file: hard links, and names
+    that differ only in case on a file system that ignores case."""
     from engine.errors import InvalidSettingsError
 
     def resolved(path: Path) -> str:
-        return os.path.realpath(os.path.expanduser(path))
+        return os.path.normcase(os.path.realpath(path))
 
-    seen: dict[str, str] = {}
+    def identity(path: Path) -> tuple:
+        try:
+            found = os.stat(path)
+        except (OSError, ValueError):
+            return ("path", resolved(path))  # not there yet (or not a name the system takes)
+        return ("file", found.st_dev, found.st_ino)
+
+    seen: dict[tuple, str] = {}
     for what, path in inputs.items():
         if path is not None:
-            seen.setdefault(resolved(path), what)
+            seen.setdefault(identity(path), what)
     for what, path in outputs.items():
         if path is None:
             continue
-        key = resolved(path)
+        key = identity(path)
         if key in seen:
             raise InvalidSettingsError(f"the {what} {path} is also the {seen[key]}: writing it "
                                        "would replace that; choose another name")

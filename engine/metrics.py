@@ -42,6 +42,7 @@ from engine.methods.base import (
     cache_keyword,
     cancellable,
     run_in_batches,
+    run_in_sized_batches,
 )
 from engine.task import TaskState
 
@@ -162,7 +163,6 @@ class _Scorer:
         if cache is None:
             shared = [0] * len(prompts)
         order = sorted(range(len(prompts)), key=lambda i: -(len(prompts[i]) - shared[i]))
-        longest = len(prompts[order[0]]) - shared[order[0]] + len(tails)
         out = torch.empty(len(prompts), self.n_answer, dtype=torch.float64)
 
         def work(start: int, stop: int) -> None:
@@ -195,8 +195,17 @@ class _Scorer:
                 greedy[rows] = (logp.argmax(-1) == self.answer.view(1, -1)).cpu()
             self.state.check()
 
+        def rows_at(start: int) -> int:
+            # Rows run longest first, so a batch's first row is its longest: later batches,
+            # of shorter rows, hold more of them. Each row also holds a copy of the prefix's
+            # keys and values (memory, not compute), and needs no activations for a backward.
+            run = len(prompts[order[start]]) - shared[order[start]] + len(tails)
+            return auto_batch_size(self.model, run + max(shared), self.n_answer,
+                                   len(prompts) - start, run_len=run, memory_share=0.5)
+
         with torch.no_grad():
-            self._batched(len(prompts), longest + max(shared), work)
+            run_in_sized_batches(len(prompts), self.batch_size, rows_at, work,
+                                 "the faithfulness check")
         return out
 
     def _prefix_cache(self, length: int):

@@ -80,12 +80,14 @@ def close_call(comp: float, chance_comp: float, suff: float, chance_suff: float,
 def summary_of(comp: float, chance_comp: float, suff: float, chance_suff: float, rho: float,
                second: str) -> str:
     """The badge's sentence: the verdict in plain words, with the figures."""
-    if chance_comp > 0 and comp > 0:
+    if chance_comp > 0 and comp > 0 and abs(comp - chance_comp) >= FLOOR:
         removal = (f"removing the words it ranks highest lowers the answer's probability "
                    f"{comp / chance_comp:.1f}x as much as removing random words")
-    else:
+    else:  # a ratio of two changes this small (or of opposite signs) says nothing
         removal = ("removing the words it ranks highest lowers the answer's probability "
-                   f"by {comp:+.3f}, against {chance_comp:+.3f} for random words")
+                   f"by {comp:+.4f}, against {chance_comp:+.4f} for random words")
+        if abs(comp - chance_comp) < FLOOR:
+            removal += f" (a difference below {FLOOR}: too small to tell them apart)"
     keeping = ("keeping only them preserves the answer better than random words"
                if keeps_better(suff, chance_suff)
                else "keeping only them preserves the answer no better than random words")

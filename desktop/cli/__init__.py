@@ -375,13 +375,17 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
                                    granularity=args.granularity, soft=not args.no_soft)))
     settings.validate()
     _validate_cluster(args)
-    if args.plot is not None:
-        from engine.record import check_writable
-
-        check_writable(args.plot, "plot")
     main_out = args.json or args.csv
     plot = None if args.no_soft else (args.plot or main_out.with_name(
         main_out.stem + "-pi-curves.png"))
+    if plot is not None:
+        from engine.files import check_distinct
+        from engine.record import check_writable
+
+        check_distinct({"case list": settings.cases_file, "results (--json)": settings.json,
+                        "table (--csv)": settings.csv, "summary (--markdown)": settings.markdown,
+                        "progress file": settings.progress_path}, {"plot": plot})
+        check_writable(plot, "plot")
     with RichTaskState(quiet=args.quiet) as state:
         try:
             with _model_or_pool(args, state) as loaded:

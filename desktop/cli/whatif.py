@@ -101,7 +101,7 @@ def run_whatif(args: argparse.Namespace) -> int:
                                 "--remove-sentence N")
     request = _request(args)
     apply_edits(request.case_text, args.edits)  # an edit that finds nothing fails now
-    check_distinct({"case file": getattr(args, "case_file", None)},
+    check_distinct({"case file": args.case_file, "fields file": args.fields_file},
                    {"what-if record (--json)": args.json, "report (--pdf)": args.pdf})
     for path, what in ((args.json, "what-if record"), (args.pdf, "report")):
         if path is not None:
@@ -135,7 +135,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     from engine.whatif import sensitivity
 
     request = _request(args)  # bad settings fail before the model loads
-    check_distinct({"case file": getattr(args, "case_file", None)},
+    check_distinct({"case file": args.case_file, "fields file": args.fields_file},
                    {"ranking (--json)": args.json})
     if args.json is not None:
         check_writable(args.json, "ranking")

@@ -115,6 +115,10 @@ def run_app(case_file: Path | None, model: str, method: str, steps: int | None,
         from engine.cases import read_case
 
         case = read_case(None, case_file)
+    if screenshot is not None:
+        from engine.files import check_distinct
+
+        check_distinct({"case file": case_file}, {"screenshot": screenshot})
 
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication

@@ -14,7 +14,8 @@ from dataclasses import replace
 from PySide6.QtCore import QSettings
 
 from engine.defaults import DEFAULT_METHOD
-from engine.explain import ExplainRequest
+from engine.errors import TokenTraceError
+from engine.explain import ExplainRequest, recorded_params
 from engine.methods import get_method
 from engine.methods.base import Size, estimate_seconds, measured_throughput
 from engine.record import Explanation, ModelInfo
@@ -74,7 +75,12 @@ class RunEstimates:
             return None
         size = Size(prompt=len(record.prompt.token_ids) + row,
                     case=sum(record.prompt.attributable), answer=1)
-        return self._of(info, record.method.name, size, {**record.method.params, "matrix": False})
+        try:  # an opened record is untrusted: its settings are checked before they are used
+            spec = get_method(record.method.name)
+            params = recorded_params(spec, record.method.params)
+        except TokenTraceError:
+            return None  # the row itself will say what is wrong, in one line
+        return self._of(info, spec.name, size, {**params, "matrix": False})
 
     def quicker(self, request: ExplainRequest) -> list[tuple[str, float]]:
         """(change, estimated seconds) for each single change that makes ``request`` short."""

@@ -49,7 +49,8 @@ from desktop.session import ViewState, load_session, save_session
 from engine.audit import audited
 from engine.cases import demo_cases, read_case, read_fields
 from engine.errors import TokenTraceError
-from engine.explain import ExplainRequest
+from engine.explain import ExplainRequest, recorded_params
+from engine.methods import get_method
 from engine.models import ModelRequest
 from engine.record import Explanation
 from engine.task import STAGES
@@ -511,8 +512,19 @@ class MainWindow(QMainWindow):
         if self.record is None or not 0 <= index < len(panel.found):
             return
         found, prompt = panel.found[index], self.record.prompt
+        try:  # the original's own settings, so that only the edit differs between the two
+            params = recorded_params(get_method(self.record.method.name),
+                                     self.record.method.params)
+        except TokenTraceError as exc:
+            self._show_error(str(exc))
+            return
+        for run_detail in ("matrix", "batch_size"):
+            params.pop(run_detail, None)
         request = ExplainRequest(case_text=found.edited_case, method=self.record.method.name,
                                  target=found.answer.text, matrix=False,
+                                 steps=params.pop("steps", None),
+                                 baseline=params.pop("baseline", "pad"),
+                                 options=tuple(params.items()),
                                  raw_prompt=prompt.format == "raw",
                                  system_prompt=prompt.system_prompt)
         self._set_busy(True)

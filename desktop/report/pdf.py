@@ -243,10 +243,17 @@ RSS {mean('peak_rss_mb'):,.0f} MiB (max {max(float(r['peak_rss_mb']) for r in ro
 <table border="1" cellspacing="0" cellpadding="3">
 <tr><th>case</th><th>answer</th><th>attribute s</th><th>peak RSS MiB</th>
 <th>completeness %</th></tr>{body}</table>""")
-    writer = QPdfWriter(str(path))
+    # As the case reports: a device or pipe under the name is refused, and the file is
+    # written beside it and renamed only when complete (a full disk leaves the old one).
+    target = Path(path)
+    check_writable(target, "batch summary")
+    tmp = target.with_name(f".{target.name}.partial")
+    writer = QPdfWriter(str(tmp))
     writer.setPageSize(QPageSize(QPageSize.PageSizeId.A4))
     writer.setPageOrientation(QPageLayout.Orientation.Landscape)
     writer.setTitle("TokenTrace batch summary")
     writer.setCreator("TokenTrace")
     document.print_(writer)
     del writer
+    _check_complete(tmp, target)
+    os.replace(tmp, target)

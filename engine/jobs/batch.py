@@ -120,6 +120,9 @@ def check_batch_folder(out: Path) -> None:
     for name in OUTPUT_FILES:
         if (out / name).is_dir():
             raise OutputError(f"{out / name} is a folder; the batch writes a file there")
+        if os.path.exists(out / name) and not (out / name).is_file():
+            raise OutputError(f"{out / name} is a device, pipe or socket, not a file; the "
+                              "batch writes a file there")
     for name in ("records", "reports"):
         if os.path.lexists(out / name) and not (out / name).is_dir():
             raise OutputError(f"{out / name} is a file; the batch writes a folder there")
@@ -154,6 +157,8 @@ def stale_reason(record: Explanation, request: ExplainRequest, info: ModelInfo) 
         return "it was made with another model or precision"
     if record.model.tokenizer_sha256 and record.model.tokenizer_sha256 != info.tokenizer_sha256:
         return "it was made with another tokenizer"
+    if record.model.template_sha256 and record.model.template_sha256 != info.template_sha256:
+        return "it was made with another chat template"
     return None
 
 
@@ -185,6 +190,7 @@ def run_batch(settings: BatchSettings, loaded: LoadedModel | CasePool,
         default=str).encode()).hexdigest()
     index = _read_index(out)  # record file name -> the settings fingerprint it was made with
     failures: dict[str, str] = {}
+    current: set[str] = set()  # records that stand for this run: resumed, or made now
     done_now = resumed = 0
     finished = False
     by_id = {case.id: case for case in cases}
@@ -199,6 +205,7 @@ def run_batch(settings: BatchSettings, loaded: LoadedModel | CasePool,
                           else stale_reason(record, request, pool.info))
                 if reason is None:
                     resumed += 1
+                    current.add(name)
                     if settings.pdf and reports is not None and not report_path(
                             out, case).is_file():
                         reports.case_pdf(record, report_path(out, case))  # made on resume
@@ -213,6 +220,7 @@ def run_batch(settings: BatchSettings, loaded: LoadedModel | CasePool,
                 log(f"case {case.id}: skipped: {found}")
             elif _save(found, case, settings, reports, index, fingerprint, failures, log):
                 done_now += 1
+                current.add(safe_name(case.id))
                 log(f"case {case.id}: done in {found.timings.attribute_s:.1f} s")
             state.progressed("cases", resumed + done_now + len(failures), len(cases))
         state.progressed("cases", len(cases), len(cases))
@@ -221,8 +229,9 @@ def run_batch(settings: BatchSettings, loaded: LoadedModel | CasePool,
         # The summaries never hide an error already on its way out of the loop.
         try:
             write_text_atomic(out / "failures.json", json.dumps(failures, indent=1))
-            write_summaries(cases, out, reports,
-                            {name for name, made in index.items() if made == fingerprint})
+            # Only records that stand for this run: a case explained again that then failed
+            # (or was cancelled) keeps its old record on disk, but not in the summary.
+            write_summaries(cases, out, reports, current)
         except OutputError as exc:
             if finished:
                 raise

@@ -77,11 +77,12 @@ def parse_method_options(pairs: list[tuple[str, str]]) -> dict[str, dict[str, st
 
 def fingerprint(model: ModelInfo, settings: EvaluationSettings, method: str) -> str:
     """What a stored result depends on besides its case's text: the model's weights,
-    tokenizer, precision and device, the answer length, prompt, metrics and method settings
-    (not the batch size, which changes no result)."""
+    tokenizer, chat template, precision and device, the answer length, prompt, metrics and
+    method settings (not the batch size, which changes no result)."""
     params = {} if method == RANDOM else settings.method_params(method)
     params.pop("batch_size", None)
-    text = json.dumps([model.sha256, model.tokenizer_sha256, model.dtype, model.device,
+    text = json.dumps([model.sha256, model.tokenizer_sha256, model.template_sha256,
+                       model.dtype, model.device,
                        settings.max_new_tokens, settings.system_prompt, settings.baseline,
                        repr(settings.metrics), method, params], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -92,14 +93,17 @@ def _load_progress(path: Path) -> dict[tuple[str, str, str, str], CaseResult]:
     done: dict[tuple[str, str, str, str], CaseResult] = {}
     if not path.is_file():
         return done
-    for line in path.read_text(encoding="utf-8").splitlines():
+    # An edited file may hold bytes that are not UTF-8: those lines fail below, as altered.
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             data = parse_json(line)
             result = CaseResult.from_dict(data)
+            key, text_sha = data["fingerprint"], data["case_sha256"]
+            if not (isinstance(key, str) and isinstance(text_sha, str)):
+                raise TypeError("a fingerprint or case sha256 that is not text")
         except (ValueError, KeyError, TypeError, OverflowError, AttributeError):
             continue  # a line cut short by an interruption, or altered: that case runs again
-        done[(data.get("fingerprint", ""), result.case, result.method,
-              data.get("case_sha256", ""))] = result
+        done[(key, result.case, result.method, text_sha)] = result
     return done
 
 
@@ -123,6 +127,9 @@ def run_evaluation(settings: EvaluateSettings, loaded: LoadedModel | CasePool,
     progress_path.parent.mkdir(parents=True, exist_ok=True)
     jobs = []
     text_sha = {case.id: hashlib.sha256(case.text.encode("utf-8")).hexdigest() for case in cases}
+    pis = set(evaluation.metrics.pis)
+    stored = {key: result for key, result in stored.items()
+              if all(set(curve) == pis for curve in result.curves.values())}  # else altered
     for case in cases:
         done = tuple(m for m in methods if (keys[m], case.id, m, text_sha[case.id]) in stored)
         results.extend(stored[(keys[m], case.id, m, text_sha[case.id])] for m in done)

@@ -219,15 +219,19 @@ def bytes_per_point(model: nn.Module, seq_len: int, n_logits: int) -> int:
 CPU_TOKENS_PER_PASS = 1024
 
 
-def auto_batch_size(model: nn.Module, seq_len: int, n_logits: int, points: int) -> int:
-    """Interpolation points per forward that fit in about half the free device memory."""
+def auto_batch_size(model: nn.Module, seq_len: int, n_logits: int, points: int,
+                    run_len: int | None = None, memory_share: float = 1.0) -> int:
+    """Interpolation points per forward that fit in about half the free device memory
+    (``memory_share`` times the memory one point keeps for a backward). On a CPU also at
+    most CPU_TOKENS_PER_PASS tokens run per pass, counting ``run_len`` of each point's
+    ``seq_len`` (the rest being cached keys and values, which cost memory, not passes)."""
     device = next(model.parameters()).device
     budget = 0.5 * available_memory_bytes(device)
-    fits = int(budget // max(1, bytes_per_point(model, seq_len, n_logits)))
+    fits = int(budget // max(1, memory_share * bytes_per_point(model, seq_len, n_logits)))
     if device.type == "cpu":
         # Past a few thousand tokens per pass CPU throughput stops improving, and smaller
         # passes keep cancellation prompt.
-        fits = min(fits, CPU_TOKENS_PER_PASS // seq_len)
+        fits = min(fits, CPU_TOKENS_PER_PASS // max(1, run_len or seq_len))
     return max(1, min(points, fits))
 
 
@@ -239,8 +243,17 @@ def run_in_batches(points: int, batch_size: int | None, estimate: Callable[[], i
     failed batch is redone); with a fixed size an out-of-memory error is reported at once.
     """
     size = batch_size or estimate()
-    start = 0
+    run_in_sized_batches(points, batch_size, lambda start: size, work, what)
+
+
+def run_in_sized_batches(points: int, batch_size: int | None, size_at: Callable[[int], int],
+                         work: Callable[[int, int], None], what: str) -> None:
+    """:func:`run_in_batches` where a batch's size depends on where it starts:
+    ``size_at(start)`` (rows sorted longest first fit more per batch as they get shorter).
+    After an out-of-memory error every later size is halved as well."""
+    start, shrink = 0, 1
     while start < points:
+        size = batch_size or max(1, size_at(start) // shrink)
         stop = min(points, start + size)
         try:
             work(start, stop)
@@ -249,7 +262,7 @@ def run_in_batches(points: int, batch_size: int | None, estimate: Callable[[], i
                 raise
             if batch_size is not None or size == 1:
                 raise out_of_memory_error(what, size) from None
-            size = max(1, size // 2)
+            shrink *= 2
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             continue

@@ -156,3 +156,41 @@ def test_a_batch_in_which_every_case_fails_exits_1(tiny_model_folder, tmp_path, 
                  str(tiny_model_folder), "--max-new-tokens", "2", "--quiet"]) == 1
     assert "no case could be explained" in capsys.readouterr().err
     assert len(json.loads((out / "failures.json").read_text())) == 2
+
+
+def test_a_case_explained_again_that_fails_leaves_the_summary(tiny_model_folder, tmp_path,
+                                                               capsys):
+    cases = tmp_path / "cases.jsonl"
+    _write_cases(cases, GOOD[:2])
+    out = tmp_path / "out"
+    argv = ["batch", "--cases", str(cases), "--out", str(out), "--model",
+            str(tiny_model_folder), "--max-new-tokens", "2", "--quiet"]
+    assert main(argv) == 0
+    # Case 1's text is edited so that it no longer fits the model: its old record, made for
+    # the old text, stays on disk but must not stand in the summary for the new text.
+    _write_cases(cases, [GOOD[0], "ER positive , " * 200])
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "case 1: explained again: its case text differs" in err
+    assert "case 1: skipped" in err
+    with (out / "summary.csv").open() as handle:
+        assert [r["case"] for r in csv.DictReader(handle)] == ["case 0"]
+    assert list(json.loads((out / "failures.json").read_text())) == ["case 1"]
+
+
+def test_a_pipe_where_the_batch_writes_its_summary_is_refused_first(tiny_model_folder, tmp_path,
+                                                                    capsys):
+    import os
+
+    cases = tmp_path / "cases.jsonl"
+    _write_cases(cases, GOOD[:1])
+    out = tmp_path / "out"
+    argv = ["batch", "--cases", str(cases), "--out", str(out), "--model",
+            str(tiny_model_folder), "--max-new-tokens", "2", "--quiet", "--pdf"]
+    assert main(argv) == 0
+    (out / "summary.pdf").unlink()
+    os.mkfifo(out / "summary.pdf")  # writing it would wait for a reader for ever
+    assert main(argv) == 6
+    assert "summary.pdf is a device, pipe or socket" in capsys.readouterr().err
+    assert not (out / "summary.pdf").is_file()
+

@@ -63,7 +63,10 @@ CASES = [
       "--baseline", "token:100000"], 2,
      "the id must be an integer from 0 to"),
     (["explain", "ER positive " * 200, "--model", "{folder}"], 4,
-     "more than this model's context of 256 tokens"),
+     "the case with the system prompt makes a prompt of"),
+    (["explain", "ER positive " * 200, "--model", "{folder}", "--raw-prompt"], 4,
+     "the case makes a prompt of 400 tokens; with 64 answer tokens that is 464, more than "
+     "this model's context of 256 tokens"),
     (["evaluate", "--cases", "{missing}", "--json", "{missing}", "--no-soft", "--plot", "p.png"],
      2, "--plot draws the pi-Soft curves, which --no-soft skips"),
     (["explain", "ER positive", "--reliability", "--option", "span=0:1"], 2,
@@ -281,7 +284,19 @@ def test_an_output_never_replaces_an_input_or_another_output(tmp_path, capsys):
     inner.write_text(cases.read_text())
     alias = tmp_path / "alias.txt"
     alias.symlink_to(case)
+    hard = tmp_path / "hard.txt"
+    os.link(case, hard)  # another name of the same file, which no path comparison sees
+    fields = tmp_path / "fields.json"
+    fields.write_text('{"age": "52", "er": "positive"}')
     runs = [
+        (["explain", "--case-file", str(case), "--json", str(hard)], "is also the case file"),
+        (["whatif", "--fields-file", str(fields), "--remove", "positive", "--json",
+          str(fields)], "is also the fields file"),
+        (["sensitivity", "--fields-file", str(fields), "--json", str(fields)],
+         "is also the fields file"),
+        (["evaluate", "--cases", str(cases), "--json", str(tmp_path / "e.json"), "--plot",
+          str(cases)], "is also the case list"),
+        (["app", "--case-file", str(case), "--screenshot", str(case)], "is also the case file"),
         (["explain", "--case-file", str(case), "--json", str(alias)], "is also the case file"),
         (["explain", "--case-file", str(case), "--json", str(tmp_path / "x"), "--pdf",
           str(tmp_path / "sub" / ".." / "x")], "is also the record (--json)"),
@@ -294,7 +309,7 @@ def test_an_output_never_replaces_an_input_or_another_output(tmp_path, capsys):
         (["batch", "--cases", str(inner), "--out", str(tmp_path / "out")],
          "lies in the records folder"),
     ]
-    before = {p: p.read_bytes() for p in (case, cases, inner)}
+    before = {p: p.read_bytes() for p in (case, cases, inner, fields)}
     for argv, message in runs:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err

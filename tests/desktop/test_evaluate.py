@@ -73,13 +73,22 @@ def test_evaluate_writes_the_table_plot_and_resumes(tiny_model_folder, case_file
     altered.update(values=[], seconds="inf")
     broken = json.loads(lines[1])
     broken["values"] = {key: "nan" for key in broken["values"]}
-    progress.write_text("\n".join([json.dumps(altered), json.dumps(broken), *lines[2:]]) + "\n")
+    # ... or a list as its fingerprint, or pi curves at other points (exit 70 before), and a
+    # line of bytes that are not UTF-8 (exit 70 before: the whole file failed to read).
+    unhashable = json.loads(lines[2])
+    unhashable["fingerprint"] = []
+    shifted = json.loads(lines[3])
+    shifted["curves"] = {name: {"0.15": 0.5} for name in shifted["curves"]}
+    assert shifted["curves"]
+    progress.write_bytes(("\n".join([json.dumps(altered), json.dumps(broken),
+                                      json.dumps(unhashable), json.dumps(shifted)]) + "\n"
+                          ).encode() + b"\xff\xfe{\n" + ("\n".join(lines[4:]) + "\n").encode())
     assert _evaluate(tiny_model_folder, case_file, tmp_path) == 0
-    assert len(progress.read_text().splitlines()) == 11
+    assert len(progress.read_text(errors="replace").splitlines()) == 14
     assert json.loads((tmp_path / "eval.json").read_text())["summary"] == report["summary"]
     # Other metric settings are other results: computed anew.
     assert _evaluate(tiny_model_folder, case_file, tmp_path, "--seed", "3") == 0
-    assert len(progress.read_text().splitlines()) == 20
+    assert len(progress.read_text(errors="replace").splitlines()) == 23
 
 
 @pytest.mark.parametrize(("extra", "message"), [

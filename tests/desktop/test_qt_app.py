@@ -600,6 +600,25 @@ def test_text_from_an_opened_file_is_shown_as_text_never_as_html(ready_window, q
     assert HOSTILE in window.answer_view.toPlainText()  # the answer token, as typed
 
 
+def test_an_opened_explanation_with_text_for_a_number_in_its_settings_is_one_line(
+        ready_window, qtbot, tmp_path):
+    # Clicking an answer token raised ValueError in the window's time estimate before.
+    window = ready_window
+    window.settings_panel.reliability.setChecked(False)
+    window.settings_panel.claims.setChecked(False)
+    _explain(window, qtbot, method="ifr", matrix=False)
+    data = json.loads(window.record.to_json())
+    data["method"]["params"]["hops"] = "x"
+    opened = tmp_path / "edited.json"
+    opened.write_text(json.dumps(data))
+    window.open_session(opened)
+    assert window.last_error is None and window.record.method.params["hops"] == "x"
+    window.select_answer_token(0)
+    qtbot.waitUntil(lambda: window.last_error is not None, timeout=30_000)
+    assert "hops='x' is not a valid value for ifr" in window.last_error
+    assert len(window.last_error.splitlines()) == 1
+
+
 def test_missing_qt_system_libraries_give_one_line_naming_the_packages(monkeypatch):
     from desktop.qt.app import check_platform
     from engine.errors import WindowUnavailableError
@@ -798,8 +817,11 @@ def test_the_new_answer_of_a_what_if_is_explained_beside_the_original(ready_wind
     window = ready_window
     window.settings_panel.reliability.setChecked(False)
     window.settings_panel.claims.setChecked(False)
-    _explain(window, qtbot, method="ifr", max_new_tokens=4)
+    window.settings_panel.baseline.setCurrentText("zero")
+    _explain(window, qtbot, method="ig", steps=4, max_new_tokens=4)
     original = window.record
+    assert (original.method.params["steps"], original.method.params["baseline"]) == (4, "zero")
+    window.settings_panel.baseline.setCurrentText("pad")  # the panel moves on: the what-if not
     window.case_edit.setPlainText(original.prompt.case_text.replace("left breast", "right breast"))
     with qtbot.waitSignal(window.whatif_shown, timeout=60_000):
         window.whatif_panel.whatif_button.click()
@@ -808,6 +830,10 @@ def test_the_new_answer_of_a_what_if_is_explained_beside_the_original(ready_wind
         window.whatif_panel.explain_button.click()
     new = window.whatif_panel.explained[0]
     assert window.record is original  # the original explanation stays on screen
+    # With the original's own settings (the defaults before: converged IG, pad baseline), so
+    # that only the edit differs between the two coloured cases.
+    assert new.method.name == "ig"
+    assert (new.method.params["steps"], new.method.params["baseline"]) == (4, "zero")
     assert new.prompt.case_text == window.whatif_panel.found[0].edited_case
     assert new.answer.text == window.whatif_panel.found[0].answer.text and new.answer.forced
     details = window.whatif_panel.details.toPlainText()

@@ -102,3 +102,17 @@ def test_crash_mid_save_leaves_the_old_file_intact(tmp_path, monkeypatch):
         make_record(matrix=False).save(path)
     assert path.read_text() == before
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_a_batch_record_made_with_another_chat_template_is_not_resumed():
+    from dataclasses import replace
+
+    from engine.explain import ExplainRequest
+    from engine.jobs.batch import stale_reason
+
+    base = make_record()
+    record = replace(base, model=replace(base.model, template_sha256="a" * 64))
+    request = ExplainRequest(record.prompt.case_text, method=record.method.name)
+    assert stale_reason(record, request, record.model) is None
+    assert stale_reason(record, request, replace(record.model, template_sha256="f" * 64)) == \
+        "it was made with another chat template"

@@ -25,7 +25,7 @@ from engine.reliability import (
     spearman,
 )
 from engine.task import TaskState
-from engine.verdict import close_call, verdict_of
+from engine.verdict import close_call, summary_of, verdict_of
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +66,15 @@ def test_verdicts():
     # "strong" before the floor).
     assert verdict_of(3e-4, 1e-4, 1e-4, 5e-4, 0.9) == "weak"
     assert verdict_of(0.001, -0.02, 0.1, 0.2, 0.5) == "fair"  # above chance, but a hair
+
+
+def test_the_badge_sentence_never_reads_a_ratio_of_hairs_as_a_win():
+    # "3.0x as much as random words" under a "Do not rely" verdict, before.
+    weak = summary_of(3e-4, 1e-4, 1e-4, 5e-4, 0.9, "ifr")
+    assert weak.startswith("Do not rely") and "x as much" not in weak
+    assert "+0.0003, against +0.0001" in weak and "too small to tell them apart" in weak
+    strong = summary_of(0.30, 0.10, 0.01, 0.05, 0.6, "ifr")
+    assert strong.startswith("Trustworthy here") and "3.0x as much" in strong
 
 
 @pytest.mark.parametrize(("method", "second"), [("ig", "ifr"), ("ifr", "input-x-gradient")])
