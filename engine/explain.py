@@ -13,6 +13,7 @@ import torch
 
 from engine.audit import audited
 from engine.errors import (
+    BROKEN_MODEL,
     ContextTooLongError,
     InvalidInputError,
     InvalidSettingsError,
@@ -217,6 +218,8 @@ def explain(request: ExplainRequest, loaded: LoadedModel,
         output = method.attribute(model, tokenizer, problem, state=state, **params)
         attribute_s = time.perf_counter() - start
 
+    if not bool(torch.isfinite(output.f_input).all()):  # before the scores: their cause
+        raise ModelLoadError(BROKEN_MODEL)
     scores = output.sequence if output.per_token is None else output.per_token
     if not bool(torch.isfinite(scores).all()):
         raise TokenTraceError(

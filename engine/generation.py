@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from engine.errors import InvalidSettingsError
+from engine.errors import BROKEN_MODEL, InvalidSettingsError, ModelLoadError
 from engine.methods.base import cache_keyword, cancellable
 from engine.prompting import stable_prefix
 from engine.task import TaskState
@@ -90,10 +90,24 @@ def generate_with_cache(model: Any, tokenizer: Any, prompt_ids: list[int], max_n
     """Greedy answer ids (as :func:`generate_answer`) and the key/value cache generation left:
     every position of the prompt and of the answer but its last token, so that a method can
     read the prompt's keys and values instead of recomputing them."""
-    from transformers import StoppingCriteria, StoppingCriteriaList
+    from transformers import (
+        LogitsProcessor,
+        LogitsProcessorList,
+        StoppingCriteria,
+        StoppingCriteriaList,
+    )
 
     if max_new_tokens < 1:
         raise InvalidSettingsError(f"max new tokens must be at least 1 (got {max_new_tokens})")
+
+    class _Finite(LogitsProcessor):
+        """Greedy decoding over NaN scores picks token 0 (often the end of text): a broken
+        model would give an empty or garbage answer instead of saying it is broken."""
+
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            if not bool(torch.isfinite(scores).any(-1).all()) or bool(scores.isnan().any()):
+                raise ModelLoadError(BROKEN_MODEL)
+            return scores
 
     class _Cancel(StoppingCriteria):
         def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
@@ -122,6 +136,7 @@ def generate_with_cache(model: Any, tokenizer: Any, prompt_ids: list[int], max_n
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0],
             streamer=_Streamer(tokenizer, state),
             stopping_criteria=StoppingCriteriaList([_Cancel()]),
+            logits_processor=LogitsProcessorList([_Finite()]),
             return_dict_in_generate=True,
         )
     state.check()

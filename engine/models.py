@@ -404,9 +404,12 @@ def convert_in_child(argv: list[str]) -> int:
         with _alone(path) as folder:
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=path.name,
                                                       local_files_only=True)
-            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=path.name,
-                                                         local_files_only=True,
-                                                         dtype=torch.float32)
+            model, loading = AutoModelForCausalLM.from_pretrained(
+                folder, gguf_file=path.name, local_files_only=True, dtype=torch.float32,
+                output_loading_info=True)
+        # A GGUF without tensors its architecture needs would otherwise run (and be cached)
+        # with those weights random.
+        _check_weights(loading, path, "its metadata")
         _require_fast(tokenizer, path)
         _write_cache(model, tokenizer, Path(work), gguf_sha)
     except ModelLoadError as exc:
@@ -424,7 +427,7 @@ def convert_in_child(argv: list[str]) -> int:
 
 # What defines a dequantized cache entry besides the GGUF's bytes: how TokenTrace reads a GGUF
 # (bump when that changes) and the transformers release that converts its tokenizer and weights.
-GGUF_CACHE_FORMAT = 2
+GGUF_CACHE_FORMAT = 3  # 3: a GGUF missing weights is refused, not cached
 CACHE_MANIFEST = "tokentrace-cache.json"
 
 
@@ -534,7 +537,8 @@ def _check_weights_cover(config: Any, weights: list[Path], where: Path) -> None:
                              "weights, so it is refused")
 
 
-def _check_weights(loading: dict[str, Any], where: Path) -> None:
+def _check_weights(loading: dict[str, Any], where: Path, declared: str = "its config.json"
+                   ) -> None:
     """Refuse a model whose files do not hold its weights: transformers would fill the missing
     ones with random values and ignore the unexpected ones (tied weights are not reported)."""
     missing = sorted(loading.get("missing_keys") or ())
@@ -548,7 +552,7 @@ def _check_weights(loading: dict[str, Any], where: Path) -> None:
     if mismatched:
         problems.append(f"{len(mismatched)} of the wrong shape")
     if problems:
-        raise ModelLoadError(f"the weights in {where} do not match its config.json: "
+        raise ModelLoadError(f"the weights in {where} do not match {declared}: "
                              f"{'; '.join(problems)} weight tensors; the model would run with "
                              "random weights, so it is refused")
 

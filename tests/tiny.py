@@ -66,3 +66,57 @@ def make_tiny_model(kind: str, vocab_size: int, dtype: torch.dtype, seed: int = 
 def relative_difference(ours: torch.Tensor, reference: torch.Tensor) -> float:
     """max |ours - reference| / max |reference|."""
     return float((ours - reference).abs().max() / reference.abs().max())
+
+
+def make_tiny_gguf(path, leave_out: tuple[str, ...] = ()) -> None:
+    """A 2-layer llama GGUF (float32 tensors) with the embedded model's tokenizer and chat
+    template, written with the ``gguf`` package; ``leave_out`` names tensors not written."""
+    import numpy as np
+    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+
+    from engine.models import embedded_gguf_path
+
+    hidden, ffn, layers, heads, kv_heads = 64, 128, 2, 4, 2
+    sizes = {"llama.block_count": layers, "llama.embedding_length": hidden,
+             "llama.feed_forward_length": ffn, "llama.attention.head_count": heads,
+             "llama.attention.head_count_kv": kv_heads,
+             "llama.rope.dimension_count": hidden // heads}
+    source = GGUFReader(embedded_gguf_path())
+    writer = GGUFWriter(str(path), "llama")
+    for key, found in source.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        if key in sizes:
+            writer.add_key_value(key, sizes[key], GGUFValueType.UINT32)
+        elif found.types[0] == GGUFValueType.ARRAY:
+            writer.add_key_value(key, found.contents(), GGUFValueType.ARRAY,
+                                 sub_type=found.types[-1])
+        else:
+            writer.add_key_value(key, found.contents(), found.types[0])
+    rng = np.random.default_rng(0)
+    vocab = len(source.fields["tokenizer.ggml.tokens"].contents())
+
+    def weight(*shape: int):
+        return (rng.standard_normal(shape) * 0.2).astype(np.float32)
+
+    head = hidden // heads
+    tensors = {"token_embd.weight": weight(vocab, hidden),
+               "output_norm.weight": np.ones(hidden, np.float32)}
+    for i in range(layers):
+        tensors.update({
+            f"blk.{i}.attn_norm.weight": np.ones(hidden, np.float32),
+            f"blk.{i}.ffn_norm.weight": np.ones(hidden, np.float32),
+            f"blk.{i}.attn_q.weight": weight(hidden, hidden),
+            f"blk.{i}.attn_k.weight": weight(kv_heads * head, hidden),
+            f"blk.{i}.attn_v.weight": weight(kv_heads * head, hidden),
+            f"blk.{i}.attn_output.weight": weight(hidden, hidden),
+            f"blk.{i}.ffn_gate.weight": weight(ffn, hidden),
+            f"blk.{i}.ffn_up.weight": weight(ffn, hidden),
+            f"blk.{i}.ffn_down.weight": weight(hidden, ffn)})
+    for name, values in tensors.items():
+        if name not in leave_out:
+            writer.add_tensor(name, values)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()

@@ -21,6 +21,9 @@ class AttributionChart(QWidget):
         self.plot = pg.PlotWidget(background="w")
         self.plot.setMenuEnabled(False)
         self.plot.setLabel("left", "attribution")
+        # Ticks as plain numbers (0.05, 0.10): pyqtgraph would otherwise rescale them and put
+        # "(x0.001)" in the axis title, which a short chart cuts off.
+        self.plot.getAxis("left").enableAutoSIPrefix(False)
         self.plot.showGrid(y=True, alpha=0.3)
         self.sorted_box = QCheckBox("Top")
         self.top_k = QSpinBox()

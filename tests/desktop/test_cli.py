@@ -321,6 +321,28 @@ def test_an_output_never_replaces_an_input_or_another_output(tmp_path, capsys):
     assert "batch output summary.csv" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("target", [None, "endocrine therapy"])
+def test_a_model_that_computes_nan_is_named_broken(tmp_path, capsys, target):
+    # Exit 70 ("a log-probability is above 0 or not a number") before, or, generating, "the
+    # model gave an empty answer" (greedy decoding over NaN picks token 0, the end of text).
+    import torch
+    from tiny import make_tiny_model, make_tiny_tokenizer
+
+    folder = tmp_path / "nan-norm"
+    model = make_tiny_model("llama", 256, torch.float32)
+    with torch.no_grad():
+        model.model.norm.weight.fill_(float("nan"))
+    model.save_pretrained(folder)
+    make_tiny_tokenizer().save_pretrained(folder)
+    capsys.readouterr()
+    argv = ["explain", "52 year old woman , ER positive .", "--model", str(folder),
+            "--max-new-tokens", "2", "--quiet", "--json", str(tmp_path / "r.json")]
+    assert main(argv + (["--target", target] if target else [])) == 3
+    err = capsys.readouterr().err
+    assert "computes values that are not numbers" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "r.json").exists()
+
+
 def test_a_tokenizer_beyond_the_model_s_embedding_is_one_line(tmp_path, capsys):
     # Exit 70 (an index error inside the model) before.
     import torch

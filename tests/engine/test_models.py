@@ -76,3 +76,19 @@ def test_device_and_dtype_choices():
     with pytest.raises(InvalidSettingsError, match="unknown dtype 'int8'"):
         resolve_dtype("int8", resolve_device("cpu"))
     assert str(resolve_dtype("auto", resolve_device("cpu"))) == "torch.float32"
+
+
+def test_a_gguf_missing_a_tensor_is_refused_not_run_on_random_weights(tmp_path, monkeypatch):
+    # Before: loaded with that weight randomly initialised, cached so, and explained (exit 0).
+    from tiny import make_tiny_gguf
+
+    monkeypatch.setenv("TOKENTRACE_CACHE_DIR", str(tmp_path / "cache"))
+    whole, holed = tmp_path / "whole.gguf", tmp_path / "holed.gguf"
+    make_tiny_gguf(whole)
+    make_tiny_gguf(holed, leave_out=("blk.1.attn_q.weight",))
+    loaded = load_model(ModelRequest(str(whole)))
+    assert loaded.model.config.num_hidden_layers == 2
+    with pytest.raises(ModelLoadError, match="1 missing \\(e.g. model.layers.1.self_attn.q_proj"
+                                             ".weight\\) weight tensors"):
+        load_model(ModelRequest(str(holed)))
+    assert len(list((tmp_path / "cache").rglob("config.json"))) == 1  # the whole one only
