@@ -31,6 +31,7 @@ from engine.prompting import (
     answer_pieces,
     build_prompt,
     refuse_control_tokens,
+    tokenize,
     validate_case_text,
 )
 from engine.record import (
@@ -174,7 +175,8 @@ def explain(request: ExplainRequest, loaded: LoadedModel,
     n = len(prompt.token_ids)
     if request.target is not None:
         refuse_control_tokens(tokenizer, request.target, "forced answer (--target)")
-    forced_ids = (tokenizer.encode(request.target, add_special_tokens=False)
+    forced_ids = (list(tokenize(tokenizer, request.target, "forced answer (--target)",
+                                add_special_tokens=False)["input_ids"])
                   if request.target is not None else None)
     rows = model.get_input_embeddings().num_embeddings
     highest = max((*prompt.token_ids, *(forced_ids or ())), default=0)

@@ -151,6 +151,9 @@ def _digest(paths: list[Path], state: TaskState) -> str:
     return digest.hexdigest()
 
 
+TRIAL_TEXT = "A 52-year-old woman: ER positive, HER2 negative (IHC 1+), Ki-67 20%."
+
+
 def load_model(request: ModelRequest, state: TaskState | None = None) -> LoadedModel:
     """Load the requested model onto its device, offline. Raises :class:`ModelLoadError`."""
     from transformers.utils import logging as hf_logging
@@ -182,6 +185,11 @@ def load_model(request: ModelRequest, state: TaskState | None = None) -> LoadedM
             model, tokenizer, sha, from_cache = _load_gguf(path, dtype, state)
             name = path.stem
     state.check()
+    # A tokenizer that cannot read plain clinical text (a vocabulary without its unknown
+    # token, say) is refused now, not at every case.
+    from engine.prompting import tokenize
+
+    tokenize(tokenizer, TRIAL_TEXT, "test text " + repr(TRIAL_TEXT))
     try:
         model.to(device)
     except (torch.OutOfMemoryError, RuntimeError) as exc:

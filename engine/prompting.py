@@ -66,6 +66,27 @@ def validate_case_text(case_text: str) -> str:
     return text
 
 
+def is_panic(exc: BaseException) -> bool:
+    """A panic inside a library's Rust code (the tokenizer's regular expressions, for one)
+    reaches Python as pyo3's ``PanicException``, a BaseException that ``except Exception``
+    lets through."""
+    return type(exc).__name__ == "PanicException"
+
+
+def tokenize(tokenizer: Any, text: str, what: str, **options: Any) -> Any:
+    """``tokenizer(text, **options)``; a tokenizer that fails on a text (a pre-tokenizer
+    pattern that backtracks until its engine gives up, a vocabulary without its unknown token)
+    is the model's fault, said in one line."""
+    try:
+        return tokenizer(text, **options)
+    except BaseException as exc:
+        if not (isinstance(exc, Exception) or is_panic(exc)):
+            raise
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise ModelLoadError(f"this model's tokenizer failed on the {what} ({reason}); its "
+                             "tokenizer files are broken") from None
+
+
 def build_prompt(tokenizer: Any, case_text: str, *, system_prompt: str | None,
                  raw: bool = False, state: TaskState | None = None) -> PromptParts:
     """Render the case through the chat template (or as is with ``raw``) and tokenize it.
@@ -86,10 +107,11 @@ def build_prompt(tokenizer: Any, case_text: str, *, system_prompt: str | None,
         if start < 0:
             raise InvalidInputError("this model's chat template rewrites the case text, so its "
                                     "tokens cannot be located; use --raw-prompt")
-        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        encoded = tokenize(tokenizer, text, "case", add_special_tokens=False,
+                           return_offsets_mapping=True)
     else:
         text, start = case, 0
-        encoded = tokenizer(text, return_offsets_mapping=True)
+        encoded = tokenize(tokenizer, text, "case", return_offsets_mapping=True)
     end = start + len(case)
     ids = tuple(int(i) for i in encoded["input_ids"])
     offsets = tuple((int(s), int(e)) for s, e in encoded["offset_mapping"])

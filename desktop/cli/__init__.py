@@ -506,8 +506,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tokentrace: cancelled", file=sys.stderr)
         return EXIT_CANCELLED
-    except Exception as exc:
-        if args.debug:
+    except BaseException as exc:  # Exception, and a panic in a library's Rust code
+        from engine.prompting import is_panic
+
+        if args.debug or not (isinstance(exc, Exception) or is_panic(exc)):
             raise
         from desktop.cli.text import printable
         from engine.errors import TokenTraceError

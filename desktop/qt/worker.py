@@ -16,6 +16,7 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from desktop.qt.errors import message_for
 from engine.errors import Cancelled
+from engine.prompting import is_panic
 from engine.task import TaskState
 
 
@@ -220,11 +221,13 @@ class EngineWorker(QObject):
         self.started.emit(request_id, what)
         try:
             return work(state)
-        except Exception as exc:
+        except BaseException as exc:  # a panic in a library's Rust code too: never a request
+            if not (isinstance(exc, Exception) or is_panic(exc)):  # that does not end
+                raise
             self._fail(request_id, exc)
             return None
 
-    def _fail(self, request_id: int, exc: Exception) -> None:
+    def _fail(self, request_id: int, exc: BaseException) -> None:
         if isinstance(exc, Cancelled):
             self.cancelled.emit(request_id)
         else:

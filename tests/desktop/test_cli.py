@@ -343,6 +343,31 @@ def test_a_model_that_computes_nan_is_named_broken(tmp_path, capsys, target):
     assert not (tmp_path / "r.json").exists()
 
 
+@pytest.mark.parametrize(("edit", "case", "message"), [
+    # A pattern that backtracks until the regex engine gives up: a Rust panic (a BaseException
+    # that `except Exception` missed) gave a traceback here, and a window that waited for ever.
+    (lambda tok: tok.update(pre_tokenizer={"type": "Split", "pattern": {"Regex": "(a|aa)+$"},
+                                           "behavior": "Isolated", "invert": False}),
+     "ER positive " + "a" * 60 + "c", "tokenizer failed on the case (Onig: Regex search error"),
+    # A vocabulary without its unknown token: exit 70 at every case before, now at load.
+    (lambda tok: (tok["model"].update(vocab={}), tok.update(added_tokens=[])), "ER positive",
+     "tokenizer failed on the test text"),
+])
+def test_a_broken_tokenizer_is_one_line(tiny_model_folder, tmp_path, capsys, edit, case,
+                                         message):
+    import shutil
+
+    folder = tmp_path / "broken-tokenizer"
+    shutil.copytree(tiny_model_folder, folder)
+    tok = json.loads((folder / "tokenizer.json").read_text())
+    edit(tok)
+    (folder / "tokenizer.json").write_text(json.dumps(tok))
+    assert main(["explain", case, "--model", str(folder), "--max-new-tokens", "2",
+                 "--quiet"]) == 3
+    err = capsys.readouterr().err
+    assert message in err and len(err.splitlines()) == 1, err
+
+
 def test_a_tokenizer_beyond_the_model_s_embedding_is_one_line(tmp_path, capsys):
     # Exit 70 (an index error inside the model) before.
     import torch
