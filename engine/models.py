@@ -410,6 +410,7 @@ def convert_in_child(argv: list[str]) -> int:
         # The GGUF is read alone: a tokenizer.json or config.json lying next to it must not
         # replace the file's own tokenizer, chat template or architecture.
         with _alone(path) as folder:
+            _check_gguf_covers(folder, path)
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=path.name,
                                                       local_files_only=True)
             model, loading = AutoModelForCausalLM.from_pretrained(
@@ -511,20 +512,13 @@ def _check_weights_cover(config: Any, weights: list[Path], where: Path) -> None:
     """Refuse, before anything is allocated, a folder whose weight files hold far fewer
     values than its config.json asks for: transformers would first allocate every missing
     weight (gigabytes for a config.json of a few lines) and only then report it missing. The
-    model is laid out on the meta device (no memory); the files' headers give their sizes."""
+    files' headers give their sizes."""
     from safetensors import safe_open
-    from transformers import AutoModelForCausalLM
 
-    layers = getattr(config, "num_hidden_layers", 0)
-    if not isinstance(layers, int) or not 0 <= layers <= MAX_LAYERS:
-        raise ModelLoadError(f"{where / 'config.json'} asks for {layers!r} layers; refused")
+    names = _declared(config, where / "config.json")
+    held = 0
+    wrong: list[tuple[str, str]] = []
     try:
-        with torch.device("meta"):
-            skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
-        needed = sum(parameter.numel() for parameter in skeleton.parameters())
-        names = {name for name, _ in skeleton.named_parameters()}
-        held = 0
-        wrong: list[tuple[str, str]] = []
         for file in weights:
             with safe_open(str(file), framework="pt") as handle:
                 for key in handle.keys():  # noqa: SIM118 (not iterable)
@@ -539,10 +533,46 @@ def _check_weights_cover(config: Any, weights: list[Path], where: Path) -> None:
         raise ModelLoadError(f"the weight {key} in {where} is stored as {dtype}, not as floating "
                              "point numbers: the file's header does not describe a model's "
                              "weights, so it is refused")
+    _refuse_thin(held, sum(names.values()), f"the weights in {where}", "its config.json")
+
+
+def _check_gguf_covers(folder: Path, path: Path) -> None:
+    """As :func:`_check_weights_cover`, for a GGUF (``path``, read in ``folder``): its
+    metadata declares the architecture (a 14 MB file could ask for 3,000 layers or a
+    feed-forward width of millions), its tensor table gives what it holds."""
+    from gguf import GGUFReader
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(folder, gguf_file=path.name, local_files_only=True)
+        held = sum(int(tensor.n_elements) for tensor in GGUFReader(path).tensors)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot read GGUF file {path}: {_short(exc)}") from None
+    names = _declared(config, path)
+    _refuse_thin(held, sum(names.values()), f"the tensors of {path}", "its metadata")
+
+
+def _declared(config: Any, where: Path) -> dict[str, int]:
+    """The weights ``config`` declares, by name, with their sizes: the model laid out on the
+    meta device (no memory). More than MAX_LAYERS layers is refused first."""
+    from transformers import AutoModelForCausalLM
+
+    layers = getattr(config, "num_hidden_layers", 0)
+    if not isinstance(layers, int) or not 0 <= layers <= MAX_LAYERS:
+        raise ModelLoadError(f"{where} asks for {layers!r} layers; refused")
+    try:
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load the model in {where}: {_short(exc)}") from None
+    return {name: parameter.numel() for name, parameter in skeleton.named_parameters()}
+
+
+def _refuse_thin(held: int, needed: int, what: str, declared: str) -> None:
     if held < needed // 2:
-        raise ModelLoadError(f"the weights in {where} hold {held:,} values, its config.json "
-                             f"asks for {needed:,}: the model would run mostly on random "
-                             "weights, so it is refused")
+        raise ModelLoadError(f"{what} hold {held:,} values, {declared} asks for "
+                             f"{needed:,}: the model would run mostly on random weights, so "
+                             "it is refused")
 
 
 def _check_weights(loading: dict[str, Any], where: Path, declared: str = "its config.json"

@@ -68,9 +68,10 @@ def relative_difference(ours: torch.Tensor, reference: torch.Tensor) -> float:
     return float((ours - reference).abs().max() / reference.abs().max())
 
 
-def make_tiny_gguf(path, leave_out: tuple[str, ...] = ()) -> None:
+def make_tiny_gguf(path, leave_out: tuple[str, ...] = (), declare: dict | None = None) -> None:
     """A 2-layer llama GGUF (float32 tensors) with the embedded model's tokenizer and chat
-    template, written with the ``gguf`` package; ``leave_out`` names tensors not written."""
+    template, written with the ``gguf`` package; ``leave_out`` names tensors not written,
+    ``declare`` overrides sizes in its metadata (``{"llama.block_count": 3000}``) only."""
     import numpy as np
     from gguf import GGUFReader, GGUFValueType, GGUFWriter
 
@@ -81,13 +82,14 @@ def make_tiny_gguf(path, leave_out: tuple[str, ...] = ()) -> None:
              "llama.feed_forward_length": ffn, "llama.attention.head_count": heads,
              "llama.attention.head_count_kv": kv_heads,
              "llama.rope.dimension_count": hidden // heads}
+    declared = {**sizes, **(declare or {})}
     source = GGUFReader(embedded_gguf_path())
     writer = GGUFWriter(str(path), "llama")
     for key, found in source.fields.items():
         if key.startswith("GGUF.") or key == "general.architecture":
             continue
-        if key in sizes:
-            writer.add_key_value(key, sizes[key], GGUFValueType.UINT32)
+        if key in declared:
+            writer.add_key_value(key, declared[key], GGUFValueType.UINT32)
         elif found.types[0] == GGUFValueType.ARRAY:
             writer.add_key_value(key, found.contents(), GGUFValueType.ARRAY,
                                  sub_type=found.types[-1])

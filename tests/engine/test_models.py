@@ -92,3 +92,19 @@ def test_a_gguf_missing_a_tensor_is_refused_not_run_on_random_weights(tmp_path, 
                                              ".weight\\) weight tensors"):
         load_model(ModelRequest(str(holed)))
     assert len(list((tmp_path / "cache").rglob("config.json"))) == 1  # the whole one only
+
+
+def test_a_gguf_declaring_a_far_bigger_model_is_refused_before_allocating(tmp_path,
+                                                                           monkeypatch):
+    # Before: the declared model was allocated first (4.7 GB for a feed-forward width of 3
+    # million in a 14 MB file; 3,000 layers still converting after 8 minutes).
+    from tiny import make_tiny_gguf
+
+    monkeypatch.setenv("TOKENTRACE_CACHE_DIR", str(tmp_path / "cache"))
+    for declare, message in (({"llama.block_count": 3000}, "asks for 3000 layers; refused"),
+                             ({"llama.feed_forward_length": 3_000_000},
+                              "its metadata asks for 1,155,170,624")):
+        path = tmp_path / "declared.gguf"
+        make_tiny_gguf(path, declare=declare)
+        with pytest.raises(ModelLoadError, match=message):
+            load_model(ModelRequest(str(path)))
