@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.errors import InvalidInputError
+from engine.errors import InvalidInputError, TokenTraceError
 from engine.files import check_regular_file, parse_json
 from engine.record import MAX_RECORD_BYTES, Explanation, from_plain, to_plain, write_text_atomic
 
@@ -41,11 +41,26 @@ def _whatifs(path: str | Path, data: dict[str, Any], record: Explanation) -> lis
     saved = data.get("whatifs", [])
     if not isinstance(saved, list):
         raise InvalidInputError(f"{path}: its what-ifs are not a list")
+    from engine.whatif import apply_edits
+
     found = [from_plain(WhatIf, item) for item in saved]
     for whatif in found:
         if whatif.original_case_sha256 != record.prompt.case_sha256 \
                 or whatif.model.sha256 != record.model.sha256:
             raise InvalidInputError(f"{path}: a what-if belongs to another case or model")
+        # What is shown as the original answer, and as the edited case, must be what they
+        # were: the record's own answer, and its case with the what-if's edits.
+        if whatif.original.token_ids != record.answer.token_ids:
+            raise InvalidInputError(f"{path}: a what-if's original answer is not the "
+                                    "explanation's answer (the file was altered)")
+        try:
+            edited = apply_edits(record.prompt.case_text, whatif.edits)
+        except TokenTraceError as exc:
+            raise InvalidInputError(f"{path}: a what-if's edits do not apply to the case "
+                                    f"({exc})") from None
+        if edited != whatif.edited_case:
+            raise InvalidInputError(f"{path}: a what-if's edited case is not the case with its "
+                                    "edits (the file was altered)")
     return found
 
 

@@ -54,6 +54,10 @@ HIGHER_IS_BETTER = {"log_odds": False, "comprehensiveness": True, "sufficiency":
 SQRT2 = math.sqrt(2.0)
 
 
+MAX_SAMPLES = 1_000  # random masks per Soft-NC/NS value (each is a forward per pi level)
+MAX_SEED = 2**31 - 1
+
+
 @dataclass(frozen=True)
 class MetricSettings:
     percents: tuple[int, ...] = PERCENTS
@@ -67,8 +71,12 @@ class MetricSettings:
         if self.granularity not in ("sequence", "token"):
             raise InvalidSettingsError(
                 f"unknown granularity {self.granularity!r}; choose sequence or token")
-        if self.samples < 1:
-            raise InvalidSettingsError(f"samples must be at least 1 (got {self.samples})")
+        if not 1 <= self.samples <= MAX_SAMPLES:
+            raise InvalidSettingsError(f"samples must be from 1 to {MAX_SAMPLES:,} (got "
+                                       f"{self.samples:,})")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise InvalidSettingsError(f"the seed must be from 0 to {MAX_SEED:,} (got "
+                                       f"{self.seed:,})")
         if not self.percents or any(not 0 < k <= 100 for k in self.percents):
             raise InvalidSettingsError("top-k percentages must be in (0, 100]")
         if any(not 0 < pi < 1 for pi in self.pis):

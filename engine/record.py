@@ -127,6 +127,9 @@ class Answer:
         _check_ids("answer", self.token_ids)
         if any(not value <= 0 for value in self.log_probs):  # NaN fails too
             raise ValueError("a log-probability is above 0 or not a number")
+        if "".join(self.tokens) != self.text:  # what is read must be what was scored
+            raise ValueError("the answer's text is not its tokens joined (the file was "
+                             "altered)")
 
 
 @dataclass(frozen=True)

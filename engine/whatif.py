@@ -178,6 +178,18 @@ class Answered:
     token_ids: tuple[int, ...]
     tokens: tuple[str, ...]
 
+    def __post_init__(self) -> None:  # read back from files: checked like a record's answer
+        if not self.token_ids:
+            raise ValueError("an answer of a what-if has no tokens")
+        if len(self.tokens) != len(self.token_ids):
+            raise ValueError(f"an answer of a what-if has {len(self.token_ids)} ids and "
+                             f"{len(self.tokens)} tokens")
+        if any(i < 0 for i in self.token_ids):
+            raise ValueError("an answer of a what-if holds a negative token id")
+        if "".join(self.tokens) != self.text:
+            raise ValueError("an answer of a what-if is not its tokens joined (the file was "
+                             "altered)")
+
 
 @dataclass(frozen=True)
 class WhatIf:
@@ -206,6 +218,10 @@ class WhatIf:
                              "log-probabilities")
         if not self.edits:
             raise ValueError("a what-if needs at least one edit")
+        if any(not value <= 0 for value in (*self.original_log_probs, *self.shifted_log_probs)):
+            raise ValueError("a what-if's log-probability is above 0 or not a number")
+        if any(i < 0 for i in self.edited_prompt_ids):
+            raise ValueError("a what-if's edited prompt holds a negative token id")
 
     @property
     def shift(self) -> float:

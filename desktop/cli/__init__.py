@@ -23,16 +23,24 @@ EXIT_INTERNAL = 70
 EXIT_CANCELLED = 130
 
 
-def _positive_int(text: str) -> int:
+def _whole(text: str, least: int) -> int:
     try:
         if not text.strip().isascii():  # int() also reads other scripts' digits ("٣")
             raise ValueError
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text[:40]!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _whole(text, 1)
+
+
+def _natural_int(text: str) -> int:
+    return _whole(text, 0)
 
 
 def output_file(text: str) -> Path:
@@ -196,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="answer length per case (default: 16)")
     evaluate.add_argument("--samples", type=_positive_int, default=4,
                           help="random masks per Soft-NC/NS value (default: 4)")
-    evaluate.add_argument("--seed", type=int, default=0, help="seed of the masks (default: 0)")
+    evaluate.add_argument("--seed", type=_natural_int, default=0,
+                          help="seed of the masks (default: 0)")
     evaluate.add_argument("--granularity", choices=["sequence", "token"], default="sequence",
                           help="rank case tokens by the whole-answer attribution (default) or "
                                "by each answer token's own row (T times the forwards)")

@@ -96,6 +96,9 @@ def test_evaluate_writes_the_table_plot_and_resumes(tiny_model_folder, case_file
     (["--option", "steps=3"], "evaluate options name their method"),
     (["--option", "heta.samples=2"], "options given for methods not evaluated: heta"),
     (["--option", "ig.depth=2"], "method ig has no option 'depth'"),
+    # 7 GB and exit 70 after 89 s, and an overflow after the model loaded, before.
+    (["--samples", "1000000000"], "samples must be from 1 to 1,000 (got 1,000,000,000)"),
+    (["--seed", "1000000000000000000000000"], "the seed must be from 0 to 2,147,483,647"),
     (["--no-json"], "give --json OUT and/or --csv OUT"),
 ])
 def test_evaluate_bad_settings_get_one_line(tiny_model_folder, case_file, tmp_path, capsys,

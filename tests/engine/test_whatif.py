@@ -117,3 +117,35 @@ def test_a_hand_edited_case_reads_back_as_edits_that_reproduce_it(edited, descri
     assert [e.describe() for e in edits] == described
     assert apply_edits(CASE, edits) == edited
     assert edits_between(CASE, CASE) == []
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    # Each opened and was shown before (NaN as "nan times more likely", another answer as the
+    # original, an edited case its edits do not make), or raised in the window (tokens short).
+    (lambda w: w.update(shifted_log_probs=[float("nan")] * len(w["shifted_log_probs"])),
+     "log-probability is above 0 or not a number"),
+    (lambda w: w["original"].update(text="Mastectomy now"), "not its tokens joined"),
+    (lambda w: w["answer"].update(tokens=w["answer"]["tokens"][:-1]), "ids and"),
+    (lambda w: w["answer"].update(token_ids=[-1] * len(w["answer"]["token_ids"])),
+     "negative token id"),
+    (lambda w: w.update(edited_case="ER negative , HER2 negative ."),
+     "edited case is not the case with its edits"),
+    (lambda w: w["edits"][0].update(target="PR positive"), "edits do not apply to the case"),
+])
+def test_a_session_s_what_ifs_are_checked_against_its_explanation(tiny, tmp_path, edit,
+                                                                   message):
+    import json
+
+    from desktop.session import ViewState, load_session, save_session
+
+    loaded, record = tiny
+    found = what_if(loaded.model, loaded.tokenizer, record,
+                    [Edit("replace", "HER2 negative", "HER2 positive")], max_new_tokens=3)
+    path = tmp_path / "session.json"
+    save_session(path, record, ViewState(), whatifs=[found])
+    assert load_session(path)[2] == [found]
+    data = json.loads(path.read_text())
+    edit(data["whatifs"][0])
+    path.write_text(json.dumps(data))
+    with pytest.raises(InvalidInputError, match=message):
+        load_session(path)
