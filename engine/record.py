@@ -254,6 +254,7 @@ class Explanation:
             raise ValueError("a peak memory is negative or not a finite number")
         if self.claims is not None:
             _check_claims(self.claims, len(self.prompt.case_text), t)
+        _check_lengths(self)
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
@@ -317,6 +318,32 @@ def _flagged(claims: Claims) -> Claims:
     return dataclasses.replace(claims, claims=tuple(
         dataclasses.replace(claim, grounded=claim.support >= claims.threshold)
         for claim in claims.claims))
+
+
+MAX_LABEL_CHARS = 5_000  # a name, a path, a setting's text (a path is at most 4,096)
+MAX_TEXT_CHARS = 1_000_000  # the rendered prompt, the answer, one token's text
+
+
+def _check_lengths(record: Explanation) -> None:
+    """No label or text longer than anything TokenTrace writes: a 400,000-character model
+    name or setting from an edited file made the report's layout run for minutes."""
+    model, params = record.model, record.method.params
+    labels = {"model name": model.name, "model source": model.source,
+              "precision": model.dtype, "device": model.device,
+              "device name": record.hardware.device_name, "method": record.method.name,
+              **{f"setting {key[:40]!r}": key for key in params},
+              **{f"setting {key[:40]!r}": value for key, value in params.items()
+                 if isinstance(value, str)}}
+    for what, text in labels.items():
+        if len(text) > MAX_LABEL_CHARS:
+            raise ValueError(f"the {what} is {len(text):,} characters long (at most "
+                             f"{MAX_LABEL_CHARS:,})")
+    for what, text in (("prompt", record.prompt.text), ("answer", record.answer.text),
+                       ("system prompt", record.prompt.system_prompt or ""),
+                       ("prompt's tokens", "".join(record.prompt.tokens))):
+        if len(text) > MAX_TEXT_CHARS:
+            raise ValueError(f"the {what} is {len(text):,} characters long (at most "
+                             f"{MAX_TEXT_CHARS:,})")
 
 
 def _check_claims(claims: Claims, case_chars: int, answer_tokens: int) -> None:

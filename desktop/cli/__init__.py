@@ -444,6 +444,7 @@ def _request(args: argparse.Namespace, case: str):
     from engine.prompting import DEFAULT_SYSTEM_PROMPT
 
     _refuse_settings_the_method_lacks(args)
+    refuse_system_with_raw_prompt(args)
     return ExplainRequest(
         case_text=case, method=args.method, steps=args.steps,
         max_new_tokens=args.max_new_tokens, target=args.target, baseline=args.baseline,
@@ -451,6 +452,15 @@ def _request(args: argparse.Namespace, case: str):
         system_prompt=DEFAULT_SYSTEM_PROMPT if args.system is None else args.system,
         matrix=not args.no_matrix, batch_size=args.batch_size,
         options=tuple((key.replace("-", "_"), value) for key, value in args.option))
+
+
+def refuse_system_with_raw_prompt(args: argparse.Namespace) -> None:
+    """A raw prompt is the case as is: a system prompt given with it would be dropped."""
+    if getattr(args, "raw_prompt", False) and getattr(args, "system", None) is not None:
+        from engine.errors import InvalidSettingsError
+
+        raise InvalidSettingsError("--system has no place in a raw prompt (--raw-prompt feeds "
+                                   "the case as is): drop one of them")
 
 
 def _refuse_settings_the_method_lacks(args: argparse.Namespace) -> None:

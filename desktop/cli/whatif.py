@@ -68,10 +68,12 @@ def add_commands(commands: Any, explain: argparse.ArgumentParser) -> None:
 def _request(args: argparse.Namespace) -> Any:
     """The original case's explanation request (IFR, no matrix: the answer and its cheapest
     explanation), checked before any model loads."""
+    from desktop.cli import refuse_system_with_raw_prompt
     from engine.cases import read_any_case
     from engine.explain import ExplainRequest
     from engine.prompting import DEFAULT_SYSTEM_PROMPT
 
+    refuse_system_with_raw_prompt(args)
     case, spans = read_any_case(args.text, args.case_file, args.fields_file)
     request = ExplainRequest(
         case_text=case, method="ifr", max_new_tokens=args.max_new_tokens, matrix=False,

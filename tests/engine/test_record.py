@@ -68,6 +68,12 @@ def test_shapes_are_checked():
     (lambda d: d["attribution"].update(sequence=[0.0, 1.7e308, 1.7e308]), "larger than 1e\\+15"),
     (lambda d: d["attribution"].update(per_field={"er": 1.0}), "'er', which is not a field"),
     (lambda d: d["prompt"].update(attributable=[True, True, True]), "outside the case text"),
+    # Each made File > Export PDF lay out for minutes on the window's thread (47 s for a model
+    # name of 400,000 characters), or was shown as the answer while its tokens said otherwise.
+    (lambda d: d["model"].update(name="x" * 400_000), "model name is 400,000 characters"),
+    (lambda d: d["method"]["params"].update(note="y" * 1_000_000), "setting 'note' is 1,000,000"),
+    (lambda d: d["hardware"].update(device_name="z" * 10_000), "device name is 10,000"),
+    (lambda d: d["answer"].update(text="Mastectomy now"), "not its tokens joined"),
 ])
 def test_inconsistent_files_are_refused(edit, message):
     data = make_record(matrix=False).to_dict()
