@@ -20,6 +20,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -430,6 +431,9 @@ def convert_in_child(argv: list[str]) -> int:
         message = _short(exc)
     else:
         return 0
+    # The file is read through a link in a temporary folder: name the user's own path.
+    message = re.sub(r"\S*tokentrace-gguf-[^/\\\s]+[/\\]" + re.escape(path.name), str(path),
+                     message)
     print(CONVERT_FAILED + " ".join(message.split()), flush=True)
     return 1
 

@@ -93,14 +93,18 @@ def report_path(out: Path, case: Case) -> Path:
     return out / "reports" / f"{safe_name(case.id)}.pdf"
 
 
-def existing_record(out: Path, case: Case) -> Explanation | None:
+def existing_record(out: Path, case: Case,
+                    log: Callable[[str], None] = lambda line: None) -> Explanation | None:
+    """The case's record in ``out``, or None; one that cannot be read (edited, cut short) is
+    None too, and ``log`` hears why."""
     path = record_path(out, case)
     if not path.is_file():
         return None
     try:
         return Explanation.load(path)
-    except TokenTraceError:
-        return None  # unreadable: explain the case again
+    except TokenTraceError as exc:
+        log(f"case {case.id}: explained again: its record cannot be read ({exc})")
+        return None
 
 
 INDEX = "records.json"  # which settings each record was made with
@@ -199,7 +203,7 @@ def run_batch(settings: BatchSettings, loaded: LoadedModel | CasePool,
         for case in cases:
             request = request_for(case, settings.template, settings.from_fields)
             name = safe_name(case.id)
-            record = existing_record(out, case) if name in index else None
+            record = existing_record(out, case, log) if name in index else None
             if record is not None:
                 reason = ("it was made with other settings" if index[name] != fingerprint
                           else stale_reason(record, request, pool.info))

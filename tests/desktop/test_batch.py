@@ -144,7 +144,7 @@ def test_a_folder_that_is_not_a_batch_s_is_never_overwritten(tiny_model_folder, 
     data["answer"]["text"] = "Mastectomy now"  # an edited record does not stand for the case
     record_file.write_text(json.dumps(data))
     assert main([*argv, "--out", str(out)]) == 0
-    assert "explained again: its answer text does not match its tokens" in capsys.readouterr().err
+    assert "explained again: its record cannot be read" in capsys.readouterr().err
     assert json.loads(record_file.read_text())["answer"]["text"] != "Mastectomy now"
 
 
