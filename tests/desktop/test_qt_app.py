@@ -586,6 +586,7 @@ def test_text_from_an_opened_file_is_shown_as_text_never_as_html(ready_window, q
     data["hardware"]["device_name"] = HOSTILE
     data["method"]["params"]["note"] = HOSTILE
     data["answer"]["tokens"][0] = HOSTILE
+    data["answer"]["text"] = "".join(data["answer"]["tokens"])  # edited consistently
     session = tmp_path / "hostile.json"
     session.write_text(json.dumps(data))
     window.open_session(session)
