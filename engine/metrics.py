@@ -37,6 +37,7 @@ import torch
 from engine.defaults import PERCENTS
 from engine.errors import InvalidSettingsError
 from engine.methods.base import (
+    CPU_SCORING_TOKENS_PER_PASS,
     AttributionInput,
     auto_batch_size,
     cache_keyword,
@@ -209,7 +210,8 @@ class _Scorer:
             # keys and values (memory, not compute), and needs no activations for a backward.
             run = len(prompts[order[start]]) - shared[order[start]] + len(tails)
             return auto_batch_size(self.model, run + max(shared), self.n_answer,
-                                   len(prompts) - start, run_len=run, memory_share=0.5)
+                                   len(prompts) - start, run_len=run, memory_share=0.5,
+                                   cpu_tokens=CPU_SCORING_TOKENS_PER_PASS)
 
         with torch.no_grad():
             run_in_sized_batches(len(prompts), self.batch_size, rows_at, work,
