@@ -220,8 +220,8 @@ def explain(request: ExplainRequest, loaded: LoadedModel,
         output = method.attribute(model, tokenizer, problem, state=state, **params)
         attribute_s = time.perf_counter() - start
 
-    if not bool(torch.isfinite(output.f_input).all()):  # before the scores: their cause
-        raise ModelLoadError(BROKEN_MODEL)
+    if bool(output.f_input.isnan().any()) or bool((output.f_input > 0).any()):
+        raise ModelLoadError(BROKEN_MODEL)  # before the scores: it is their cause
     scores = output.sequence if output.per_token is None else output.per_token
     if not bool(torch.isfinite(scores).all()):
         raise TokenTraceError(
