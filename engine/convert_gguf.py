@@ -1,4 +1,4 @@
-"""``python -m engine.convert_gguf GGUF FOLDER SHA256``: the child process that dequantizes a
+"""``python -m engine.convert_gguf GGUF FOLDER SHA256 PID``: the child process that dequantizes a
 GGUF into a cache entry (see :func:`engine.models.convert_in_child`). Not a user command."""
 
 import sys

@@ -337,13 +337,16 @@ def _convert(path: Path, target: Path, gguf_sha: str, state: TaskState) -> tuple
 
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        work, in_cache = Path(tempfile.mkdtemp(dir=target.parent, prefix=".partial-")), True
+        _sweep_abandoned(target.parent)
+        work = Path(tempfile.mkdtemp(dir=target.parent, prefix=f"{PARTIAL}{os.getpid()}-"))
+        in_cache = True
     except OSError:
         work, in_cache = Path(tempfile.mkdtemp(prefix="tokentrace-gguf-")), False
     child = None
     try:
         with tempfile.TemporaryFile() as output:  # a file, not a pipe: it never fills and blocks
-            child = subprocess.Popen([*_child_command(), str(path), str(work), gguf_sha],
+            child = subprocess.Popen([*_child_command(), str(path), str(work), gguf_sha,
+                                      str(os.getpid())],
                                      stdin=subprocess.DEVNULL, stdout=output,
                                      stderr=subprocess.STDOUT, env=_child_environment())
             while child.poll() is None:
@@ -356,7 +359,8 @@ def _convert(path: Path, target: Path, gguf_sha: str, state: TaskState) -> tuple
                     if line.startswith(CONVERT_FAILED)]
         if child.returncode != 0 or failures:
             raise ModelLoadError(f"cannot read GGUF file {path}: " + (
-                failures[-1] if failures else f"the converter stopped with exit code "
+                failures[-1].removeprefix(f"cannot read GGUF file {path}: ") if failures
+                else f"the converter stopped with exit code "
                 f"{child.returncode} (out of memory?): {' '.join(said[-1:])[-300:]}"))
         if in_cache:
             with contextlib.suppress(OSError):
@@ -372,6 +376,56 @@ def _convert(path: Path, target: Path, gguf_sha: str, state: TaskState) -> tuple
 
 
 CONVERT_FAILED = "tokentrace-convert-failed: "  # how the child's one-line error is found
+PARTIAL = ".partial-"  # a cache entry being written: .partial-<pid of the process writing it>-…
+ABANDONED_AFTER_S = 24 * 3600  # a partial entry whose writer cannot be told: left this long
+
+
+def _sweep_abandoned(gguf_cache: Path) -> None:
+    """Remove partial cache entries whose process is gone (killed mid-conversion: a dequantized
+    model is hundreds of MB). An entry of a process still running, another window converting the
+    same moment, is left alone."""
+    import time
+
+    import psutil
+
+    for entry in gguf_cache.glob(PARTIAL + "*"):
+        owner = entry.name.removeprefix(PARTIAL).split("-", 1)[0]
+        with contextlib.suppress(OSError):
+            if owner.isdigit():
+                if psutil.pid_exists(int(owner)):
+                    continue
+            elif time.time() - entry.stat().st_mtime < ABANDONED_AFTER_S:
+                continue
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _exit_with(parent_pid: int, work: Path) -> None:
+    """Stop this converter the moment the process that started it is gone (killed, crashed):
+    nobody would read its work, which takes a core for up to minutes. Its folder goes with it."""
+    import threading
+
+    import psutil
+
+    def leave() -> None:
+        shutil.rmtree(work, ignore_errors=True)  # the GGUF's link (or copy) is in it too
+        os._exit(1)
+
+    try:
+        parent = psutil.Process(parent_pid)
+    except psutil.Error:
+        leave()
+
+    def alive() -> bool:  # a killed parent may linger as a zombie: then this child is re-parented
+        return parent.is_running() and (os.name == "nt" or os.getppid() == parent_pid)
+
+    def watch() -> None:
+        import time
+
+        while alive():  # is_running is also false when the pid was taken by another process
+            time.sleep(0.5)
+        leave()
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _child_command() -> list[str]:
@@ -396,11 +450,13 @@ def _child_environment() -> dict[str, str]:
 
 
 def convert_in_child(argv: list[str]) -> int:
-    """The child of :func:`_convert` (``python -m engine.convert_gguf GGUF FOLDER SHA256``): read
-    the GGUF alone, write the cache entry into FOLDER, or print one line that says why not."""
+    """The child of :func:`_convert` (``python -m engine.convert_gguf GGUF FOLDER SHA256 PID``):
+    read the GGUF alone, write the cache entry into FOLDER, or print one line that says why not;
+    stop at once if process PID (the one that started it) is gone."""
     import engine  # noqa: F401  (offline switches and the network guard, in this process too)
 
-    source, work, gguf_sha = argv
+    source, work, gguf_sha, parent_pid = argv
+    _exit_with(int(parent_pid), Path(work))
     path = Path(source)
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -410,7 +466,7 @@ def convert_in_child(argv: list[str]) -> int:
         hf_logging.set_verbosity_error()
         # The GGUF is read alone: a tokenizer.json or config.json lying next to it must not
         # replace the file's own tokenizer, chat template or architecture.
-        with _alone(path) as folder:
+        with _alone(path, Path(work)) as folder:
             _check_gguf_covers(folder, path)
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=path.name,
                                                       local_files_only=True)
@@ -432,8 +488,8 @@ def convert_in_child(argv: list[str]) -> int:
     else:
         return 0
     # The file is read through a link in a temporary folder: name the user's own path.
-    message = re.sub(r"\S*tokentrace-gguf-[^/\\\s]+[/\\]" + re.escape(path.name), str(path),
-                     message)
+    message = re.sub(re.escape(work) + r"[/\\]\.source-[^/\\]+[/\\]" + re.escape(path.name),
+                     lambda _: str(path), message)
     print(CONVERT_FAILED + " ".join(message.split()), flush=True)
     return 1
 
@@ -452,9 +508,10 @@ def gguf_cache_path(gguf_sha: str) -> Path:
 
 
 @contextlib.contextmanager
-def _alone(path: Path):
-    """A fresh folder holding only ``path`` (a link to it, else a copy)."""
-    folder = Path(tempfile.mkdtemp(prefix="tokentrace-gguf-"))
+def _alone(path: Path, within: Path):
+    """A fresh folder inside ``within`` holding only ``path`` (a link to it, else a copy). Inside
+    the converter's work folder, so that a converter killed mid-way leaves nothing elsewhere."""
+    folder = Path(tempfile.mkdtemp(dir=within, prefix=".source-"))
     try:
         target = folder / path.name
         try:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -174,6 +176,41 @@ def test_a_gguf_is_read_with_its_own_tokenizer_only(embedded, tiny_model_folder,
     tokenizer.write_text(tokenizer.read_text().replace('"lowercase": false', '"lowercase": true')
                          + " ")
     assert not _cache_is_intact(entry, hijacked.info.sha256, TaskState())
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="kills a process with SIGKILL")
+def test_a_killed_window_leaves_no_converter_running_and_no_partial_entry(tmp_path):
+    # Before: the converter ran on for about 40 s after its parent was killed, and left the
+    # dequantized model (517 MB) in a .partial folder of the cache for ever.
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import psutil
+
+    cache = tmp_path / "cache"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "from engine.models import ModelRequest, load_model; "
+         "load_model(ModelRequest('embedded'))"],
+        env={**os.environ, "TOKENTRACE_CACHE_DIR": str(cache)},
+        cwd=Path(__file__).resolve().parents[2])
+    deadline = time.monotonic() + 60
+    converter = []
+    while not converter and time.monotonic() < deadline:
+        time.sleep(0.2)
+        converter = [child for child in psutil.Process(parent.pid).children()
+                     if "engine.convert_gguf" in " ".join(child.cmdline())]
+    assert converter, "the conversion did not start"
+    while not any((cache / "gguf").glob(".partial-*/.source-*")):  # reading the GGUF now
+        assert time.monotonic() < deadline, "the converter did not start reading the GGUF"
+        time.sleep(0.2)
+    time.sleep(1.0)  # well inside the conversion (about 25 s here)
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    _, alive = psutil.wait_procs(converter, timeout=5)
+    assert not alive, "the converter runs on without its parent"
+    assert not list((cache / "gguf").iterdir())
 
 
 def test_cancel_stops_a_first_gguf_load_within_a_second(tmp_path, monkeypatch):

@@ -59,15 +59,45 @@ def test_folder_errors(tiny_model_folder, tmp_path):
         load_model(ModelRequest(str(broken)))
 
 
-def test_gguf_errors(tmp_path):
+def test_gguf_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOKENTRACE_CACHE_DIR", str(tmp_path / "cache"))
     not_gguf = tmp_path / "model.gguf"
     not_gguf.write_bytes(b"PK\x03\x04 a zip file")
     with pytest.raises(ModelLoadError, match="is not a GGUF file"):
         load_model(ModelRequest(str(not_gguf)))
     truncated = tmp_path / "truncated.gguf"
     truncated.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\xff" * 64)
-    with pytest.raises(ModelLoadError, match="cannot read GGUF file"):
+    with pytest.raises(ModelLoadError) as refused:
         load_model(ModelRequest(str(truncated)))
+    # Said once, naming the user's file, not the link the converter reads it through.
+    assert str(refused.value).count("cannot read GGUF file") == 1
+    assert str(truncated) in str(refused.value) and ".source-" not in str(refused.value)
+    assert not list((tmp_path / "cache" / "gguf").iterdir())  # nothing left of the attempt
+
+
+def test_partial_cache_entries_of_gone_processes_are_swept(tmp_path):
+    # Before: a window killed mid-conversion left its dequantized model (517 MB for the embedded
+    # one) in a .partial folder of the cache for ever.
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from engine.models import ABANDONED_AFTER_S, _sweep_abandoned
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    entries = {name: tmp_path / name for name in (
+        f".partial-{gone.pid}-abc", f".partial-{os.getpid()}-def", ".partial-oldstyle1",
+        ".partial-oldstyle2", "b179c9523d0e6a0f-e6c8b2c2260ef6d1")}
+    for folder in entries.values():
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"x" * 100)
+    stale = time.time() - ABANDONED_AFTER_S - 60
+    os.utime(entries[".partial-oldstyle1"], (stale, stale))
+    _sweep_abandoned(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f".partial-{os.getpid()}-def", ".partial-oldstyle2", "b179c9523d0e6a0f-e6c8b2c2260ef6d1"])
 
 
 def test_device_and_dtype_choices():
