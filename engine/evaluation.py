@@ -23,7 +23,7 @@ from engine.errors import InvalidSettingsError
 from engine.explain import MAX_NEW_TOKENS, coerce_option
 from engine.generation import generate_answer
 from engine.methods import AttributionInput, get_method
-from engine.methods.base import check_option, parse_baseline
+from engine.methods.base import parse_baseline
 from engine.metrics import METRICS, MetricSettings, faithfulness, random_scores
 from engine.models import LoadedModel
 from engine.prompting import DEFAULT_SYSTEM_PROMPT, build_prompt
@@ -54,8 +54,7 @@ class EvaluationSettings:
                 raise InvalidSettingsError(f"method {name} has no option {key!r}; its "
                                            f"options: {', '.join(defaults) or 'none'}")
             params[key] = coerce_option(key, value, defaults[key])
-        for key, value in params.items():
-            check_option(key, value)
+        spec.check(params)
         return params
 
     def validate(self) -> None:

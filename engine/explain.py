@@ -24,7 +24,7 @@ from engine.fields import field_scores, render_fields
 from engine.generation import generate_with_cache
 from engine.hardware import PeakMemory, device_name
 from engine.methods import DEFAULT_METHOD, AttributionInput, get_method
-from engine.methods.base import check_option, is_out_of_memory, out_of_memory_error
+from engine.methods.base import is_out_of_memory, out_of_memory_error
 from engine.models import LoadedModel, text_sha256
 from engine.prompting import (
     DEFAULT_SYSTEM_PROMPT,
@@ -115,8 +115,7 @@ class ExplainRequest:
                 raise InvalidSettingsError(
                     f"method {self.method} has no option {key!r}; its options: {known}")
             params[key] = coerce_option(key, value, defaults[key])
-        for key, value in params.items():
-            check_option(key, value)
+        spec.check(params)
         return params
 
 
@@ -324,8 +323,8 @@ def recorded_params(spec: Any, recorded: dict[str, Any]) -> dict[str, Any]:
         if not _same_kind(value, default):
             raise InvalidInputError(f"the explanation's setting {key}={value!r} is not a valid "
                                     f"value for {spec.name}")
-        check_option(key, value)
         params[key] = value
+    spec.check(params)
     return params
 
 

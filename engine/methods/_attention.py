@@ -56,6 +56,16 @@ def attention_module(layer: nn.Module) -> nn.Module:
     return attn
 
 
+def check_layers(spec: Any) -> None:
+    """Raise InvalidSettingsError for a ``layers`` value of no possible form (before a model
+    loads; whether its indices exist is checked against the model's blocks when it runs)."""
+    try:
+        parse_layers(spec, 4096)
+    except InvalidSettingsError:
+        raise InvalidSettingsError(f"layers {spec!r}: use last, all, every:K or block indices "
+                                   "separated by commas, like -1,-2") from None
+
+
 def parse_layers(spec: str | int | Sequence[int], count: int) -> list[int]:
     """``last``, ``all``, ``every:K`` (K evenly spaced blocks, the last included) or a comma
     list of indices (negative counts from the end); sorted, each once."""

@@ -53,6 +53,7 @@ from engine.methods.base import (
     Param,
     Size,
     check_steps,
+    one_of,
 )
 from engine.task import TaskState
 
@@ -240,7 +241,8 @@ def cost(size: Size, params: dict[str, Any]) -> Cost:
 PARAMS = (
     Param("steps", 30, "anchors m on each path"),
     Param("nbrs", 50, "nearest vocabulary neighbours considered per anchor"),
-    Param("strategy", "greedy", "greedy (closest to its monotone version) or maxcount"),
+    Param("strategy", "greedy", "greedy (closest to its monotone version) or maxcount",
+          check=one_of("strategy", *STRATEGIES)),
     Param("upscale", 1, "midpoint insertions f: 2^f (m + 1) + 1 path points"),
     Param("baseline", "pad", "pad (pad, else eos embedding), zero, or token:ID"),
     Param("matrix", True, "also compute the per-answer-token matrix"),

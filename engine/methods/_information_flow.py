@@ -66,6 +66,7 @@ from engine.methods.base import (
     cache_keyword,
     cancellable,
     decoder_layers,
+    one_of,
 )
 from engine.task import TaskState
 
@@ -269,18 +270,21 @@ def row_importance(attn: nn.Module, block: _Block, content: torch.Tensor | None 
     return numer / (numer.sum(-1, keepdim=True) + resid_prox.view(-1, 1) + 1e-12)
 
 
-def parse_span(spec: str, n_answer: int) -> tuple[int, int]:
-    """``all`` or ``START:END`` (answer-token indices from 0, END included)."""
+def parse_span(spec: str, n_answer: int | None) -> tuple[int, int]:
+    """``all`` or ``START:END`` (answer-token indices from 0, END included). With ``n_answer``
+    None (no answer yet) only the form is checked."""
     text = str(spec).strip().lower()
+    limit = float("inf") if n_answer is None else n_answer
     if text == "all":
-        return 0, n_answer - 1
+        return 0, (-1 if n_answer is None else n_answer - 1)
     try:
         start, end = (int(part) for part in text.split(":"))
     except ValueError:
         start, end = -1, -1
-    if not 0 <= start <= end < n_answer:
+    if not 0 <= start <= end < limit:
+        within = "" if n_answer is None else f" < {n_answer}"
         raise InvalidSettingsError(
-            f"span {spec!r}: use all or START:END with 0 <= START <= END < {n_answer} "
+            f"span {spec!r}: use all or START:END with 0 <= START <= END{within} "
             "(answer-token indices, END included)")
     return start, end
 
@@ -407,10 +411,12 @@ def cost(size: Size, params: dict[str, Any]) -> Cost:
 
 PARAMS = (
     Param("sink", "answer", "answer (the package's: the answer tokens' positions) or predicting "
-                            "(the positions that predict them)"),
-    Param("span", "all", "answer tokens to explain: all or START:END (from 0, END included)"),
+                            "(the positions that predict them)", check=one_of("sink", *SINKS)),
+    Param("span", "all", "answer tokens to explain: all or START:END (from 0, END included)",
+          check=lambda spec: parse_span(spec, None)),
     Param("normalise", "block", "block (the package's: shares of each block's whole update) or "
                                 "content (shares of the flow from the case and the answer "
-                                "only, so blocks where attention sinks dominate count alike)"),
+                                "only, so blocks where attention sinks dominate count alike)",
+          check=one_of("normalise", *NORMALISE)),
     Param("matrix", False, "also compute the per-answer-token matrix (each token its own sink)"),
 )

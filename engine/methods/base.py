@@ -25,6 +25,18 @@ class Param:
     name: str
     default: Any
     help: str
+    # Raises InvalidSettingsError for a value no model could take (checked before a model
+    # loads); what depends on the model or the answer (a layer index, a span's end) is checked
+    # when the method runs.
+    check: Callable[[Any], None] | None = field(default=None, compare=False, repr=False)
+
+
+def one_of(name: str, *choices: str) -> Callable[[Any], None]:
+    """A :attr:`Param.check` accepting only ``choices``."""
+    def check(value: Any) -> None:
+        if value not in choices:
+            raise InvalidSettingsError(f"unknown {name} {value!r}; choose {' or '.join(choices)}")
+    return check
 
 
 # Upper (and lower) limits of the numeric options every method shares by name, checked before
@@ -124,6 +136,15 @@ class MethodSpec:
 
     def defaults(self) -> dict[str, Any]:
         return {p.name: p.default for p in self.params}
+
+    def check(self, params: dict[str, Any]) -> None:
+        """Raise InvalidSettingsError for a value out of range or not among an option's
+        choices: before a model loads, not after."""
+        for param in self.params:
+            if param.name in params:
+                check_option(param.name, params[param.name])
+                if param.check is not None:
+                    param.check(params[param.name])
 
     def attribute(self, model: nn.Module, tokenizer: Any, problem: AttributionInput, *,
                   state: TaskState, **params: Any) -> AttributionOutput:

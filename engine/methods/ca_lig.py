@@ -36,7 +36,12 @@ from typing import Any
 import torch
 
 from engine.errors import InvalidSettingsError
-from engine.methods._attention import capture_attention, eager_attention, parse_layers
+from engine.methods._attention import (
+    capture_attention,
+    check_layers,
+    eager_attention,
+    parse_layers,
+)
 from engine.methods._paths import (
     EmbeddedProblem,
     accumulation_dtype,
@@ -220,7 +225,7 @@ SPEC = MethodSpec(
     params=(
         Param("steps", 8, "Gauss-Legendre points per block"),
         Param("layers", "every:4", "blocks: every:K (K evenly spaced, the last included), all, "
-                                   "last, or indices like 0,-1"),
+                                   "last, or indices like 0,-1", check=check_layers),
         Param("mix", 0.5, "lambda: weight of the layer IG against the attention relevance"),
         Param("baseline", "pad", "pad (pad, else eos embedding), zero, or token:ID"),
         Param("batch_size", None, "interpolation points per forward (None: fit to memory)"),

@@ -32,6 +32,7 @@ import torch.nn.functional as nnf
 from engine.errors import InvalidSettingsError
 from engine.methods._attention import (
     capture_attention,
+    check_layers,
     eager_attention,
     head_layout,
     parse_layers,
@@ -46,6 +47,7 @@ from engine.methods.base import (
     answer_log_probs,
     cancellable,
     decoder_layers,
+    one_of,
 )
 from engine.task import TaskState
 
@@ -140,8 +142,9 @@ SPEC = MethodSpec(
     description="Grad-ELLM: gradient x attention of the chosen blocks (paper or exact mode)",
     params=(
         Param("mode", "paper", "paper (cosine-weighted, ReLU) or exact (attention "
-                               "probabilities per head, signed)"),
-        Param("layers", "last", "blocks to sum: last, all, every:K, or indices like -1,-2"),
+                               "probabilities per head, signed)", check=one_of("mode", *MODES)),
+        Param("layers", "last", "blocks to sum: last, all, every:K, or indices like -1,-2",
+              check=check_layers),
     ),
     cost_formula="1 forward; T backwards through the chosen blocks; over n + T - 1 tokens",
     cost=_cost,

@@ -96,6 +96,18 @@ CASES = [
       "{folder}"], 2, "unknown mode 'both'; choose paper or exact"),
     (["explain", "ER positive", "--method", "ca-lig", "--option", "layers=40", "--model",
       "{folder}"], 2, "layers '40': use last, all, every:K or indices from -2 to 1"),
+    # A value no model could take is refused before the model loads (a model path that does
+    # not exist shows it); before, only after loading it.
+    (["explain", "ER positive", "--method", "grad-ellm", "--option", "mode=nonsense", "--model",
+      "{missing}"], 2, "unknown mode 'nonsense'; choose paper or exact"),
+    (["explain", "ER positive", "--method", "grad-ellm", "--option", "layers=-1;-2", "--model",
+      "{missing}"], 2, "layers '-1;-2': use last, all, every:K or block indices separated by"),
+    (["explain", "ER positive", "--option", "span=3:x", "--model", "{missing}"], 2,
+     "span '3:x': use all or START:END with 0 <= START <= END (answer-token"),
+    (["explain", "ER positive", "--option", "normalise=row", "--model", "{missing}"], 2,
+     "unknown normalise 'row'; choose block or content"),
+    (["explain", "ER positive", "--method", "dig", "--option", "strategy=best", "--model",
+      "{missing}"], 2, "unknown strategy 'best'; choose greedy or maxcount"),
 ]
 
 
