@@ -84,6 +84,9 @@ class MainWindow(QMainWindow):
         self._case_fields: tuple[tuple[str, int, int], ...] = ()  # its fields' spans
         self.rows: dict[int, tuple[float, ...]] = {}  # answer rows computed on click
         self._pending_row: int | None = None  # clicked while the reliability check ran
+        # A reliability check or claims step that a what-if (or sensitivity run, or a what-if's
+        # explanation) stopped: it runs again when that is done.
+        self._interrupted = False
         self.requests = Requests()  # what the engine thread runs; whether a result applies
         self.last_error: str | None = None
         self.error_box: QMessageBox | None = None
@@ -312,7 +315,7 @@ class MainWindow(QMainWindow):
         self._model_request = request
         self.model_label.setText(f"Loading {request.source}…")
         self._set_busy(True)
-        self.requests.issued(Request(self.engine.load_model(request), Kind.LOAD))
+        self._issue(Request(self.engine.load_model(request), Kind.LOAD))
 
     def explain(self) -> None:
         text = self.case_edit.toPlainText()
@@ -330,7 +333,7 @@ class MainWindow(QMainWindow):
         self._answer_pieces = []
         self.answer_view.setPlainText("")
         self._set_busy(True)
-        self.requests.issued(Request(self.engine.explain(request), Kind.EXPLAIN))
+        self._issue(Request(self.engine.explain(request), Kind.EXPLAIN))
 
     def cancel(self) -> None:
         self.engine.cancel()
@@ -347,14 +350,48 @@ class MainWindow(QMainWindow):
                 self.stage_label.setText("Busy: the answer token can be explained when the "
                                          "current run has finished")
                 self.selected_row = None
-            elif any(self.requests.is_running(kind) for kind in (
-                    Kind.RELIABILITY, Kind.CLAIMS, Kind.WHATIF, Kind.SENSITIVITY)):
+            elif any(self.requests.is_running(kind) for kind in (*FOLLOW_UPS, *ASIDES)):
                 self._pending_row = row  # explained once the check has finished
             else:
                 self.cancel_button.setEnabled(True)
-                self.requests.issued(Request(self.engine.answer_row(self.record, row), Kind.ROW,
+                self._issue(Request(self.engine.answer_row(self.record, row), Kind.ROW,
                                              self.record.created_at, row))
         self._show_selection()
+
+    def _issue(self, request: Request) -> None:
+        """Make ``request`` the engine's current one. What it supersedes is not lost without a
+        word: an answer token being explained is explained again afterwards, and a reliability
+        check or claims step of the explanation on screen runs again after a what-if (a new
+        explanation brings its own; after a model load the badge says it stopped)."""
+        superseded = self.requests.current
+        self.requests.issued(request)
+        if superseded is None or not superseded.about(self._on_screen()):
+            return
+        if superseded.kind is Kind.ROW and self._pending_row is None:
+            self._pending_row = superseded.row
+        elif superseded.kind in FOLLOW_UPS and request.kind is not Kind.EXPLAIN:
+            again = request.kind in ASIDES
+            self._interrupted = again
+            then = "it runs again when the what-if is done" if again else "Explain again to run it"
+            if superseded.kind is Kind.RELIABILITY:
+                self.badge.show_pending(f"Reliability check stopped: {then}")
+            else:
+                self.claims_view.setPlainText(f"Finding the statements stopped: {then}.")
+
+    def _after_aside(self, resume: bool = True) -> None:
+        """After a what-if, a sensitivity run or a what-if's explanation: the check or claims
+        it stopped (when ``resume``), then an answer token clicked meanwhile."""
+        interrupted, self._interrupted = self._interrupted, False
+        record = self.record
+        if interrupted and resume and self._follow_up():
+            return
+        if interrupted and record is not None:  # cancelled: say so where it was pending
+            if record.reliability is None:
+                self.badge.show_pending("Reliability check cancelled (Explain again, or turn "
+                                        "the check on in Settings, to run it)")
+            elif record.claims is None:
+                self.claims_view.setPlainText("Cancelled: Explain again to find the statements.")
+        self._run_pending_row()
 
     def _row_scores(self, row: int | None) -> tuple[float, ...] | None:
         """Answer token ``row``'s attribution over the prompt, if known (None: not yet)."""
@@ -418,6 +455,7 @@ class MainWindow(QMainWindow):
                 self.whatif_panel.show_explained(request.row, self.record, record)
                 self.stage_label.setText("The new answer explained")
                 self.whatif_shown.emit()
+                self._after_aside()
             return
         self.stage_label.setText(f"Done in {record.timings.attribute_s:.1f} s")
         self.estimates.remember(record)
@@ -447,7 +485,7 @@ class MainWindow(QMainWindow):
             return
         self.cancel_button.setEnabled(True)
         self.claims_view.setPlainText("Finding what each statement rests on…")
-        self.requests.issued(Request(self.engine.find_claims(self.record), Kind.CLAIMS,
+        self._issue(Request(self.engine.find_claims(self.record), Kind.CLAIMS,
                                      self.record.created_at))
 
     def _on_claimed(self, request_id: int, record: Explanation) -> None:
@@ -488,7 +526,7 @@ class MainWindow(QMainWindow):
             return
         self._show_whatif_dock()
         self._set_busy(True)
-        self.requests.issued(Request(
+        self._issue(Request(
             self.engine.what_if(record, edits, self.settings_panel.max_new_tokens.value()),
             Kind.WHATIF, record.created_at))
 
@@ -503,7 +541,7 @@ class MainWindow(QMainWindow):
         self.stage_label.setText("What if answered: the answer "
                                  + ("changed" if found.answer_changed else "is the same"))
         self.whatif_shown.emit()
-        self._run_pending_row()
+        self._after_aside()
 
     def explain_whatif(self, index: int) -> None:
         """Explain what-if ``index``'s new answer on its edited case (the answer forced to the
@@ -528,7 +566,7 @@ class MainWindow(QMainWindow):
                                  raw_prompt=prompt.format == "raw",
                                  system_prompt=prompt.system_prompt)
         self._set_busy(True)
-        self.requests.issued(Request(self.engine.explain(request), Kind.WHATIF_EXPLAIN,
+        self._issue(Request(self.engine.explain(request), Kind.WHATIF_EXPLAIN,
                                      self.record.created_at, index))
 
     def sensitivity(self) -> None:
@@ -538,7 +576,7 @@ class MainWindow(QMainWindow):
             return
         self._show_whatif_dock()
         self._set_busy(True)
-        self.requests.issued(Request(self.engine.sensitivity(self.record), Kind.SENSITIVITY,
+        self._issue(Request(self.engine.sensitivity(self.record), Kind.SENSITIVITY,
                                      self.record.created_at))
 
     def _on_sensitivity(self, request_id: int, effects) -> None:
@@ -551,7 +589,7 @@ class MainWindow(QMainWindow):
         self.whatif_panel.show_sensitivity(self.record.prompt.case_text, effects)
         self.stage_label.setText(f"Sensitivity: {len(effects)} sentences ranked")
         self.whatif_shown.emit()
-        self._run_pending_row()
+        self._after_aside()
 
     def strike_out(self, start: int, end: int) -> None:
         """What if the explained case had no [start, end) (a word or a sentence struck out on
@@ -595,7 +633,7 @@ class MainWindow(QMainWindow):
             return
         self.cancel_button.setEnabled(True)  # Explain stays enabled: a new run supersedes it
         self.badge.show_pending("Checking how far this explanation can be trusted…")
-        self.requests.issued(Request(
+        self._issue(Request(
             self.engine.check_reliability(self.record, self.settings_panel.check_precision()),
             Kind.RELIABILITY, self.record.created_at))
 
@@ -648,6 +686,8 @@ class MainWindow(QMainWindow):
                     self.claims_view.setPlainText("Could not find the statements (see the "
                                                   "message).")
             self._run_pending_row()
+        elif request.kind in ASIDES and request.about(self._on_screen()):
+            self._after_aside()
         if self.model_label.text().startswith("Loading"):
             self.model_label.setText("No model loaded")
         self._show_error(message)
@@ -669,6 +709,8 @@ class MainWindow(QMainWindow):
                         self.claims_view.setPlainText("Cancelled: Explain again to find the "
                                                       "statements.")
                 self._run_pending_row()
+            elif request.kind in ASIDES and request.about(self._on_screen()):
+                self._after_aside(resume=False)  # Cancel stops what it had stopped too
 
     def _on_screen(self) -> str | None:
         """The explanation on screen (its created_at), to match results about one."""
@@ -683,6 +725,7 @@ class MainWindow(QMainWindow):
         self.selected_row = None
         self.rows = {}
         self._pending_row = None
+        self._interrupted = False
         self.case_edit.setPlainText(record.prompt.case_text)
         self._render_answer()
         self._show_selection()
@@ -736,7 +779,7 @@ class MainWindow(QMainWindow):
         title = f"<b>Case, coloured by attribution to {html.escape(what)}</b>"
         if row is not None and scores is None:
             seconds = self.estimates.row_seconds(record, row)
-            when = ("after the reliability check" if self._pending_row == row
+            when = ("when the current step is done" if self._pending_row == row
                     else f"in about {duration(seconds)}" if seconds else "shortly")
             title += html.escape(f" — answer token {row + 1} {record.answer.tokens[row]!r} "
                                  f"follows {when}…")
@@ -932,3 +975,9 @@ class MainWindow(QMainWindow):
             return
         self.hardware.shutdown()
         super().closeEvent(event)
+
+
+# Steps that follow an explanation on their own, and requests that interrupt them and after
+# which they run again.
+FOLLOW_UPS = (Kind.RELIABILITY, Kind.CLAIMS)
+ASIDES = (Kind.WHATIF, Kind.SENSITIVITY, Kind.WHATIF_EXPLAIN)

@@ -16,6 +16,7 @@ from PySide6.QtWidgets import QWidget
 from desktop.present import blend
 from desktop.qt.estimates import LONG_RUN_SECONDS
 from desktop.qt.main_window import MainWindow
+from desktop.qt.requests import Kind
 from engine.models import ModelRequest
 
 CASE = "52 year old woman , left breast mass 2 cm , ER positive , HER2 negative ."
@@ -406,7 +407,8 @@ def test_method_picker_shows_defaults_options_and_runs_the_method(ready_window, 
     assert "mode=paper" in panel.options.placeholderText()
     assert window.estimate_seconds() < ig_like  # one forward against n x steps of them
     panel.options.setText("mode=both")
-    assert "unknown" not in panel.estimate.text()  # the mode is checked when the run starts
+    # Said as it is typed, before any run (before: only when the run started).
+    assert "unknown mode 'both'; choose paper or exact" in panel.estimate.text()
     panel.options.setText("depth=3")
     assert "has no option 'depth'" in panel.estimate.text()
     panel.options.setText("mode=exact,layers=-1,-2")  # a comma inside a value stays
@@ -839,6 +841,43 @@ def test_the_new_answer_of_a_what_if_is_explained_beside_the_original(ready_wind
     assert new.answer.text == window.whatif_panel.found[0].answer.text and new.answer.forced
     details = window.whatif_panel.details.toPlainText()
     assert "by what the new answer rests on" in details and "right breast" in details
+
+
+def test_a_what_if_during_the_check_runs_the_check_again_after_it(ready_window, qtbot):
+    # Before: the what-if replaced the running check, whose cancellation was then dropped (no
+    # longer the current request): the badge said "Checking..." for ever and the claims never
+    # ran.
+    window = ready_window
+    window.settings_panel.claims.setChecked(True)
+    _explain(window, qtbot, method="ifr", max_new_tokens=4)
+    assert window.requests.running is Kind.RELIABILITY  # started on the explanation's heels
+    case = window.record.prompt.case_text
+    where = case.index("HER2")
+    with qtbot.waitSignal(window.whatif_shown, timeout=60_000):
+        window.overlay.strike_requested.emit(where, where + 4)
+        assert "runs again when the what-if is done" in window.badge.text()
+    with qtbot.waitSignal(window.claims_shown, timeout=60_000):  # the check, then the claims
+        pass
+    assert window.record.reliability is not None and window.record.claims is not None
+    assert window.badge.text().startswith("<b>Reliability")
+    assert len(window.whatif_panel.found) == 1
+
+
+def test_a_token_clicked_while_a_what_if_is_explained_is_explained_after_it(ready_window, qtbot):
+    # Before: the click replaced the what-if's explanation, which never appeared, silently.
+    window = ready_window
+    window.settings_panel.reliability.setChecked(False)
+    window.settings_panel.claims.setChecked(False)
+    _explain(window, qtbot, method="ig", steps=64, max_new_tokens=4, matrix=False)
+    window.case_edit.setPlainText(window.record.prompt.case_text.replace("left", "right"))
+    with qtbot.waitSignal(window.whatif_shown, timeout=60_000):
+        window.whatif_panel.whatif_button.click()
+    with qtbot.waitSignals([window.whatif_shown, window.row_shown], timeout=120_000):
+        window.whatif_panel.explain_button.click()
+        assert window.requests.running is Kind.WHATIF_EXPLAIN
+        _click_answer_token(window, qtbot, 1)
+        assert window.requests.running is Kind.WHATIF_EXPLAIN  # not replaced by the click
+    assert len(window.whatif_panel.explained) == 1 and window.rows.get(1) is not None
 
 
 def test_striking_out_a_word_or_sentence_on_the_coloured_case_asks_what_if(ready_window,
