@@ -31,7 +31,7 @@ class ModelLoadError(TokenTraceError):
     exit_code = 3
 
 
-BROKEN_MODEL = ("the model computes values that are not numbers (NaN or infinite) for this "
+BROKEN_MODEL = ("the model computes values that are not numbers (NaN) for this "
                 "case: its weights or settings (a NaN weight, rms_norm_eps, rope_theta) are "
                 "broken; nothing is shown or saved")
 

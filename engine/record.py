@@ -24,6 +24,7 @@ from typing import Any
 
 from engine.defaults import PERCENTS
 from engine.errors import InvalidInputError, OutputError
+from engine.fields import field_scores
 from engine.files import check_regular_file, parse_json
 from engine.verdict import VERDICTS, summary_of, verdict_of
 
@@ -129,7 +130,8 @@ class Answer:
             raise ValueError("a log-probability is above 0 or not a number")
         if "".join(self.tokens) != self.text:  # what is read must be what was scored
             raise ValueError("the answer's text is not its tokens joined (the file was "
-                             "altered)")
+                             "altered, or made by TokenTrace before 2026-11-30 from an answer "
+                             "with characters split across tokens: explain the case again)")
 
 
 @dataclass(frozen=True)
@@ -279,6 +281,13 @@ class Explanation:
         record = from_plain(cls, data)
         if record.claims is not None:  # each flag as its own support and threshold say
             record = dataclasses.replace(record, claims=_flagged(record.claims))
+        if record.attribution.per_field:  # each field's score as its tokens' scores sum
+            prompt = record.prompt
+            worked = field_scores(prompt.offsets, record.attribution.sequence,
+                                  prompt.attributable, prompt.fields,
+                                  prompt.text.rfind(prompt.case_text))
+            record = dataclasses.replace(record, attribution=dataclasses.replace(
+                record.attribution, per_field=worked))
         return record
 
     @classmethod
@@ -327,14 +336,19 @@ MAX_TEXT_CHARS = 1_000_000  # the rendered prompt, the answer, one token's text
 def _check_lengths(record: Explanation) -> None:
     """No label or text longer than anything TokenTrace writes: a 400,000-character model
     name or setting from an edited file made the report's layout run for minutes."""
-    model, params = record.model, record.method.params
-    labels = {"model name": model.name, "model source": model.source,
-              "precision": model.dtype, "device": model.device,
-              "device name": record.hardware.device_name, "method": record.method.name,
-              **{f"setting {key[:40]!r}": key for key in params},
-              **{f"setting {key[:40]!r}": value for key, value in params.items()
-                 if isinstance(value, str)}}
-    for what, text in labels.items():
+    model, params, claims = record.model, record.method.params, record.claims
+    labels = [("model name", model.name), ("model source", model.source),
+              ("precision", model.dtype), ("device", model.device),
+              ("device name", record.hardware.device_name), ("method", record.method.name),
+              *((f"name of setting {key[:40]!r}", key) for key in params),
+              *((f"setting {key[:40]!r}", value) for key, value in params.items()
+                if isinstance(value, str)),
+              *((f"name of field {name[:40]!r}", name) for name, _, _ in record.prompt.fields),
+              *((f"name of field {name[:40]!r}", name) for name in record.attribution.per_field),
+              ("second method", record.reliability.second_method if record.reliability else ""),
+              ("claims' evidence method", claims.evidence_method if claims else ""),
+              *(("text of a claim", claim.text) for claim in (claims.claims if claims else ()))]
+    for what, text in labels:
         if len(text) > MAX_LABEL_CHARS:
             raise ValueError(f"the {what} is {len(text):,} characters long (at most "
                              f"{MAX_LABEL_CHARS:,})")

@@ -28,7 +28,13 @@ from typing import Any
 
 import torch
 
-from engine.errors import ContextTooLongError, InvalidInputError, InvalidSettingsError
+from engine.errors import (
+    BROKEN_MODEL,
+    ContextTooLongError,
+    InvalidInputError,
+    InvalidSettingsError,
+    ModelLoadError,
+)
 from engine.files import check_regular_file, parse_json
 from engine.generation import generate_answer
 from engine.metrics import answer_log_probs
@@ -188,7 +194,8 @@ class Answered:
             raise ValueError("an answer of a what-if holds a negative token id")
         if "".join(self.tokens) != self.text:
             raise ValueError("an answer of a what-if is not its tokens joined (the file was "
-                             "altered)")
+                             "altered, or made by TokenTrace before 2026-11-30: ask the what-if "
+                             "again)")
 
 
 @dataclass(frozen=True)
@@ -277,6 +284,11 @@ def what_if(model: Any, tokenizer: Any, record: Explanation, edits: Sequence[Edi
     logp = answer_log_probs(model, problem, [problem.prompt_ids.cpu(),
                                              torch.tensor(new.token_ids)],
                             state=SubTask(state, "whatif", 0, 2), greedy=greedy)
+    if bool(torch.isnan(logp).any()) or bool((logp > 0).any()):
+        raise ModelLoadError(BROKEN_MODEL)
+    if bool(torch.isinf(logp[0]).any()):  # a forced answer the model rules out: no shift
+        raise InvalidInputError("the model rules out the explained answer on the original case "
+                                "(a token of probability 0): no shift can be measured")
     state.progressed("whatif", 1, 2)
     new_ids = generate_answer(model, tokenizer, list(new.token_ids), budget,
                               SubTask(state, "generate", 0, 1))

@@ -155,8 +155,6 @@ def stale_reason(record: Explanation, request: ExplainRequest, info: ModelInfo) 
         return "its case text differs"
     if record.method.name != request.method:
         return "it was made with another method"
-    if "".join(record.answer.tokens) != record.answer.text:  # edited, or split characters
-        return "its answer text does not match its tokens"
     if (record.model.sha256, record.model.dtype) != (info.sha256, info.dtype):
         return "it was made with another model or precision"
     if record.model.tokenizer_sha256 and record.model.tokenizer_sha256 != info.tokenizer_sha256:

@@ -73,6 +73,11 @@ def test_shapes_are_checked():
     (lambda d: d["model"].update(name="x" * 400_000), "model name is 400,000 characters"),
     (lambda d: d["method"]["params"].update(note="y" * 1_000_000), "setting 'note' is 1,000,000"),
     (lambda d: d["hardware"].update(device_name="z" * 10_000), "device name is 10,000"),
+    # Names as well as values (before: a long setting name or field name passed).
+    (lambda d: d["method"]["params"].update({"k" * 400_000: "v"}),
+     "name of setting 'kkk.*' is 400,000"),
+    (lambda d: d["prompt"].update(fields=[["f" * 400_000, 0, 2]]),
+     "name of field 'fff.*' is 400,000"),
     (lambda d: d["answer"].update(text="Mastectomy now"), "not its tokens joined"),
 ])
 def test_inconsistent_files_are_refused(edit, message):
@@ -80,6 +85,15 @@ def test_inconsistent_files_are_refused(edit, message):
     edit(data)
     with pytest.raises(InvalidInputError, match=message):
         Explanation.from_json(json.dumps(data))
+
+
+def test_an_opened_files_field_scores_are_its_token_scores_summed():
+    # Before: a file edited to give "ER" a large share showed it, whatever its tokens' scores.
+    data = make_record(matrix=False).to_dict()
+    data["prompt"]["fields"] = [["er", 0, 2], ["status", 3, 11]]  # "ER", "positive"
+    data["attribution"]["per_field"] = {"er": 9.0, "status": 9.0}
+    opened = Explanation.from_json(json.dumps(data))
+    assert opened.attribution.per_field == {"er": 0.1 + 0.2, "status": -1e-300}
 
 
 @pytest.mark.parametrize(("text", "message"), [

@@ -57,6 +57,18 @@ def test_an_edit_that_changes_nothing_shifts_nothing(tiny):
     assert found.original_case_sha256 == record.prompt.case_sha256
 
 
+def test_a_model_computing_nan_is_named_broken_not_an_internal_error(tiny_model_folder):
+    # Before: exit 70, "internal error: ValueError" (the what-if's own check of its figures).
+    from engine.errors import ModelLoadError
+
+    loaded = load_model(ModelRequest(str(tiny_model_folder)))
+    record = explain(ExplainRequest(CASE, max_new_tokens=3, matrix=False, method="ifr"), loaded)
+    with torch.no_grad():
+        loaded.model.model.norm.weight.fill_(float("nan"))
+    with pytest.raises(ModelLoadError, match="computes values that are not numbers"):
+        what_if(loaded.model, loaded.tokenizer, record, [Edit("remove", "left ")])
+
+
 def test_the_shift_is_the_original_answer_under_the_edited_case(tiny, tmp_path):
     loaded, record = tiny
     edits = [Edit("replace", "HER2 negative", "HER2 positive"), Edit("remove-sentence", "1")]
