@@ -121,6 +121,10 @@ def check_batch_folder(out: Path) -> None:
     if ours and not (out / INDEX).is_file():
         raise OutputError(f"{out} holds {ours[0]} but no {INDEX}: it is not a TokenTrace batch "
                           "folder, and its files would be replaced; choose a new or empty folder")
+    if (out / INDEX).is_file() and not _is_index(out / INDEX):
+        raise OutputError(f"{out / INDEX} is not a TokenTrace batch index (a file name -> "
+                          "settings digest list), and the batch would replace it; choose a new "
+                          "or empty folder")
     for name in OUTPUT_FILES:
         if (out / name).is_dir():
             raise OutputError(f"{out / name} is a folder; the batch writes a file there")
@@ -130,6 +134,23 @@ def check_batch_folder(out: Path) -> None:
     for name in ("records", "reports"):
         if os.path.lexists(out / name) and not (out / name).is_dir():
             raise OutputError(f"{out / name} is a file; the batch writes a folder there")
+
+
+MAX_INDEX_BYTES = 100 * 2**20  # a million cases' entries
+
+
+def _is_index(path: Path) -> bool:
+    """Whether ``path`` reads as a batch's index: a JSON object of record names (without their
+    ``.json``) to settings digests (64 hexadecimal digits)."""
+    try:
+        if path.stat().st_size > MAX_INDEX_BYTES:
+            return False
+        data = parse_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and all(
+        isinstance(name, str) and isinstance(digest, str)
+        and re.fullmatch(r"[0-9a-f]{64}", digest) is not None for name, digest in data.items())
 
 
 def _read_index(out: Path) -> dict[str, str]:
@@ -206,11 +227,16 @@ def run_batch(settings: BatchSettings, loaded: LoadedModel | CasePool,
                 reason = ("it was made with other settings" if index[name] != fingerprint
                           else stale_reason(record, request, pool.info))
                 if reason is None:
-                    resumed += 1
-                    current.add(name)
                     if settings.pdf and reports is not None and not report_path(
                             out, case).is_file():
-                        reports.case_pdf(record, report_path(out, case))  # made on resume
+                        try:  # made on resume
+                            reports.case_pdf(record, report_path(out, case))
+                        except OutputError as exc:
+                            failures[case.id] = str(exc)
+                            log(f"case {case.id}: its report not saved: {exc}")
+                            continue
+                    resumed += 1
+                    current.add(name)
                     continue
                 log(f"case {case.id}: explained again: {reason}")
             jobs.append((case.id, request))
@@ -248,6 +274,9 @@ def _save(record: Explanation, case: Case, settings: BatchSettings, reports: Rep
     A file that cannot be written makes the case a failure, not the batch's end."""
     out = settings.out
     try:
+        # The old report goes first: a stop between the record and its new report must not
+        # leave the new record beside the old record's report (a rerun keeps a report it finds).
+        _remove(report_path(out, case))
         record.save(record_path(out, case))
         audited("export", record, file=str(record_path(out, case)), case_id=case.id)
         index[safe_name(case.id)] = fingerprint
@@ -299,3 +328,13 @@ def write_summaries(cases: list[Case], out: Path, reports: Reports | None,
     write_text_atomic(out / "summary.csv", buffer.getvalue())
     if rows and reports is not None:
         reports.summary_pdf(rows, out / "summary.pdf")
+    else:  # an earlier run's would disagree with this summary.csv
+        _remove(out / "summary.pdf")
+
+
+def _remove(path: Path) -> None:
+    """Delete the file ``path`` if it is there (OutputError, one line, if it cannot be)."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot remove the earlier {path}: {exc.strerror or exc}") from None

@@ -128,6 +128,12 @@ def test_a_folder_that_is_not_a_batch_s_is_never_overwritten(tiny_model_folder, 
     assert main([*argv, "--out", str(mine)]) == 6
     assert "not a TokenTrace batch folder" in capsys.readouterr().err
     assert (mine / "summary.csv").read_text() == "my own table\n"
+    # A records.json of the user's own is not a batch's index (before: replaced).
+    (mine / "summary.csv").unlink()
+    (mine / "records.json").write_text('{"patients": ["A", "B"]}')
+    assert main([*argv, "--out", str(mine)]) == 6
+    assert "records.json is not a TokenTrace batch index" in capsys.readouterr().err
+    assert (mine / "records.json").read_text() == '{"patients": ["A", "B"]}'
     # A file where the batch writes a folder (or the reverse): one line now, not a skip per case.
     odd = tmp_path / "odd"
     (odd / "records.json").mkdir(parents=True)

@@ -49,6 +49,53 @@ def test_batch_job_writes_records_without_qt(loaded, cases, tmp_path):
     assert (again.explained, again.resumed) == (0, 2)
 
 
+class TextReports:
+    """A report writer that writes each record's answer as text (the PDFs need Qt), and can be
+    told to fail, as a full disk would."""
+
+    def __init__(self) -> None:
+        self.failing = False
+
+    def case_pdf(self, record, path) -> None:
+        from engine.errors import OutputError
+
+        if self.failing:
+            raise OutputError(f"cannot write {path}: No space left on device")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(record.created_at)
+
+    def summary_pdf(self, rows, path) -> None:
+        path.write_text(" ".join(str(row["case"]) for row in rows))
+
+
+def test_a_report_never_outlives_its_record_and_summaries_agree(loaded, cases, tmp_path):
+    # Before: a record made again whose report then failed stood beside the old record's
+    # report (and a rerun kept it); a rerun with no case standing kept the old summary.pdf;
+    # a report failing on resume stopped the whole batch.
+    from engine.explain import ExplainRequest as Request
+    from engine.record import Explanation
+
+    out, reports = tmp_path / "out", TextReports()
+    settings = BatchSettings(cases, out, Request("placeholder", max_new_tokens=2, matrix=False),
+                             pdf=True)
+    run_batch(settings, loaded, reports=reports)
+    report = out / "reports" / f"{safe_name('c1')}.pdf"
+    record = out / "records" / f"{safe_name('c1')}.json"
+    assert report.read_text() == Explanation.load(record).created_at
+    cases.write_text(cases.read_text().replace("grade 3", "grade 2"))  # c1 explained again...
+    reports.failing = True  # ...and its report cannot be written
+    result = run_batch(settings, loaded, reports=reports)
+    assert (result.explained, result.resumed, result.failed) == (0, 1, 1)
+    assert not report.exists()  # not the old record's report beside the new record
+    (out / "reports" / f"{safe_name('c0')}.pdf").unlink()  # made again on resume: fails too
+    lines = []
+    result = run_batch(settings, loaded, reports=reports, log=lines.append)
+    assert (result.resumed, result.failed) == (0, 2)
+    assert any("c0: its report not saved: cannot write" in line for line in lines)
+    assert not (out / "summary.pdf").exists()  # no case stands: no earlier summary either
+    assert (out / "summary.csv").read_text().count("\n") == 1  # the header alone
+
+
 def test_batch_job_refuses_pdfs_without_a_writer_and_stops_on_cancel(loaded, cases, tmp_path):
     template = ExplainRequest("placeholder", max_new_tokens=2, matrix=False)
     with pytest.raises(InvalidSettingsError, match="report writer"):
