@@ -377,24 +377,29 @@ def _convert(path: Path, target: Path, gguf_sha: str, state: TaskState) -> tuple
 
 CONVERT_FAILED = "tokentrace-convert-failed: "  # how the child's one-line error is found
 PARTIAL = ".partial-"  # a cache entry being written: .partial-<pid of the process writing it>-…
-ABANDONED_AFTER_S = 24 * 3600  # a partial entry whose writer cannot be told: left this long
+HEARTBEAT_S = 5.0  # the converter touches its folder this often
+SILENT_AFTER_S = 60.0  # a partial entry not touched for this long has no converter
+ABANDONED_AFTER_S = 24 * 3600  # an entry of an earlier version (no pid, no heartbeat)
 
 
 def _sweep_abandoned(gguf_cache: Path) -> None:
     """Remove partial cache entries whose process is gone (killed mid-conversion: a dequantized
-    model is hundreds of MB). An entry of a process still running, another window converting the
-    same moment, is left alone."""
+    model is hundreds of MB). An entry is left alone while the process that made it runs, or
+    while its converter still touches it (a process this one cannot see: a container sharing
+    the cache)."""
+    import re
     import time
 
     import psutil
 
     for entry in gguf_cache.glob(PARTIAL + "*"):
-        owner = entry.name.removeprefix(PARTIAL).split("-", 1)[0]
+        owner = re.fullmatch(re.escape(PARTIAL) + r"(\d+)-.+", entry.name)
         with contextlib.suppress(OSError):
-            if owner.isdigit():
-                if psutil.pid_exists(int(owner)):
-                    continue
-            elif time.time() - entry.stat().st_mtime < ABANDONED_AFTER_S:
+            silent = time.time() - entry.stat().st_mtime
+            if owner is None and silent < ABANDONED_AFTER_S:
+                continue
+            if owner is not None and (silent < SILENT_AFTER_S
+                                      or psutil.pid_exists(int(owner.group(1)))):
                 continue
             shutil.rmtree(entry, ignore_errors=True)
 
@@ -421,8 +426,13 @@ def _exit_with(parent_pid: int, work: Path) -> None:
     def watch() -> None:
         import time
 
+        touched = time.monotonic()
         while alive():  # is_running is also false when the pid was taken by another process
             time.sleep(0.5)
+            if time.monotonic() - touched >= HEARTBEAT_S:  # the sweep's sign of life
+                with contextlib.suppress(OSError):
+                    os.utime(work)
+                touched = time.monotonic()
         leave()
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()

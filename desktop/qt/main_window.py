@@ -452,9 +452,16 @@ class MainWindow(QMainWindow):
         self._set_busy(False)
         if request.kind is Kind.WHATIF_EXPLAIN:  # the new answer of a what-if, beside the case
             if request.about(self._on_screen()):
-                self.whatif_panel.show_explained(request.row, self.record, record)
-                self.stage_label.setText("The new answer explained")
-                self.whatif_shown.emit()
+                found = self.whatif_panel.found[request.row]
+                if record.answer.token_ids == found.answer.token_ids:
+                    self.whatif_panel.show_explained(request.row, self.record, record)
+                    self.stage_label.setText("The new answer explained")
+                    self.whatif_shown.emit()
+                else:  # forced by its text, which this tokenizer splits otherwise
+                    self.stage_label.setText("Error")
+                    self._show_error("The what-if's new answer could not be forced token for "
+                                     "token (its text splits into other tokens), so what it "
+                                     "rests on is not shown.")
                 self._after_aside()
             return
         self.stage_label.setText(f"Done in {record.timings.attribute_s:.1f} s")

@@ -42,6 +42,17 @@ def _css(colour: tuple[int, int, int]) -> str:
     return "rgb({},{},{})".format(*colour)
 
 
+def _finish(written: Path, target: Path) -> None:
+    """Put the complete ``written`` file in ``target``'s place (OutputError, one line, if it
+    cannot be: a folder made read-only meanwhile, a name taken by a folder)."""
+    _check_complete(written, target)
+    try:
+        os.replace(written, target)
+    except OSError as exc:
+        written.unlink(missing_ok=True)
+        raise OutputError(f"cannot write the report {target}: {exc.strerror or exc}") from None
+
+
 def _check_complete(written: Path, target: Path) -> None:
     """QPdfWriter reports no errors: a full disk or a vanished folder leaves a short file. A
     complete PDF ends with its %%EOF marker."""
@@ -212,8 +223,7 @@ def write_pdf(record: Explanation, path: str | os.PathLike[str],
     document.setHtml(report_html(record, what_ifs=what_ifs))
     document.print_(writer)  # lays the document out again for the page, and paginates
     del writer  # flushes and closes the file
-    _check_complete(tmp, target)
-    os.replace(tmp, target)
+    _finish(tmp, target)
     audited("export", record, file=str(target))
     return target
 
@@ -255,5 +265,4 @@ RSS {mean('peak_rss_mb'):,.0f} MiB (max {max(float(r['peak_rss_mb']) for r in ro
     writer.setCreator("TokenTrace")
     document.print_(writer)
     del writer
-    _check_complete(tmp, target)
-    os.replace(tmp, target)
+    _finish(tmp, target)

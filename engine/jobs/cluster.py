@@ -365,12 +365,11 @@ class RayPool:
             raise ClusterError(f"{where} runs TokenTrace {said['version']}, this machine "
                                f"{engine.__version__}: install the same version on every node")
         theirs = from_plain(ModelInfo, said["info"])
-        if info is not None and (theirs.sha256, theirs.tokenizer_sha256, theirs.dtype) != (
-                info.sha256, info.tokenizer_sha256, info.dtype):
+        if info is not None and _identity(theirs) != _identity(info):
             raise ClusterError(
-                f"{where} loaded other weights, tokenizer or precision ({theirs.name}, "
-                f"{theirs.dtype}) than the first worker ({info.name}, {info.dtype}); every node "
-                "needs the same model file")
+                f"{where} loaded other weights, tokenizer, chat template, context or precision "
+                f"({theirs.name}, {theirs.dtype}) than the first worker ({info.name}, "
+                f"{info.dtype}); every node needs the same model files")
         self._workers[actor] = said
         return theirs
 
@@ -409,7 +408,8 @@ class RayPool:
         except (TokenTraceError, KeyError, TypeError, ValueError) as exc:
             return ClusterError(f"the worker sent back a record that does not check: {exc}")
         request = job.args[0]
-        if record.prompt.case_text != request.case_text or record.model.sha256 != self.info.sha256:
+        if record.prompt.case_text != request.case_text or \
+                _identity(record.model) != _identity(self.info):
             return ClusterError("the worker sent back a record for another case or model")
         return record
 
@@ -558,3 +558,9 @@ def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[-1] if text else type(exc).__name__
 
+
+def _identity(info: ModelInfo) -> tuple[object, ...]:
+    """What makes two workers' records interchangeable: the same weights, tokenizer, chat
+    template, context length and precision (a batch resumes records by these)."""
+    return (info.sha256, info.tokenizer_sha256, info.template_sha256, info.context_length,
+            info.dtype)

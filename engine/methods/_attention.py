@@ -60,7 +60,7 @@ def check_layers(spec: Any) -> None:
     """Raise InvalidSettingsError for a ``layers`` value of no possible form (before a model
     loads; whether its indices exist is checked against the model's blocks when it runs)."""
     try:
-        parse_layers(spec, 4096)
+        parse_layers(spec, 10**9)  # any index: the model's own count is known when it runs
     except InvalidSettingsError:
         raise InvalidSettingsError(f"layers {spec!r}: use last, all, every:K or block indices "
                                    "separated by commas, like -1,-2") from None

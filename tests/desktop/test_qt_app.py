@@ -841,6 +841,17 @@ def test_the_new_answer_of_a_what_if_is_explained_beside_the_original(ready_wind
     assert new.answer.text == window.whatif_panel.found[0].answer.text and new.answer.forced
     details = window.whatif_panel.details.toPlainText()
     assert "by what the new answer rests on" in details and "right breast" in details
+    # An answer whose ids its text does not give back is not shown explained as if it were.
+    found = window.whatif_panel.found[0]
+    ids = found.answer.token_ids
+    window.whatif_panel.found[0] = replace(found, answer=replace(
+        found.answer, token_ids=(ids[-1], *ids[:-1]) if len(set(ids)) > 1 else (ids[0] + 1,)))
+    window.whatif_panel.explained.clear()
+    qtbot.waitUntil(lambda: window.whatif_panel.explain_button.isEnabled(), timeout=10_000)
+    window.whatif_panel.explain_button.click()
+    qtbot.waitUntil(lambda: window.requests.running is None, timeout=60_000)
+    assert "could not be forced token for token" in window.last_error
+    assert not window.whatif_panel.explained
 
 
 def test_a_what_if_during_the_check_runs_the_check_again_after_it(ready_window, qtbot):

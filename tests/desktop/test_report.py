@@ -65,6 +65,20 @@ def test_unwritable_pdf_path_is_one_clear_error(tmp_path):
         write_pdf(long_record(30), blocker / "sub" / "r.pdf")
 
 
+def test_a_report_that_cannot_take_its_name_is_one_clear_error(tmp_path, monkeypatch):
+    # Before: the OSError of the final rename escaped as exit 70 (and in a batch, past its
+    # per-case handling), leaving the complete file under a hidden name.
+    import desktop.report.pdf
+
+    def refused(source, target):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(desktop.report.pdf.os, "replace", refused)
+    with pytest.raises(OutputError, match=r"cannot write the report .*r\.pdf: Permission denied"):
+        write_pdf(long_record(3), tmp_path / "r.pdf")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_claims_section_quotes_the_evidence_flagged_claims_first(tiny_model_folder, tmp_path,
                                                                  capsys):
     import json

@@ -286,3 +286,26 @@ def test_the_chosen_host_is_reachable_only_while_it_is_chosen():
     assert not offline._permitted(("192.0.2.78", 6379))  # that host, and only it
     offline.forget_hosts(chosen)
     assert not offline._permitted(("192.0.2.77", 6379))
+
+
+def test_a_worker_with_another_chat_template_is_refused(tiny_model_folder):
+    # Before: only weights, tokenizer and precision were compared; a node whose model folder
+    # had another chat template was accepted, and its records filed as the first worker's.
+    import dataclasses
+
+    import engine
+    from engine.record import to_plain
+
+    first = load_model(ModelRequest(str(tiny_model_folder))).info
+    pool = object.__new__(RayPool)  # the acceptance rule alone: no Ray needed
+    pool._workers = {}
+
+    def said(info):
+        return {"host": "node-b", "pid": 7, "guard": True, "version": engine.__version__,
+                "info": to_plain(info)}
+
+    assert pool._accept("a", said(first), first) == first
+    for change in ({"template_sha256": "b" * 64}, {"context_length": 128}):
+        other = dataclasses.replace(first, **change)
+        with pytest.raises(ClusterError, match="chat template, context or precision"):
+            pool._accept("b", said(other), first)

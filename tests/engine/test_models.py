@@ -83,21 +83,28 @@ def test_partial_cache_entries_of_gone_processes_are_swept(tmp_path):
     import sys
     import time
 
-    from engine.models import ABANDONED_AFTER_S, _sweep_abandoned
+    from engine.models import ABANDONED_AFTER_S, SILENT_AFTER_S, _sweep_abandoned
 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     entries = {name: tmp_path / name for name in (
-        f".partial-{gone.pid}-abc", f".partial-{os.getpid()}-def", ".partial-oldstyle1",
-        ".partial-oldstyle2", "b179c9523d0e6a0f-e6c8b2c2260ef6d1")}
+        f".partial-{gone.pid}-abc", f".partial-{gone.pid}-fresh", f".partial-{os.getpid()}-def",
+        ".partial-oldstyle1", ".partial-oldstyle2", ".partial-12345678",
+        "b179c9523d0e6a0f-e6c8b2c2260ef6d1")}
     for folder in entries.values():
         folder.mkdir()
         (folder / "model.safetensors").write_bytes(b"x" * 100)
-    stale = time.time() - ABANDONED_AFTER_S - 60
-    os.utime(entries[".partial-oldstyle1"], (stale, stale))
+    silent, stale = time.time() - SILENT_AFTER_S - 5, time.time() - ABANDONED_AFTER_S - 60
+    for name, when in ((f".partial-{gone.pid}-abc", silent), (f".partial-{os.getpid()}-def",
+                                                              stale),
+                       (".partial-oldstyle1", stale), (".partial-12345678", silent)):
+        os.utime(entries[name], (when, when))
     _sweep_abandoned(tmp_path)
+    # Kept: a converter that touched its folder lately (whose process this one may not see),
+    # a process still running, an earlier version's entry younger than a day.
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [f".partial-{os.getpid()}-def", ".partial-oldstyle2", "b179c9523d0e6a0f-e6c8b2c2260ef6d1"])
+        [f".partial-{gone.pid}-fresh", f".partial-{os.getpid()}-def", ".partial-oldstyle2",
+         ".partial-12345678", "b179c9523d0e6a0f-e6c8b2c2260ef6d1"])
 
 
 def test_device_and_dtype_choices():
