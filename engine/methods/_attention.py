@@ -59,11 +59,19 @@ def attention_module(layer: nn.Module) -> nn.Module:
 def check_layers(spec: Any) -> None:
     """Raise InvalidSettingsError for a ``layers`` value of no possible form (before a model
     loads; whether its indices exist is checked against the model's blocks when it runs)."""
-    try:
-        parse_layers(spec, 10**9)  # any index: the model's own count is known when it runs
-    except InvalidSettingsError:
-        raise InvalidSettingsError(f"layers {spec!r}: use last, all, every:K or block indices "
-                                   "separated by commas, like -1,-2") from None
+    text = str(spec).strip().lower()
+    if text in ("last", "all"):
+        return
+    try:  # only the form: how many blocks there are is known when the model runs
+        if text.startswith("every:"):
+            if int(text.removeprefix("every:")) >= 1:
+                return
+        elif [int(part) for part in text.split(",") if part.strip()]:
+            return
+    except ValueError:
+        pass
+    raise InvalidSettingsError(f"layers {spec!r}: use last, all, every:K or block indices "
+                               "separated by commas, like -1,-2")
 
 
 def parse_layers(spec: str | int | Sequence[int], count: int) -> list[int]:

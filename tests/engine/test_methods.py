@@ -387,3 +387,20 @@ def test_a_cancel_stops_every_method_before_its_first_decoder_block(tiny_tokeniz
         spec.attribute(model, tiny_tokenizer, _problem(tiny_tokenizer), state=state,
                        **{**spec.defaults(), **QUICK[name]})
     assert blocks == []
+
+
+def test_a_layers_form_is_checked_without_building_it():
+    # Before: checking "all" before a model loads built a list of 10^9 blocks (24 GB, killed).
+    import tracemalloc
+
+    from engine.methods._attention import check_layers
+
+    tracemalloc.start()
+    for form in ("last", "all", "ALL ", "every:1000000000", "-1,-2", "0, 5"):
+        check_layers(form)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 1_000_000
+    for form in ("x", "every:0", "every:x", "", ",", "1;2", "every:"):
+        with pytest.raises(InvalidSettingsError, match="use last, all, every:K or block"):
+            check_layers(form)
