@@ -11,7 +11,9 @@ scores are shares with no direction (information flow, HETA) red means "drawn on
 
 from __future__ import annotations
 
+import html
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +22,26 @@ from engine.fields import field_shares
 from engine.grouping import GROUPINGS, Span, top_spans
 from engine.methods import METHODS
 from engine.record import Explanation, Reliability
+
+# Text from a user's files, shown: a case, an answer, a model folder's name or an error message
+# naming a path can hold control characters. Printed as they are, an escape sequence could
+# retitle a terminal, clear it or colour text to mislead; a bidirectional override makes a
+# page show "HER2 negative" where the model read "HER2 evitagen"; an invisible character hides
+# a difference. Each control character (C0 and C1, but tab and line breaks), bidirectional
+# override, isolate or mark, and invisible space becomes U+FFFD, one character for one, so no
+# position shifts. Joiners (U+200C, U+200D) stay: some scripts need them.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f"
+                          "\u202a-\u202e\u2060\u2066-\u2069\ufeff]")
+
+
+def printable(text: str) -> str:
+    """``text`` with every control, bidirectional or invisible character replaced by U+FFFD."""
+    return _UNPRINTABLE.sub("\ufffd", text)
+
+
+def html_text(text: str) -> str:
+    """``text`` for Qt rich text and the PDF: :func:`printable`, then HTML-escaped."""
+    return html.escape(printable(text))
 
 NEGATIVE = (33, 102, 172)
 POSITIVE = (178, 24, 43)

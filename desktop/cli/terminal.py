@@ -38,7 +38,13 @@ from engine.task import STAGES, TaskState
 
 class SafeConsole(Console):
     """A rich console that prints no control character from the data it shows (a case, an
-    answer, a folder's name): only rich's own styles and cursor moves reach the terminal."""
+    answer, a folder's name): only rich's own styles and cursor moves reach the terminal. Text
+    is never read as rich's markup, emoji codes or highlighting: "[name redacted]" or
+    "[link=...]" in a case is printed as written (styles here are given as Text styles)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.update(markup=False, emoji=False, highlight=False)
+        super().__init__(*args, **kwargs)
 
     def _render_buffer(self, buffer: Any) -> str:
         return super()._render_buffer(
@@ -212,7 +218,7 @@ def render_evaluation(report: dict[str, Any], console: Console | None = None) ->
                 cells.append("")
                 continue
             text = f"{values[metric]:.3f} ± {report['spread'][method][metric]:.3f}"
-            cells.append(f"[bold]{text}[/bold]" if best.get(metric) == method else text)
+            cells.append(Text(text, style="bold") if best.get(metric) == method else text)
         table.add_row(method, str(report["cases"][method]),
                       f"{report['seconds'][method]:.1f}", *cells)
     (console or SafeConsole()).print(table)

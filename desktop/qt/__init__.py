@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import html
+from desktop.present import html_text
 
 
 def plain_tooltip(text: str) -> str:
     """``text`` as a tooltip that shows exactly these characters: Qt renders a tooltip that
     looks like HTML as HTML, and record and model fields come from files a user opened."""
-    return "<p style='white-space:pre-wrap'>" + html.escape(text) + "</p>"
+    return "<p style='white-space:pre-wrap'>" + html_text(text) + "</p>"

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import html
-
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QLabel
 
-from desktop.present import verdict_view
+from desktop.present import html_text, verdict_view
 from desktop.qt import plain_tooltip
 from engine.record import Reliability
 
@@ -30,7 +28,7 @@ class ReliabilityBadge(QLabel):
 
     def show_pending(self, message: str) -> None:
         """A check running, or one that did not finish (``message`` is plain text)."""
-        self.setText(html.escape(message))
+        self.setText(html_text(message))
         self.setToolTip("")
         self.setStyleSheet(badge_style(*PENDING))
         self.show()
@@ -41,7 +39,7 @@ class ReliabilityBadge(QLabel):
             self.hide()
             return
         view = verdict_view(check)
-        self.setText(f"<b>Reliability: {view.name}</b> — {html.escape(view.summary)}")
+        self.setText(f"<b>Reliability: {view.name}</b> — {html_text(view.summary)}")
         self.setToolTip(plain_tooltip("\n".join(view.details)))
         self.setStyleSheet(badge_style(view.background, view.ink))
         self.show()

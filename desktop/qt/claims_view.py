@@ -3,12 +3,10 @@ that rest on nothing in the case, and a click that asks to show what a claim res
 
 from __future__ import annotations
 
-import html
-
 from PySide6.QtCore import QUrl, Signal
 from PySide6.QtWidgets import QTextBrowser
 
-from desktop.present import claim_views
+from desktop.present import claim_views, html_text
 from engine.record import Explanation
 
 
@@ -42,13 +40,13 @@ class ClaimsView(QTextBrowser):
             colour = "#1b7837" if view.grounded else "#b2182b"
             weight = "bold" if view.index == selected else "normal"
             best = (f" · top: {100 * view.evidence[0].share:.0f}% "
-                    f"“{html.escape(clipped(view.evidence[0].text))}”" if view.evidence else "")
+                    f"“{html_text(clipped(view.evidence[0].text))}”" if view.evidence else "")
             parts.append(
                 f"<p><span style='color:{colour}; font-weight:bold;'>{view.marker}</span> "
                 f"<a href='claim:{view.index}' style='color:black; text-decoration:none; "
-                f"font-weight:{weight};'>{html.escape(view.text)}</a><br/>"
-                f"<small style='color:#555555;'>{html.escape(view.verdict)}; "
-                f"{html.escape(view.support)}{best}</small></p>")
+                f"font-weight:{weight};'>{html_text(view.text)}</a><br/>"
+                f"<small style='color:#555555;'>{html_text(view.verdict)}; "
+                f"{html_text(view.support)}{best}</small></p>")
         self.setHtml("".join(parts))
 
     def _on_anchor(self, url: QUrl) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from PySide6.QtWidgets import (
 from desktop.present import (
     ExplanationView,
     claim_units,
+    html_text,
     method_summary,
     scale_of,
     units_of,
@@ -764,7 +764,7 @@ class MainWindow(QMainWindow):
                 style += " background-color:#ffe08a; font-weight:bold;"
             elif claim[0] <= row < claim[1]:
                 style += " background-color:#fff2c2;"  # the statement clicked below
-            parts.append(f'<a href="answer:{row}" style="{style}">{html.escape(piece)}</a>')
+            parts.append(f'<a href="answer:{row}" style="{style}">{html_text(piece)}</a>')
         self.answer_view.setHtml('<div style="white-space:pre-wrap; line-height:150%;">'
                                  + "".join(parts) + "</div>")
 
@@ -783,12 +783,12 @@ class MainWindow(QMainWindow):
         self.legend.set_scale(scale_of(units), record.method.name)
         what = ("the whole answer" if scores is None
                 else f"answer token {row + 1}: {record.answer.tokens[row]!r}")
-        title = f"<b>Case, coloured by attribution to {html.escape(what)}</b>"
+        title = f"<b>Case, coloured by attribution to {html_text(what)}</b>"
         if row is not None and scores is None:
             seconds = self.estimates.row_seconds(record, row)
             when = ("when the current step is done" if self._pending_row == row
                     else f"in about {duration(seconds)}" if seconds else "shortly")
-            title += html.escape(f" — answer token {row + 1} {record.answer.tokens[row]!r} "
+            title += html_text(f" — answer token {row + 1} {record.answer.tokens[row]!r} "
                                  f"follows {when}…")
         self.overlay_title.setText(title)
         self._render_answer()
@@ -801,7 +801,7 @@ class MainWindow(QMainWindow):
         claim = record.claims.claims[index]
         self.overlay_title.setText(
             f"<b>Case, coloured by what statement {index + 1} rests on</b> — "
-            f"{html.escape(clipped(claim.text, 80))} (share of its attribution per sentence)")
+            f"{html_text(clipped(claim.text, 80))} (share of its attribution per sentence)")
         self._render_answer()
 
     def _on_answer_clicked(self, url: QUrl) -> None:

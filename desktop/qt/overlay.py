@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import html
 import re
 
 from PySide6.QtCore import QUrl, Signal
 from PySide6.QtGui import QColor, QCursor, QFont, QTextCursor
 from PySide6.QtWidgets import QLabel, QTextBrowser, QTextEdit, QToolTip
 
-from desktop.present import case_bounds, case_pieces, legend, legend_words
+from desktop.present import case_bounds, case_pieces, html_text, legend, legend_words
 from desktop.qt import plain_tooltip
 from engine.grouping import Span
 from engine.record import Explanation
@@ -104,7 +103,7 @@ class TokenOverlay(QTextBrowser):
         self._case_start = case_bounds(record)[0]
         parts = ['<div style="line-height:150%; white-space:pre-wrap;">']
         for piece in case_pieces(record, self._units):
-            text = html.escape(piece.text)
+            text = html_text(piece.text)
             if piece.index < 0:
                 parts.append(text)
                 continue
@@ -145,4 +144,4 @@ class Legend(QLabel):
             cells.append(f'<td style="background-color:rgb({r},{g},{b}); '
                          f'color:{step.ink}; padding:2px 8px;">{step.value:+.3g}</td>')
         self.setText('<table cellspacing="0"><tr>' + "".join(cells) + "</tr></table>"
-                     f"&nbsp;{html.escape(legend_words(method))}")
+                     f"&nbsp;{html_text(legend_words(method))}")

@@ -10,7 +10,6 @@ Sensitivity ranks the case's sentences by what removing each does to the answer.
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
 from PySide6.QtCore import Qt, Signal
@@ -26,7 +25,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from desktop.present import DIFF_HTML, coloured_case_html, likelihood_change, whatif_view
+from desktop.present import DIFF_HTML, coloured_case_html, html_text, likelihood_change, whatif_view
 
 
 class WhatIfPanel(QWidget):
@@ -130,7 +129,7 @@ class WhatIfPanel(QWidget):
             self.details.clear()
             return
         view = whatif_view(self.found[row])
-        esc = html.escape
+        esc = html_text
         # Side by side: the original answer with what the edit took away struck, the new one
         # with what it added in bold.
         before = " ".join(DIFF_HTML[p.kind].format(esc(p.text)) for p in view.diff
@@ -163,7 +162,7 @@ class WhatIfPanel(QWidget):
 
     def show_sensitivity(self, case: str, effects: Any) -> None:
         """The case's sentences, ranked by what removing each does to the answer."""
-        esc = html.escape
+        esc = html_text
         rows = []
         for effect in effects:
             likely = likelihood_change(effect.fall)

@@ -10,7 +10,6 @@ hardware profile.
 
 from __future__ import annotations
 
-import html
 import os
 from collections.abc import Sequence
 from datetime import datetime
@@ -24,6 +23,7 @@ from desktop.present import (
     claim_views,
     evidence_words,
     flagged_first,
+    html_text,
     levels_note,
     precision_note,
     whatif_view,
@@ -72,7 +72,7 @@ def report_html(record: Explanation, created: datetime | None = None,
                 what_ifs: Sequence[Any] = ()) -> str:
     """The report as Qt rich text. Images are referenced as ``chart`` (see :func:`write_pdf`)."""
     created = created or datetime.now()
-    esc = html.escape
+    esc = html_text
     view = ExplanationView.from_record(record, top=15)
     case_html = "".join(
         esc(piece.text) if piece.background is None else
@@ -134,7 +134,7 @@ def report_html(record: Explanation, created: datetime | None = None,
 
 
 def _reliability_html(view: ExplanationView) -> str:
-    esc = html.escape
+    esc = html_text
     verdict, check = view.verdict, view.record.reliability
     if verdict is None or check is None:
         return ("<h2>How far to trust this explanation</h2><p>Not checked. Run "
@@ -163,7 +163,7 @@ def _claims_html(record: Explanation) -> str:
     claims = record.claims
     if claims is None:
         return ""
-    esc = html.escape
+    esc = html_text
     parts = ["<h2>What each statement rests on</h2>"]
     for view in flagged_first(claim_views(record)):
         colour = "#1b7837" if view.grounded else "#b2182b"
@@ -181,7 +181,7 @@ def _claims_html(record: Explanation) -> str:
 
 def _whatif_html(found: Any) -> str:
     """One what-if: the edits, both answers with the differences marked, the shift."""
-    esc = html.escape
+    esc = html_text
     view = whatif_view(found)
     merged = " ".join(DIFF_HTML[piece.kind].format(esc(piece.text)) for piece in view.diff)
     moved = ", ".join(f"“{esc(token)}” {change:+.2f}" for token, change in view.token_changes)
@@ -237,7 +237,7 @@ def write_summary_pdf(rows: list[dict[str, object]], path: Path) -> None:
         return sum(float(r[key]) for r in rows) / len(rows)
 
     body = "".join(
-        f"<tr><td>{html.escape(str(r['case']))}</td><td>{html.escape(str(r['answer'])[:80])}"
+        f"<tr><td>{html_text(str(r['case']))}</td><td>{html_text(str(r['answer'])[:80])}"
         f"</td><td align='right'>{float(r['attribute_s']):.1f}</td>"
         f"<td align='right'>{float(r['peak_rss_mb']):,.0f}</td>"
         f"<td align='right'>{'' if r['completeness_error'] is None else format(100 * float(r['completeness_error']), '.1f')}</td></tr>"  # noqa: E501
@@ -246,8 +246,8 @@ def write_summary_pdf(rows: list[dict[str, object]], path: Path) -> None:
     document.setDefaultFont(QFont(font_family(), 9))
     document.setHtml(f"""
 <h1>TokenTrace batch summary</h1>
-<p><b>{html.escape(NOTICE)}</b></p>
-<p>{len(rows)} cases on {html.escape(str(rows[0]['device']))}. Mean attribution time
+<p><b>{html_text(NOTICE)}</b></p>
+<p>{len(rows)} cases on {html_text(str(rows[0]['device']))}. Mean attribution time
 {mean('attribute_s'):.1f} s (max {max(float(r['attribute_s']) for r in rows):.1f} s); mean peak
 RSS {mean('peak_rss_mb'):,.0f} MiB (max {max(float(r['peak_rss_mb']) for r in rows):,.0f} MiB).</p>
 <table border="1" cellspacing="0" cellpadding="3">

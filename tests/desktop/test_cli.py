@@ -278,6 +278,25 @@ def test_the_terminal_never_prints_control_characters_from_the_data():
     assert "\x07" not in written and "\x1b]" not in written and "\x1b[2J" not in written
     assert "\x1b[31m" not in written and "\u202e" not in written and "\x9b" not in written
     assert "\x1b[1m" in written  # rich's own bold
+    # Square brackets are text, never rich's markup: before, "[/]" was exit 70, "[name
+    # redacted]" vanished and "[link=...]" wrote a hyperlink to the terminal.
+    out = io.StringIO()
+    console = SafeConsole(file=out, force_terminal=True, color_system="truecolor", width=200)
+    marked = ("Patient [name redacted] [/] [bold]x[/bold] [link=https://evil.example/x]y[/link]"
+              " :smile:")
+    console.print(marked)
+    written = out.getvalue()
+    assert marked in written and "\x1b]8;" not in written and "\x1b[1m" not in written
+    # Invisible characters that hide a difference are shown; joiners some scripts need stay.
+    assert printable("ER\u200b \u200epositive\ufeff \u061c \u2060 \u200c\u200d") == \
+        "ER\ufffd \ufffdpositive\ufffd \ufffd \ufffd \u200c\u200d"
+
+
+def test_the_window_and_the_pdf_show_a_bidirectional_override_not_obey_it():
+    # Before: "HER2 \u202eevitagen\u202c" read "HER2 negative" in the PDF and the window.
+    from desktop.present import html_text
+
+    assert html_text("HER2 \u202eevitagen\u202c <b>") == "HER2 \ufffdevitagen\ufffd &lt;b&gt;"
 
 
 def test_an_error_naming_a_hostile_path_prints_no_escape(tmp_path, capsys):
