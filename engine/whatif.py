@@ -97,11 +97,13 @@ def apply_edits(case: str, edits: Sequence[Edit]) -> str:
             continue
         if not edit.target:
             raise InvalidInputError(f"{edit.describe()}: give the text to change")
-        if edit.target not in text:
-            raise InvalidInputError(f"{edit.describe()}: “{edit.target}” is not in the case")
+        found = len(_occurrence(edit.target).findall(text))
+        if not found:
+            inside = " (only inside longer words)" if edit.target in text else ""
+            raise InvalidInputError(f"{edit.describe()}: “{edit.target}” is not in the case"
+                                    f"{inside}")
         if edit.kind == "replace":  # checked before the text is made: edits can multiply it
-            grown = len(text) + text.count(edit.target) * (len(edit.replacement)
-                                                           - len(edit.target))
+            grown = len(text) + found * (len(edit.replacement) - len(edit.target))
             if grown > MAX_CASE_CHARS:
                 raise InvalidInputError(f"{edit.describe()} makes the case {grown:,} characters; "
                                         f"a case may be at most {MAX_CASE_CHARS:,}")
@@ -151,8 +153,17 @@ def edits_between(original: str, edited: str) -> list[Edit]:
     while end < min(len(original), len(edited)) - start and \
             original[len(original) - 1 - end] == edited[len(edited) - 1 - end]:
         end += 1
+    # Widened to whole words ("negative" -> "positive", not "nega" -> "posi"): an edit's
+    # target never starts or ends inside a word.
+    while start > 0 and not original[start - 1].isspace():
+        start -= 1
+    while end > 0 and not original[len(original) - end].isspace():
+        end -= 1
     old, new = original[start:len(original) - end], edited[start:len(edited) - end]
-    return [Edit("replace", old, new) if old else Edit("replace", original, edited)]
+    if old and len(_occurrence(old).findall(original)) == 1 and \
+            _apply_one(original, Edit("replace", old, new)) == edited:
+        return [Edit("replace", old, new)]
+    return [Edit("replace", original, edited)]
 
 
 def _unique_edit(original: str, edited: str, words: list[re.Match], new_words: list[re.Match],
@@ -168,14 +179,28 @@ def _unique_edit(original: str, edited: str, words: list[re.Match], new_words: l
             continue
         old = original[words[a].start():words[b - 1].end()]
         new = edited[new_words[c].start():new_words[d - 1].end()] if d > c else ""
-        if original.count(old) == 1:
+        if len(_occurrence(old).findall(original)) == 1:
             return Edit("replace", old, new) if new else Edit("remove", old)
     return None
 
 
+def _occurrence(target: str) -> re.Pattern[str]:
+    """Where ``target`` occurs as written, never inside a longer word: "ER" is not the "ER"
+    of "HER2" (a target that begins or ends with a letter or digit must begin or end a word
+    there)."""
+    before = r"(?<!\w)" if re.match(r"\w", target) else ""
+    after = r"(?!\w)" if re.search(r"\w$", target) else ""
+    return re.compile(before + re.escape(target) + after)
+
+
 def _apply_one(text: str, edit: Edit) -> str:
-    text = text.replace(edit.target, edit.replacement if edit.kind == "replace" else "")
-    return re.sub(r"[ \t]{2,}", " ", text) if edit.kind == "remove" else text
+    """``edit`` applied at every occurrence of its target. A removal between two spaces leaves
+    one of them; the rest of the case keeps its spacing."""
+    if edit.kind == "replace":
+        return _occurrence(edit.target).sub(lambda _: edit.replacement, text)
+    gap = re.compile(r"([ \t]?)" + _occurrence(edit.target).pattern + r"([ \t]?)")
+    return gap.sub(lambda m: m.group(1) if m.group(1) and m.group(2)
+                   else m.group(1) + m.group(2), text)
 
 
 @dataclass(frozen=True)

@@ -229,6 +229,7 @@ def render_whatif(found: Any, console: Console | None = None) -> None:
     console = console or SafeConsole()
     view = whatif_view(found)
     console.print(Text.assemble(("What if", "bold"), ": " + "; ".join(view.edits)))
+    console.print(Panel(found.edited_case, title="The edited case", title_align="left"))
     merged = Text()
     for piece in view.diff:
         if merged:

@@ -4,15 +4,19 @@ away, and see what happens to the answer (engine/whatif.py)."""
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Any
 
 from desktop.cli import output_file
 
 
 def _replacement(text: str) -> tuple[str, str]:
-    old, sep, new = text.partition("=")
-    if not sep or not old:
-        raise argparse.ArgumentTypeError(f"expected OLD=NEW, got {text!r}")
+    """OLD=NEW, split at the first ``=`` not written ``\\=`` (an ``=`` inside OLD or NEW)."""
+    parts = re.split(r"(?<!\\)=", text, maxsplit=1)
+    if len(parts) != 2 or not parts[0]:
+        raise argparse.ArgumentTypeError(f"expected OLD=NEW (write an = inside OLD or NEW as "
+                                         f"\\=), got {text!r}")
+    old, new = (part.replace("\\=", "=") for part in parts)
     return old, new
 
 
@@ -43,9 +47,11 @@ def add_commands(commands: Any, explain: argparse.ArgumentParser) -> None:
                     "the original answer is under the edit.")
     whatif.add_argument("text", nargs="?", help="the case text (or use --case-file)")
     whatif.add_argument("--replace", type=_replacement, action=_EditAction, metavar="OLD=NEW",
-                        help="replace every OLD with NEW (e.g. 'HER2 negative=HER2 positive')")
+                        help="replace every OLD with NEW (e.g. 'HER2 negative=HER2 positive'; "
+                             "whole words only: ER is not the ER of HER2; an = inside OLD or "
+                             "NEW is written \\=)")
     whatif.add_argument("--remove", action=_EditAction, metavar="TEXT",
-                        help="remove every TEXT")
+                        help="remove every TEXT (whole words only)")
     whatif.add_argument("--remove-sentence", type=int, action=_EditAction, metavar="N",
                         help="remove sentence N (from 1; `tokentrace sensitivity` numbers them)")
     whatif.add_argument("--json", type=output_file, metavar="OUT", help="write the what-if record")

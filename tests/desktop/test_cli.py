@@ -416,3 +416,16 @@ def test_a_tokenizer_beyond_the_model_s_embedding_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "embedding has 50 rows: its tokenizer and weights do not belong together" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_replacement_may_hold_an_equals_sign_written_escaped():
+    # Before: split at the first "=": 'Ki-67=30%=Ki-67=5%' replaced "Ki-67" with "30%=Ki-67=5%".
+    import argparse
+
+    from desktop.cli.whatif import _replacement
+
+    assert _replacement(r"Ki-67\=30%=Ki-67\=5%") == ("Ki-67=30%", "Ki-67=5%")
+    assert _replacement("HER2 negative=HER2 positive") == ("HER2 negative", "HER2 positive")
+    assert _replacement("grade 3=") == ("grade 3", "")
+    with pytest.raises(argparse.ArgumentTypeError, match=r"write an = inside OLD or NEW as \\="):
+        _replacement(r"Ki-67\=30%")

@@ -33,6 +33,17 @@ def test_edits_apply_in_order_and_refuse_what_finds_nothing():
         apply_edits(CASE, [Edit("remove-sentence", "9")])
 
 
+def test_an_edit_matches_whole_words_and_leaves_the_rest_of_the_spacing():
+    # Before: removing "ER" also removed the "ER" of "HER2" ("H2 negative"), and every run of
+    # spaces in the case was squeezed.
+    case = "HER2 negative,\tER positive.  PR  positive."
+    assert apply_edits(case, [Edit("remove", "ER")]) == "HER2 negative,\tpositive.  PR  positive."
+    assert apply_edits(case, [Edit("replace", "ER", "PgR")]) == case.replace("\tER", "\tPgR")
+    with pytest.raises(InvalidInputError, match="“ER2” is not in the case \\(only inside"):
+        apply_edits(case, [Edit("remove", "ER2")])
+    assert apply_edits("Ki-67 = 30%.", [Edit("replace", "= 30%", "= 5%")]) == "Ki-67 = 5%."
+
+
 def test_edits_that_leave_no_case_or_too_much_get_one_clear_message(tiny):
     loaded, record = tiny
     with pytest.raises(InvalidInputError, match="after the edits: the case is empty"):
@@ -42,7 +53,7 @@ def test_edits_that_leave_no_case_or_too_much_get_one_clear_message(tiny):
     # Each edit multiplies the case by 10: refused at the edit that passes the limit, before
     # the text is made (ten of them asked for 10 GB before, an eleventh for 100 GB).
     with pytest.raises(InvalidInputError, match=r"makes the case .* at most 200,000"):
-        apply_edits("a", [Edit("replace", "a", "a" * 10)] * 11)
+        apply_edits("a", [Edit("replace", "a", "a " * 10)] * 11)
     with pytest.raises(ContextTooLongError, match="more than this model's context"):
         what_if(loaded.model, loaded.tokenizer, record,
                 [Edit("replace", "woman", " woman" * 300)])
