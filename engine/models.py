@@ -191,6 +191,7 @@ def load_model(request: ModelRequest, state: TaskState | None = None) -> LoadedM
     from engine.prompting import tokenize
 
     tokenize(tokenizer, TRIAL_TEXT, "test text " + repr(TRIAL_TEXT))
+    _plain_generation(model, tokenizer, source)
     try:
         model.to(device)
     except (torch.OutOfMemoryError, RuntimeError) as exc:
@@ -211,6 +212,29 @@ def load_model(request: ModelRequest, state: TaskState | None = None) -> LoadedM
         vocab_size=model.get_input_embeddings().num_embeddings,
     )
     return LoadedModel(model, tokenizer, info, time.perf_counter() - start, from_cache)
+
+
+def _plain_generation(model: Any, tokenizer: Any, source: str) -> None:
+    """Greedy decoding as TokenTrace defines it, whatever a model folder's
+    generation_config.json asks (suppressed tokens, a minimum length, penalties, forced tokens
+    would change the answer without a word): only its end-of-text, start and padding ids are
+    kept, and an end of text must be one of the tokenizer's special tokens (an ordinary word
+    named as one would cut answers short)."""
+    from transformers import GenerationConfig
+
+    given = getattr(model, "generation_config", None)
+    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+    for where, holder in (("generation_config.json", given), ("config.json", model.config)):
+        eos = getattr(holder, "eos_token_id", None)
+        for token in [eos] if isinstance(eos, int) else list(eos or ()):
+            if not isinstance(token, int) or token not in special:
+                raise ModelLoadError(
+                    f"{source}: its {where} names token {token!r} as an end of text, which is "
+                    "not one of its tokenizer's special tokens; refused (answers would stop "
+                    "at an ordinary word)")
+    model.generation_config = GenerationConfig(
+        **{key: getattr(given, key, None) for key in ("eos_token_id", "bos_token_id",
+                                                       "pad_token_id")})
 
 
 def tokenizer_sha256(tokenizer: Any) -> str:

@@ -146,3 +146,24 @@ def test_a_gguf_declaring_a_far_bigger_model_is_refused_before_allocating(tmp_pa
         make_tiny_gguf(path, declare=declare)
         with pytest.raises(ModelLoadError, match=message):
             load_model(ModelRequest(str(path)))
+
+
+def test_a_folders_generation_config_never_changes_the_greedy_answer(tiny_model_folder,
+                                                                      tmp_path):
+    # Before: suppress_tokens (or min_new_tokens, penalties) in generation_config.json changed
+    # the "greedy" answer with exit 0, and an ordinary word named as end of text cut it short.
+    from engine.explain import ExplainRequest, explain
+
+    request = ExplainRequest("52 year old woman , ER positive .", max_new_tokens=5, matrix=False)
+    plain = explain(request, load_model(ModelRequest(str(tiny_model_folder))))
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_folder, folder)
+    first = plain.answer.token_ids[0]
+    (folder / "generation_config.json").write_text(json.dumps(
+        {"suppress_tokens": [first], "min_new_tokens": 5, "repetition_penalty": 3.0,
+         "begin_suppress_tokens": [first], "eos_token_id": 2}))
+    loaded = load_model(ModelRequest(str(folder)))
+    assert explain(request, loaded).answer.token_ids == plain.answer.token_ids
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [first]}))
+    with pytest.raises(ModelLoadError, match=f"names token {first} as an end of text"):
+        load_model(ModelRequest(str(folder)))
