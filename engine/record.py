@@ -252,10 +252,10 @@ class Explanation:
                 self.timings.load_s, self.timings.generate_s, self.timings.attribute_s)):
             raise ValueError("a timing is negative or past a year")
         memory = (self.hardware.peak_rss_mb, self.hardware.peak_accelerator_mb or 0.0)
-        if any(not 0 <= value < math.inf for value in memory):
-            raise ValueError("a peak memory is negative or not a finite number")
+        if any(not 0 <= value < MAX_MEMORY_MB for value in memory):
+            raise ValueError("a peak memory is negative or past a petabyte")
         if self.claims is not None:
-            _check_claims(self.claims, len(self.prompt.case_text), t)
+            _check_claims(self.claims, len(self.prompt.case_text), self.answer)
         _check_lengths(self)
 
     def to_dict(self) -> dict[str, Any]:
@@ -330,7 +330,10 @@ def _flagged(claims: Claims) -> Claims:
 
 
 MAX_LABEL_CHARS = 5_000  # a name, a path, a setting's text (a path is at most 4,096)
-MAX_TEXT_CHARS = 1_000_000  # the rendered prompt, the answer, one token's text
+MAX_TEXT_CHARS = 1_000_000  # the rendered prompt, one token's text
+# An answer is at most 4,096 tokens (explain's limit) of at most about 48 characters; a longer
+# one from an edited file made the report lay out for minutes (104 s for 900,000 characters).
+MAX_ANSWER_CHARS = 200_000
 
 
 def _check_lengths(record: Explanation) -> None:
@@ -347,24 +350,29 @@ def _check_lengths(record: Explanation) -> None:
               *((f"name of field {name[:40]!r}", name) for name in record.attribution.per_field),
               ("second method", record.reliability.second_method if record.reliability else ""),
               ("claims' evidence method", claims.evidence_method if claims else ""),
-              *(("text of a claim", claim.text) for claim in (claims.claims if claims else ()))]
+              *((f"{name} version", getattr(record.versions, name)) for name in (
+                  "tokentrace", "torch", "transformers", "captum")),
+              ("creation time", record.created_at)]  # a claim's text is part of the answer
     for what, text in labels:
         if len(text) > MAX_LABEL_CHARS:
             raise ValueError(f"the {what} is {len(text):,} characters long (at most "
                              f"{MAX_LABEL_CHARS:,})")
-    for what, text in (("prompt", record.prompt.text), ("answer", record.answer.text),
-                       ("system prompt", record.prompt.system_prompt or ""),
-                       ("prompt's tokens", "".join(record.prompt.tokens))):
-        if len(text) > MAX_TEXT_CHARS:
+    for what, text, limit in (("prompt", record.prompt.text, MAX_TEXT_CHARS),
+                              ("answer", record.answer.text, MAX_ANSWER_CHARS),
+                              ("system prompt", record.prompt.system_prompt or "", MAX_TEXT_CHARS),
+                              ("prompt's tokens", "".join(record.prompt.tokens), MAX_TEXT_CHARS)):
+        if len(text) > limit:
             raise ValueError(f"the {what} is {len(text):,} characters long (at most "
-                             f"{MAX_TEXT_CHARS:,})")
+                             f"{limit:,})")
 
 
-def _check_claims(claims: Claims, case_chars: int, answer_tokens: int) -> None:
-    if not (0 < claims.threshold <= MAX_THRESHOLD and math.isfinite(claims.seconds)
-            and claims.seconds >= 0):
-        raise ValueError(f"the claims' threshold or time is out of range (a threshold from 0 to "
-                         f"{MAX_THRESHOLD:.0f} nats per token, a finite time)")
+def _check_claims(claims: Claims, case_chars: int, answer: Answer) -> None:
+    answer_tokens = len(answer.token_ids)
+    if not (0 < claims.threshold <= MAX_THRESHOLD and 0 <= claims.seconds < MAX_SECONDS
+            and 0 <= claims.candidates <= len(claims.sentences)):
+        raise ValueError(f"the claims' threshold, time or candidates are out of range (a "
+                         f"threshold from 0 to {MAX_THRESHOLD:.0f} nats per token, a time under "
+                         "a year, at most as many candidates as sentences)")
     sentences = len(claims.sentences)
     for start, end in claims.sentences:
         if not 0 <= start < end <= case_chars:
@@ -374,12 +382,18 @@ def _check_claims(claims: Claims, case_chars: int, answer_tokens: int) -> None:
         if claim.tokens[1] > answer_tokens:
             raise ValueError(f"a claim's tokens {claim.tokens} lie beyond the answer's "
                              f"{answer_tokens}")
+        if not claim.text.strip() or claim.text not in answer.text:
+            raise ValueError("a claim's text is not part of the answer")
+        if any(not 0 <= share <= 1 for share in claim.evidence) or sum(claim.evidence) > 1.001:
+            raise ValueError("a claim's evidence shares are not shares (each from 0 to 1, "
+                             "summing to at most 1)")
         if len(claim.evidence) != sentences or any(
                 not 0 <= index < sentences for index, _ in claim.drops):
             raise ValueError(f"a claim's evidence does not match the {sentences} case sentences")
 
 
 MAX_SECONDS = 365 * 24 * 3600.0  # a phase's time; more is not a run's figure
+MAX_MEMORY_MB = 2.0**30  # a petabyte: more is not a machine's figure
 MAX_DRAWS = 1000  # random rankings a check could draw; more is not a check's figure
 
 
@@ -403,7 +417,7 @@ def _judged(check: Reliability) -> Reliability:
     if not all(math.isfinite(value) for value in figures):
         raise ValueError("a reliability figure is not a finite number")
     if not -1 <= check.rank_correlation <= 1 or not 1 <= check.random_draws <= MAX_DRAWS \
-            or not 0 <= check.seconds < math.inf:
+            or not 0 <= check.seconds < MAX_SECONDS:
         raise ValueError("a reliability figure is out of its range")
     if not isinstance(check.precision, str) or check.precision not in CHECK_PRECISION_NAMES:
         raise ValueError(f"unknown reliability precision {check.precision!r}")

@@ -139,7 +139,21 @@ def test_claims_with_spans_beyond_the_case_or_answer_are_refused_on_load(tiny):
         data = replace(record, claims=find_claims(loaded.model, loaded.tokenizer,
                                                   record)).to_dict()
         data["claims"]["threshold"] = threshold
-        with pytest.raises(InvalidInputError, match="threshold or time is out of range"):
+        with pytest.raises(InvalidInputError, match="threshold, time or candidates are out"):
+            Explanation.from_dict(data)
+    # A claim's text, evidence and candidates are checked too (before: a claim reading "HER2
+    # positive: give trastuzumab" opened with a tick, evidence of 750%, "its top -5 sentences").
+    for edit, message in (
+            (lambda c: c["claims"][0].update(text="HER2 positive: give trastuzumab"),
+             "not part of the answer"),
+            (lambda c: c["claims"][0].update(evidence=[7.5] + c["claims"][0]["evidence"][1:]),
+             "not shares"),
+            (lambda c: c.update(candidates=-5), "candidates are out of range"),
+            (lambda c: c.update(seconds=1e300), "candidates are out of range")):
+        data = replace(record, claims=find_claims(loaded.model, loaded.tokenizer,
+                                                  record)).to_dict()
+        edit(data["claims"])
+        with pytest.raises(InvalidInputError, match=message):
             Explanation.from_dict(data)
 
 

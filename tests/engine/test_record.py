@@ -78,6 +78,9 @@ def test_shapes_are_checked():
      "name of setting 'kkk.*' is 400,000"),
     (lambda d: d["prompt"].update(fields=[["f" * 400_000, 0, 2]]),
      "name of field 'fff.*' is 400,000"),
+    (lambda d: d["versions"].update(captum="9" * 400_000), "captum version is 400,000"),
+    (lambda d: d.update(created_at="2" * 400_000), "creation time is 400,000"),
+    (lambda d: d["hardware"].update(peak_rss_mb=1e300), "past a petabyte"),
     (lambda d: d["answer"].update(text="Mastectomy now"), "not its tokens joined"),
 ])
 def test_inconsistent_files_are_refused(edit, message):
