@@ -33,6 +33,9 @@ def save_session(path: str | Path, record: Explanation, view: ViewState,
     write_text_atomic(Path(path), json.dumps(data, indent=1, ensure_ascii=False))
 
 
+LOG_PROB_TOLERANCE = 0.02  # relative, past 1 nat: batched scoring against generation's
+
+
 def _whatifs(path: str | Path, data: dict[str, Any], record: Explanation) -> list[Any]:
     """The what-ifs saved with a session (none in an older one), each checked like a record and
     checked to be about ``record``'s case and model."""
@@ -44,10 +47,20 @@ def _whatifs(path: str | Path, data: dict[str, Any], record: Explanation) -> lis
     from engine.whatif import apply_edits
 
     found = [from_plain(WhatIf, item) for item in saved]
+    model = record.model
     for whatif in found:
-        if whatif.original_case_sha256 != record.prompt.case_sha256 \
-                or whatif.model.sha256 != record.model.sha256:
+        theirs = whatif.model
+        if whatif.original_case_sha256 != record.prompt.case_sha256 or (
+                theirs.sha256, theirs.tokenizer_sha256, theirs.template_sha256, theirs.dtype) != (
+                model.sha256, model.tokenizer_sha256, model.template_sha256, model.dtype):
             raise InvalidInputError(f"{path}: a what-if belongs to another case or model")
+        # The original answer's log-probabilities on the original case are the record's own
+        # (up to rounding): a what-if's "before" cannot be made up.
+        if record.answer.log_probs and any(
+                abs(ours - theirs) > LOG_PROB_TOLERANCE * (1 + abs(ours)) for ours, theirs in zip(
+                    record.answer.log_probs, whatif.original_log_probs, strict=True)):
+            raise InvalidInputError(f"{path}: a what-if's log-probabilities of the original "
+                                    "answer are not the explanation's (the file was altered)")
         # What is shown as the original answer, and as the edited case, must be what they
         # were: the record's own answer, and its case with the what-if's edits.
         if whatif.original.token_ids != record.answer.token_ids:

@@ -154,6 +154,10 @@ def test_a_hand_edited_case_reads_back_as_edits_that_reproduce_it(edited, descri
     (lambda w: w.update(edited_case="ER negative , HER2 negative ."),
      "edited case is not the case with its edits"),
     (lambda w: w["edits"][0].update(target="PR positive"), "edits do not apply to the case"),
+    # Before: a "before" of 0 nats (the record says otherwise) and another tokenizer opened.
+    (lambda w: w.update(original_log_probs=[0.0] * len(w["original_log_probs"])),
+     "log-probabilities of the original answer are not the explanation's"),
+    (lambda w: w["model"].update(tokenizer_sha256="c" * 64), "belongs to another case or model"),
 ])
 def test_a_session_s_what_ifs_are_checked_against_its_explanation(tiny, tmp_path, edit,
                                                                    message):
