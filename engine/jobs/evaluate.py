@@ -23,9 +23,9 @@ from engine.errors import InvalidSettingsError
 from engine.evaluation import RANDOM, CaseResult, EvaluationSettings, summarise
 from engine.files import check_distinct, parse_json
 from engine.jobs.pool import CasePool, as_pool
-from engine.metrics import HIGHER_IS_BETTER, METRICS
+from engine.metrics import HIGHER_IS_BETTER, METRICS, MetricSettings
 from engine.models import LoadedModel
-from engine.record import ModelInfo, check_writable, write_text_atomic
+from engine.record import MAX_SECONDS, ModelInfo, check_writable, write_text_atomic
 from engine.task import TaskState
 
 LABELS = {"log_odds": "log-odds", "comprehensiveness": "compr.", "sufficiency": "suff.",
@@ -88,6 +88,28 @@ def fingerprint(model: ModelInfo, settings: EvaluationSettings, method: str) -> 
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+SOFT_METRICS = ("soft_nc", "soft_ns", "pi_soft_nc", "pi_soft_ns")
+PROBABILITY_METRICS = ("comprehensiveness", "sufficiency", *SOFT_METRICS)  # in [-1, 1]
+MAX_LOG_ODDS = 1e4  # nats: a fall no float32 model gives
+
+
+def is_whole(result: CaseResult, metrics: MetricSettings) -> bool:
+    """Whether a stored result has exactly the figures these settings compute, each within
+    its metric's range (a line edited to drop a metric or a curve, or to hold 1e308, would
+    otherwise be averaged in, or overflow the summary)."""
+    soft = metrics.soft
+    expected = {"log_odds", "comprehensiveness", "sufficiency", *(SOFT_METRICS if soft else ())}
+    curves = {"pi_soft_nc", "pi_soft_ns"} if soft else set()
+    if set(result.values) != expected or set(result.curves) != curves \
+            or not 0 <= result.seconds < MAX_SECONDS:
+        return False
+    if any(set(curve) != set(metrics.pis) or any(abs(v) > 1 for v in curve.values())
+           for curve in result.curves.values()):
+        return False
+    return all(abs(value) <= (1 if name in PROBABILITY_METRICS else MAX_LOG_ODDS)
+               for name, value in result.values.items())
+
+
 def _load_progress(path: Path) -> dict[tuple[str, str, str, str], CaseResult]:
     """(fingerprint, case id, method, case text sha256) -> the stored result."""
     done: dict[tuple[str, str, str, str], CaseResult] = {}
@@ -127,9 +149,8 @@ def run_evaluation(settings: EvaluateSettings, loaded: LoadedModel | CasePool,
     progress_path.parent.mkdir(parents=True, exist_ok=True)
     jobs = []
     text_sha = {case.id: hashlib.sha256(case.text.encode("utf-8")).hexdigest() for case in cases}
-    pis = set(evaluation.metrics.pis)
     stored = {key: result for key, result in stored.items()
-              if all(set(curve) == pis for curve in result.curves.values())}  # else altered
+              if is_whole(result, evaluation.metrics)}  # else altered: that case runs again
     for case in cases:
         done = tuple(m for m in methods if (keys[m], case.id, m, text_sha[case.id]) in stored)
         results.extend(stored[(keys[m], case.id, m, text_sha[case.id])] for m in done)

@@ -80,15 +80,21 @@ def test_evaluate_writes_the_table_plot_and_resumes(tiny_model_folder, case_file
     shifted = json.loads(lines[3])
     shifted["curves"] = {name: {"0.15": 0.5} for name in shifted["curves"]}
     assert shifted["curves"]
-    progress.write_bytes(("\n".join([json.dumps(altered), json.dumps(broken),
-                                      json.dumps(unhashable), json.dumps(shifted)]) + "\n"
-                          ).encode() + b"\xff\xfe{\n" + ("\n".join(lines[4:]) + "\n").encode())
+    # ... or figures no metric gives (exit 70 before: an overflow in the mean), or only some
+    # of the metrics (averaged over fewer cases before, under the same case count).
+    huge = json.loads(lines[4])
+    huge.update(seconds=1.7e308, values={key: 1.7e308 for key in huge["values"]})
+    partial = json.loads(lines[5])
+    partial.update(values={"log_odds": 99.0}, curves={})
+    progress.write_bytes(("\n".join(json.dumps(line) for line in (
+        altered, broken, unhashable, shifted, huge, partial)) + "\n").encode()
+        + b"\xff\xfe{\n" + ("\n".join(lines[6:]) + "\n").encode())
     assert _evaluate(tiny_model_folder, case_file, tmp_path) == 0
-    assert len(progress.read_text(errors="replace").splitlines()) == 14
+    assert len(progress.read_text(errors="replace").splitlines()) == 16
     assert json.loads((tmp_path / "eval.json").read_text())["summary"] == report["summary"]
     # Other metric settings are other results: computed anew.
     assert _evaluate(tiny_model_folder, case_file, tmp_path, "--seed", "3") == 0
-    assert len(progress.read_text(errors="replace").splitlines()) == 23
+    assert len(progress.read_text(errors="replace").splitlines()) == 25
 
 
 @pytest.mark.parametrize(("extra", "message"), [
