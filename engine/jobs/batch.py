@@ -324,12 +324,21 @@ def write_summaries(cases: list[Case], out: Path, reports: Reports | None,
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS)
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({key: inert(value) for key, value in row.items()} for row in rows)
     write_text_atomic(out / "summary.csv", buffer.getvalue())
     if rows and reports is not None:
         reports.summary_pdf(rows, out / "summary.pdf")
     else:  # an earlier run's would disagree with this summary.csv
         _remove(out / "summary.pdf")
+
+
+def inert(value: object) -> object:
+    """A text cell a spreadsheet will not run as a formula: one starting with = + - @ or a tab
+    or carriage return (a case id such as ``=HYPERLINK(...)``) gets a leading apostrophe, as
+    OWASP advises for CSV files; numbers stay numbers."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 def _remove(path: Path) -> None:

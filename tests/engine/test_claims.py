@@ -146,7 +146,7 @@ def test_claims_with_spans_beyond_the_case_or_answer_are_refused_on_load(tiny):
     for edit, message in (
             (lambda c: c["claims"][0].update(text="HER2 positive: give trastuzumab"),
              "not part of the answer"),
-            (lambda c: c["claims"][0].update(evidence=[7.5] + c["claims"][0]["evidence"][1:]),
+            (lambda c: c["claims"][0].update(evidence=[7.5, *c["claims"][0]["evidence"][1:]]),
              "not shares"),
             (lambda c: c.update(candidates=-5), "candidates are out of range"),
             (lambda c: c.update(seconds=1e300), "candidates are out of range")):

