@@ -274,11 +274,15 @@ def _load_folder(path: Path, dtype: torch.dtype, state: TaskState) -> tuple[Any,
                              "safetensors (pickled .bin weights can run code and are refused)")
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    except AttributeError as exc:  # a dtype torch does not have: said in config.json's terms
+        raise ModelLoadError(f"cannot read {path / 'config.json'}: {_short(exc)} (is its dtype "
+                             f"one of {', '.join(STORED_DTYPES)}?)") from None
     except Exception as exc:
         raise ModelLoadError(f"cannot read {path / 'config.json'}: {_short(exc)}") from None
     if getattr(config, "auto_map", None):
         raise ModelLoadError(f"{path} needs custom code (auto_map in config.json); TokenTrace "
                              "never runs code shipped with a model")
+    _check_config(config, path)
     sha = file_sha256(weights, state)
     state.progressed("load", 1, 3)
     try:
@@ -298,6 +302,27 @@ def _load_folder(path: Path, dtype: torch.dtype, state: TaskState) -> tuple[Any,
     _require_fast(tokenizer, path)
     state.progressed("load", 2, 3)
     return model, tokenizer, sha
+
+
+STORED_DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+def _check_config(config: Any, path: Path) -> None:
+    """Values in config.json no model can have, said in its terms (not as the index error or
+    missing attribute they cause deep in transformers)."""
+    where = path / "config.json"
+    vocab = getattr(config, "vocab_size", None)
+    if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < 1:
+        raise ModelLoadError(f"{where}: vocab_size {vocab!r} is not a positive whole number")
+    stored = getattr(config, "dtype", None)
+    if stored is not None and str(stored).removeprefix("torch.") not in STORED_DTYPES:
+        raise ModelLoadError(f"{where}: dtype {str(stored)!r} is not one TokenTrace reads (one "
+                             f"of {', '.join(STORED_DTYPES)})")
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
+    factor = rope.get("factor") if isinstance(rope, dict) else None
+    if factor is not None and not (isinstance(factor, (int, float)) and factor > 0):
+        raise ModelLoadError(f"{where}: the rope scaling factor {factor!r} is not a positive "
+                             "number")
 
 
 def _only_plain_files(folder: Path) -> None:

@@ -167,3 +167,22 @@ def test_a_folders_generation_config_never_changes_the_greedy_answer(tiny_model_
     (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [first]}))
     with pytest.raises(ModelLoadError, match=f"names token {first} as an end of text"):
         load_model(ModelRequest(str(folder)))
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    # Before: "index 0 is out of bounds...", "couldn't find storage object Float8_e4m3fnStorage",
+    # "module 'torch' has no attribute 'weird'", or a negative rope factor accepted silently.
+    ({"vocab_size": 0}, "vocab_size 0 is not a positive whole number"),
+    ({"dtype": "float8_e4m3fn"}, "dtype 'torch.float8_e4m3fn' is not one TokenTrace reads"),
+    ({"dtype": "weird"}, "is its dtype one of float32"),
+    ({"rope_scaling": {"rope_type": "linear", "factor": -1}},
+     "the rope scaling factor -1 is not a positive number"),
+])
+def test_config_values_no_model_has_are_said_in_its_terms(tiny_model_folder, tmp_path, change,
+                                                         message):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_folder, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **change}))
+    with pytest.raises(ModelLoadError, match=re.escape(message)):
+        load_model(ModelRequest(str(folder)))
