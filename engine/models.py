@@ -665,11 +665,23 @@ def _check_gguf_covers(folder: Path, path: Path) -> None:
 
     try:
         config = AutoConfig.from_pretrained(folder, gguf_file=path.name, local_files_only=True)
-        held = sum(int(tensor.n_elements) for tensor in GGUFReader(path).tensors)
+        tensors = [(str(tensor.name), int(tensor.n_elements))
+                   for tensor in GGUFReader(path).tensors]
     except Exception as exc:
         raise ModelLoadError(f"cannot read GGUF file {path}: {_short(exc)}") from None
     names = _declared(config, path)
-    _refuse_thin(held, sum(names.values()), f"the tensors of {path}", "its metadata")
+    _refuse_thin(sum(size for _, size in tensors), sum(names.values()),
+                 f"the tensors of {path}", "its metadata")
+    # Layers past the declared count would be dropped without a word: the weights that run
+    # would not be all the file's.
+    layers = config.num_hidden_layers
+    blocks = {int(found.group(1)) for name, _ in tensors
+              if (found := re.match(r"blk\.(\d+)\.", name))}
+    beyond = sorted(block for block in blocks if block >= layers)
+    if beyond:
+        raise ModelLoadError(f"{path} holds tensors of layer {beyond[0]} (blk.{beyond[0]}.*) "
+                             f"but its metadata declares {layers} layers: they would be "
+                             "ignored, so it is refused")
 
 
 def _declared(config: Any, where: Path) -> dict[str, int]:

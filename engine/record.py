@@ -94,6 +94,8 @@ class Prompt:
         _check_ids("prompt", self.token_ids)
         if self.format not in ("chat", "raw"):
             raise ValueError(f"unknown prompt format {self.format!r}")
+        if self.format == "raw" and (self.text != self.case_text or self.system_prompt):
+            raise ValueError("a raw prompt is the case text alone, with no system prompt")
         for start, end in self.offsets:
             if not 0 <= start <= end <= len(self.text):
                 raise ValueError(f"a token span ({start}, {end}) lies outside the prompt's "
@@ -317,6 +319,7 @@ def _check_ids(what: str, ids: tuple[int, ...]) -> None:
         raise ValueError(f"a {what} token id is negative")
 
 
+MAX_CANDIDATES = 1000  # top sentences tested per claim
 MAX_THRESHOLD = 50.0  # nats per token: e^50 times less likely is already past any claim's fall
 
 
@@ -369,10 +372,10 @@ def _check_lengths(record: Explanation) -> None:
 def _check_claims(claims: Claims, case_chars: int, answer: Answer) -> None:
     answer_tokens = len(answer.token_ids)
     if not (0 < claims.threshold <= MAX_THRESHOLD and 0 <= claims.seconds < MAX_SECONDS
-            and 0 <= claims.candidates <= len(claims.sentences)):
+            and 0 <= claims.candidates <= MAX_CANDIDATES):
         raise ValueError(f"the claims' threshold, time or candidates are out of range (a "
                          f"threshold from 0 to {MAX_THRESHOLD:.0f} nats per token, a time under "
-                         "a year, at most as many candidates as sentences)")
+                         f"a year, 0 to {MAX_CANDIDATES} candidates)")
     sentences = len(claims.sentences)
     for start, end in claims.sentences:
         if not 0 <= start < end <= case_chars:

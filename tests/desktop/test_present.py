@@ -61,9 +61,12 @@ def test_claim_views_quote_the_top_sentences_and_say_how_much_support_there_is()
     from dataclasses import replace
 
     from desktop.present import claim_units, claim_views, flagged_first
-    from engine.record import Claim, Claims
+    from engine.record import Answer, Claim, Claims
 
     base = long_record()
+    base = replace(base, answer=Answer("first. second", (1, 2), ("first.", " second"), True,
+                                       (-0.1, -0.2)),
+                   attribution=replace(base.attribution, per_token=base.attribution.per_token * 2))
     case = base.prompt.case_text
     cut = case.index(" ", len(case) // 2)
     sentences = ((0, cut), (cut + 1, len(case)))

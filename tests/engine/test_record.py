@@ -81,6 +81,8 @@ def test_shapes_are_checked():
     (lambda d: d["versions"].update(captum="9" * 400_000), "captum version is 400,000"),
     (lambda d: d.update(created_at="2" * 400_000), "creation time is 400,000"),
     (lambda d: d["hardware"].update(peak_rss_mb=1e300), "past a petabyte"),
+    # Labelled "(raw)" before, over a chat template's prompt.
+    (lambda d: d["prompt"].update(format="raw"), "a raw prompt is the case text alone"),
     (lambda d: d["answer"].update(text="Mastectomy now"), "not its tokens joined"),
 ])
 def test_inconsistent_files_are_refused(edit, message):
