@@ -679,8 +679,9 @@ def _check_gguf_covers(folder: Path, path: Path) -> None:
               if (found := re.match(r"blk\.(\d+)\.", name))}
     beyond = sorted(block for block in blocks if block >= layers)
     if beyond:
-        raise ModelLoadError(f"{path} holds tensors of layer {beyond[0]} (blk.{beyond[0]}.*) "
-                             f"but its metadata declares {layers} layers: they would be "
+        raise ModelLoadError(f"cannot read GGUF file {path}: it holds tensors of layer "
+                             f"{beyond[0]} (blk.{beyond[0]}.*) but its metadata declares "
+                             f"{layers} layer{'' if layers == 1 else 's'}: they would be "
                              "ignored, so it is refused")
 
 
