@@ -355,7 +355,7 @@ class MainWindow(QMainWindow):
             else:
                 self.cancel_button.setEnabled(True)
                 self._issue(Request(self.engine.answer_row(self.record, row), Kind.ROW,
-                                             self.record.created_at, row))
+                                    self.record.created_at, row))
         self._show_selection()
 
     def _issue(self, request: Request) -> None:
@@ -493,7 +493,7 @@ class MainWindow(QMainWindow):
         self.cancel_button.setEnabled(True)
         self.claims_view.setPlainText("Finding what each statement rests on…")
         self._issue(Request(self.engine.find_claims(self.record), Kind.CLAIMS,
-                                     self.record.created_at))
+                            self.record.created_at))
 
     def _on_claimed(self, request_id: int, record: Explanation) -> None:
         request = self.requests.settle(request_id)
@@ -574,7 +574,7 @@ class MainWindow(QMainWindow):
                                  system_prompt=prompt.system_prompt)
         self._set_busy(True)
         self._issue(Request(self.engine.explain(request), Kind.WHATIF_EXPLAIN,
-                                     self.record.created_at, index))
+                            self.record.created_at, index))
 
     def sensitivity(self) -> None:
         """Rank the case's sentences by what removing each does to the answer on screen."""
@@ -584,7 +584,7 @@ class MainWindow(QMainWindow):
         self._show_whatif_dock()
         self._set_busy(True)
         self._issue(Request(self.engine.sensitivity(self.record), Kind.SENSITIVITY,
-                                     self.record.created_at))
+                            self.record.created_at))
 
     def _on_sensitivity(self, request_id: int, effects) -> None:
         request = self.requests.settle(request_id)
