@@ -39,6 +39,17 @@ def make_window(qtbot, tmp_path):
         window.close()
         assert not window.engine.thread.isRunning()
         assert not window.hardware.thread.isRunning()
+    # Destroyed here, on the window's own thread: left to Python's garbage collector, a window
+    # could be finalised on whichever thread next allocates (the next test's engine thread).
+    import gc
+
+    from PySide6.QtCore import QCoreApplication, QEvent
+
+    for window in windows:
+        window.deleteLater()
+    QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+    windows.clear()
+    gc.collect()
 
 
 @pytest.fixture
