@@ -27,11 +27,12 @@ from engine.record import Explanation, Reliability
 # naming a path can hold control characters. Printed as they are, an escape sequence could
 # retitle a terminal, clear it or colour text to mislead; a bidirectional override makes a
 # page show "HER2 negative" where the model read "HER2 evitagen"; an invisible character hides
-# a difference. Each control character (C0 and C1, but tab and line breaks), bidirectional
-# override, isolate or mark, and invisible space becomes U+FFFD, one character for one, so no
-# position shifts. Joiners (U+200C, U+200D) stay: some scripts need them.
-_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f"
-                          "\u202a-\u202e\u2060\u2066-\u2069\ufeff]")
+# a difference. Each control character (C0 and C1, but tab, line feed and the carriage return
+# of a CRLF line end), bidirectional override, isolate or mark, and invisible space becomes
+# U+FFFD, one character for one, so no position shifts. Joiners (U+200C, U+200D) stay: some
+# scripts need them.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200b\u200e"
+                          "\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff]|\r(?!\n)")
 
 
 def printable(text: str) -> str:

@@ -46,6 +46,11 @@ class SafeConsole(Console):
         kwargs.update(markup=False, emoji=False, highlight=False)
         super().__init__(*args, **kwargs)
 
+    def render_str(self, text: str, **kwargs: Any) -> Text:
+        # Rich drops a form feed, a carriage return or a bell from text silently ("HER2
+        # negative\fER positive" read "HER2 negativeER positive"); shown as U+FFFD instead.
+        return super().render_str(printable(text), **kwargs)
+
     def _render_buffer(self, buffer: Any) -> str:
         return super()._render_buffer(
             segment if segment.control else Segment(printable(segment.text), segment.style)
@@ -90,9 +95,9 @@ def coloured_case(view: ExplanationView) -> Text:
     text = Text()
     for piece in view.pieces:
         if piece.background is None:
-            text.append(piece.text)
+            text.append(printable(piece.text))
         else:
-            text.append(piece.text, _styled(piece.background, piece.ink))
+            text.append(printable(piece.text), _styled(piece.background, piece.ink))
     return text
 
 
@@ -163,7 +168,7 @@ def claims_table(record: Explanation) -> Table:
     table.add_column("top case sentences (share of its attribution)", ratio=3)
     for view in claim_views(record):
         mark = Text(view.marker, style="bold green" if view.grounded else "bold red")
-        statement = Text(view.text)
+        statement = Text(printable(view.text))
         statement.append(f"\n{view.verdict}; {view.support}",
                          style="dim" if view.grounded else "red")
         evidence = "\n".join(f"{100 * e.share:.0f}%  {e.text}" for e in view.evidence) or "-"
@@ -235,7 +240,7 @@ def render_whatif(found: Any, console: Console | None = None) -> None:
         if merged:
             merged.append(" ")
         style = {"same": "", "removed": "strike red", "added": "bold green"}[piece.kind]
-        merged.append(piece.text, style=style)
+        merged.append(printable(piece.text), style=style)
     title = ("Answer: changed (struck: only in the original; bold: only in the new)"
              if view.changed else "Answer: the same")
     console.print(Panel(merged, title=title, title_align="left"))

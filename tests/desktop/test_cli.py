@@ -287,6 +287,17 @@ def test_the_terminal_never_prints_control_characters_from_the_data():
     console.print(marked)
     written = out.getvalue()
     assert marked in written and "\x1b]8;" not in written and "\x1b[1m" not in written
+    # A form feed or carriage return is shown, not dropped (before: "HER2 negativeER positive").
+    from rich.table import Table
+
+    out = io.StringIO()
+    console = SafeConsole(file=out, width=200)
+    table = Table()
+    table.add_column("sentence")
+    table.add_row("HER2 negative\fER positive\rER negative\r\nPR positive")
+    console.print(table)
+    assert "HER2 negative\ufffdER positive\ufffdER negative" in out.getvalue()
+    assert "PR positive" in out.getvalue() and "negative\ufffd\n" not in out.getvalue()
     # Invisible characters that hide a difference are shown; joiners some scripts need stay.
     assert printable("ER\u200b \u200epositive\ufeff \u061c \u2060 \u200c\u200d") == \
         "ER\ufffd \ufffdpositive\ufffd \ufffd \ufffd \u200c\u200d"
