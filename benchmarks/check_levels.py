@@ -7,8 +7,8 @@ most of the check's cost. For each demo case (the window's defaults) this scores
 for the explanation, 8 independent random rankings and the reverses of the first 4 (as
 ``benchmarks.reliability_draws`` does, level by level), counts the tokens each prompt runs,
 and asks, for every subset of the levels, how often the check's rule (one antithetic pair, a
-second on a close call) gives the verdict that all five levels and all 12 rankings give, and
-what it costs.
+second for a figure it leaves close) gives the verdict that all five levels and all 12
+rankings give, and what it costs.
 
     python -m benchmarks.check_levels --out docs/evaluation.md
     python -m benchmarks.check_levels --held-out --out docs/evaluation.md
@@ -40,6 +40,7 @@ HEADING = "## Reliability check: how many deletion levels"
 HELD_OUT_HEADING = "## Reliability check: the levels on held-out cases"
 INDEPENDENT, REVERSED = 8, 4
 DATA = ROOT / "docs/evaluation/check-levels.json"
+Draw = tuple[list[int], list[int]]  # rankings behind chance's comprehensiveness, sufficiency
 DEMO_CASES = ROOT / "resources/cases/breast_cancer_cases.jsonl"
 HELD_OUT = ROOT / "benchmarks/data/heldout_cases.jsonl"
 HELD_OUT_DATA = ROOT / "docs/evaluation/check-levels-held-out.json"
@@ -92,13 +93,13 @@ def _aopc(drops: list, levels: Sequence[int]) -> tuple[float, float]:
             statistics.mean(drops[k][1] for k in levels))
 
 
-def _verdict(case: dict, levels: Sequence[int], chance: Sequence[int]) -> str:
+def _verdict(case: dict, levels: Sequence[int], draw: Draw) -> str:
     from engine.verdict import verdict_of
 
     comp, suff = _aopc(case["drops"][0], levels)
-    found = [_aopc(case["drops"][1 + r], levels) for r in chance]
-    return verdict_of(comp, statistics.mean(c for c, _ in found), suff,
-                      statistics.mean(s for _, s in found), case["rho"])
+    chance_comp = statistics.mean(_aopc(case["drops"][1 + r], levels)[0] for r in draw[0])
+    chance_suff = statistics.mean(_aopc(case["drops"][1 + r], levels)[1] for r in draw[1])
+    return verdict_of(comp, chance_comp, suff, chance_suff, case["rho"])
 
 
 def _pair(i: int) -> list[int]:
@@ -106,32 +107,43 @@ def _pair(i: int) -> list[int]:
     return [i, INDEPENDENT + i]
 
 
-def check_draws(case: dict, levels: Sequence[int]) -> list[list[int]]:
+def _all(rankings: Sequence[int]) -> Draw:
+    """Chance's two figures from the same rankings."""
+    return list(rankings), list(rankings)
+
+
+def check_draws(case: dict, levels: Sequence[int]) -> list[Draw]:
     """The rankings the check's rule uses, starting from each of the REVERSED pairs: one pair,
-    and the next on a close call."""
-    from engine.verdict import close_call
+    and the next for each figure that it leaves close (engine/verdict.py, ``close_figures``)."""
+    from engine.verdict import close_figures
 
     draws = []
     for first in range(REVERSED):
         chance = _pair(first)
         comp, suff = _aopc(case["drops"][0], levels)
         found = [_aopc(case["drops"][1 + r], levels) for r in chance]
-        if close_call(comp, statistics.mean(c for c, _ in found), suff,
-                      statistics.mean(s for _, s in found), case["rho"]):
-            chance = chance + _pair((first + 1) % REVERSED)
-        draws.append(chance)
+        close = close_figures(comp, statistics.mean(c for c, _ in found), suff,
+                              statistics.mean(s for _, s in found), case["rho"])
+        more = _pair((first + 1) % REVERSED)
+        comp_draw, suff_draw = (chance + more if again else chance for again in close)
+        draws.append((comp_draw, suff_draw))
     return draws
 
 
-def _tokens(case: dict, levels: Sequence[int], chance: Sequence[int]) -> int:
-    """Tokens run by a check with the explanation and the ``chance`` rankings. A pair's second
-    ranking deletes at 50% what its first keeps (and the reverse) when the case has an even
-    number of tokens: those two prompts run once."""
+def _tokens(case: dict, levels: Sequence[int], draw: Draw) -> int:
+    """Tokens run by a check with the explanation, a first pair (common to both figures) and
+    for each figure the rest of its rankings (a second pair, its prompts of that kind alone).
+    Within one pass a pair's second ranking deletes at 50% what its first keeps (and the
+    reverse) when the case has an even number of tokens: those two prompts run once."""
+    first = [r for r in draw[0] if r in draw[1]]
+    kinds_of = {r: [kind for kind in (0, 1) if r in draw[kind]] for r in {*draw[0], *draw[1]}}
     tokens = case["reference_tokens"]
-    for r in (-1, *chance):
+    for r in (-1, *first, *(r for r in kinds_of if r not in first)):
+        kinds = (0, 1) if r == -1 else kinds_of[r]
         for k in levels:
-            repeated = (r >= INDEPENDENT and PERCENTS[k] == 50 and case["case_tokens"] % 2 == 0)
-            tokens += 0 if repeated else sum(case["tokens"][1 + r][k])
+            repeated = (r >= INDEPENDENT and PERCENTS[k] == 50 and case["case_tokens"] % 2 == 0
+                        and len(kinds) == 2)
+            tokens += 0 if repeated else sum(case["tokens"][1 + r][k][kind] for kind in kinds)
     return tokens
 
 
@@ -144,16 +156,16 @@ def analyse(found: list[dict]) -> list[dict]:
             same = stronger = weaker = total = second = 0
             tokens = []
             for case in found:
-                reference = _verdict(case, every, range(INDEPENDENT + REVERSED))
-                for chance in check_draws(case, levels):
+                reference = _verdict(case, every, _all(range(INDEPENDENT + REVERSED)))
+                for draw in check_draws(case, levels):
                     order = ("weak", "fair", "strong")
-                    got = order.index(_verdict(case, levels, chance)) - order.index(reference)
+                    got = order.index(_verdict(case, levels, draw)) - order.index(reference)
                     same += got == 0
                     stronger += got > 0
                     weaker += got < 0
                     total += 1
-                    second += len(chance) > 2
-                    tokens.append(_tokens(case, levels, chance))
+                    second += any(len(rankings) > 2 for rankings in draw)
+                    tokens.append(_tokens(case, levels, draw))
             rows.append({"levels": [PERCENTS[k] for k in levels], "same": same,
                          "stronger": stronger, "weaker": weaker, "total": total,
                          "second": second, "tokens": statistics.mean(tokens)})
@@ -188,7 +200,7 @@ def _summary(found: list[dict], rows: list[dict], levels: Sequence[int]
     verdicts: dict[str, int] = {}
     every = tuple(range(len(PERCENTS)))
     for case in found:
-        name = _verdict(case, every, range(INDEPENDENT + REVERSED))
+        name = _verdict(case, every, _all(range(INDEPENDENT + REVERSED)))
         verdicts[name] = verdicts.get(name, 0) + 1
     return rows[0], next(row for row in rows if row["levels"] == list(levels)), verdicts
 
@@ -256,10 +268,10 @@ def report(found: list[dict], rows: list[dict], when: str) -> str:
         f"reverses of the first {REVERSED} are scored at each level. Reference: the verdict "
         f"from all five levels and all {INDEPENDENT + REVERSED} rankings "
         f"({_verdicts(verdicts)}). Each design runs the check's rule (one antithetic pair, a "
-        f"second on a close call) from each of the {REVERSED} pairs; tokens: those its "
-        "perturbed prompts run (the answer's included), the mean over its checks. The shared "
-        "prompt's forward and the second method cost the same in every design, so a whole "
-        "check saves less than its tokens.", "",
+        f"second for a figure it leaves close) from each of the {REVERSED} pairs; tokens: "
+        "those its perturbed prompts run (the answer's included), the mean over its checks. "
+        "The shared prompt's forward and the second method cost the same in every design, so "
+        "a whole check saves less than its tokens.", "",
         *TABLE_HEAD,
     ]
     lines += [_table_row(row, full) for row in listed]

@@ -32,9 +32,10 @@ ROOT = Path(__file__).resolve().parent.parent
 HEADING = "## Reliability check: random rankings"
 INDEPENDENT, REVERSED = 8, 4
 THREE = "3 independent rankings (the check until now)"
-DEFAULT = "1 antithetic pair, a second on a close call (the check's default)"
+DEFAULT = "1 antithetic pair, a second for a figure it leaves close (the check's default)"
 DATA = ROOT / "docs/evaluation/reliability-draws.json"
-Chance = tuple[float, float]  # (comprehensiveness, sufficiency) AOPC of one random ranking
+# (comprehensiveness, sufficiency) AOPC of one random ranking; None where it was not scored
+Chance = tuple[float | None, float | None]
 
 
 def collect(limit: int | None) -> list[dict]:
@@ -77,13 +78,20 @@ def collect(limit: int | None) -> list[dict]:
 def _verdict(case: dict, chance: Sequence[Chance]) -> str:
     from engine.verdict import verdict_of
 
-    return verdict_of(case["comp"], statistics.mean(c for c, _ in chance), case["suff"],
-                      statistics.mean(s for _, s in chance), case["rho"])
+    comps, suffs = _figures(chance)
+    return verdict_of(case["comp"], statistics.mean(comps), case["suff"],
+                      statistics.mean(suffs), case["rho"])
+
+
+def _figures(chance: Sequence[Chance]) -> tuple[list[float], list[float]]:
+    """Chance's comprehensiveness and sufficiency figures, each from the rankings scored for
+    it (None: a ranking drawn for the other figure alone)."""
+    return ([c for c, _ in chance if c is not None], [s for _, s in chance if s is not None])
 
 
 def designs(case: dict) -> dict[str, list[list[Chance]]]:
     """For each design compared, every way of drawing its chance from this case's rankings."""
-    from engine.verdict import close_call
+    from engine.verdict import close_figures
 
     drawn, reverses = case["independent"], case["reversed"]
     pairs = [[drawn[i], reverses[i]] for i in range(REVERSED)]
@@ -92,9 +100,10 @@ def designs(case: dict) -> dict[str, list[list[Chance]]]:
         chance = pairs[first]
         comp = statistics.mean(c for c, _ in chance)
         suff = statistics.mean(s for _, s in chance)
-        if close_call(case["comp"], comp, case["suff"], suff, case["rho"]):
-            return chance + pairs[(first + 1) % REVERSED]
-        return chance
+        more_comp, more_suff = close_figures(case["comp"], comp, case["suff"], suff,
+                                             case["rho"])
+        return chance + [(c if more_comp else None, s if more_suff else None)
+                         for c, s in pairs[(first + 1) % REVERSED] if more_comp or more_suff]
 
     return {
         "1 random ranking": [[c] for c in drawn],
@@ -124,7 +133,8 @@ def analyse(found: list[dict]) -> dict:
                 tally[0 if got == 0 else 1 if got > 0 else 2] += 1
                 tally[3] += 1
                 again = name == DEFAULT and len(chance) > 2  # its own reference forward again
-                tally[4] += 1 + 10 * (1 + len(chance)) + again
+                # The explanation's 10 prompts and 5 per figure scored for each ranking.
+                tally[4] += 1 + 10 + 5 * sum(map(len, _figures(chance))) + again
                 tally[5] += again
         drawn, reverses = case["independent"], case["reversed"]
         for index, name in enumerate(ratios):
@@ -152,9 +162,10 @@ def report(found: list[dict], summary: dict, when: str) -> str:
         f"{REVERSED}, every one scored as the reliability check scores it. Reference: the "
         f"verdict with chance from all {INDEPENDENT + REVERSED} rankings ({verdicts}); every "
         "design's rankings are among those 12, which favours the designs with more rankings a "
-        "little. A close call (engine/verdict.py, `close_call`): the explanation's "
+        "little. A close call (engine/verdict.py, `close_figures`): the explanation's "
         "comprehensiveness within 10% of a threshold that decides the verdict, or, when strong "
-        "is within reach, its sufficiency within 2.5%.", "",
+        "is within reach, its sufficiency within 2.5%; the check's second pair is scored for "
+        "the figure that is close alone.", "",
         "| chance drawn from | prompts per check (mean) | verdict as the reference's | "
         "stronger | weaker |", "|---|---|---|---|---|",
     ]
@@ -172,7 +183,7 @@ def report(found: list[dict], summary: dict, when: str) -> str:
         "top words are disjoint from the first ranking's up to half of the case, so the two "
         "cannot both happen to delete a word the answer rests on.",
         "",
-        f"The check now draws one antithetic pair and a second on a close call: "
+        f"The check now draws one antithetic pair and a second for a figure it leaves close: "
         f"{default[4] / default[3]:.0f} prompts on average (a second pair in "
         f"{_share(default[5], default[3])} of checks) instead of three "
         f"independent rankings' 41, and its verdict matched the reference's in "

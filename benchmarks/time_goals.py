@@ -97,7 +97,7 @@ def measure() -> dict:
             "verdict": check.verdict, "second": check.second_method, "twin_s": twin_s,
             "precision": "bfloat16 (the twin)" if check.precision == TWIN else check.precision,
             "verdicts": {k: c.verdict for k, c in checks.items()},
-            "rho": check.rank_correlation, "draws": check.random_draws,
+            "rho": check.rank_correlation, "draws": check.draws,
             "prompts_s": prompts_s, "clicks": clicks, "ig_s": ig_s,
             "ig_points": ig.method.params.get("points"),
             "ig_error": ig.attribution.completeness_error, "method": record.method.name,
@@ -116,7 +116,10 @@ def main() -> None:
     m = measure()
     both = m["explain_s"] + m["reliability_s"]["auto"]
     levels = len(m["percents"])
-    prompts, more = 1 + 6 * levels, 1 + 4 * levels
+    prompts, more = 1 + 6 * levels, 2 * levels
+    again = [name for name, draws in zip(("comprehensiveness", "sufficiency"), m["draws"],
+                                         strict=True) if draws > 2]
+    rankings = " / ".join(map(str, dict.fromkeys(m["draws"])))
     listed = ", ".join(map(str, m["percents"][:-1])) + f" and {m['percents'][-1]}"
     lines = [
         HEADING, "",
@@ -132,7 +135,7 @@ def main() -> None:
         f"| attribution ({m['method']}, reusing generation's cache) | {m['attribute_s']:.2f} | |",
         f"| Explain: coloured case | {m['explain_s']:.1f} | |",
         f"| reliability check, as the window runs it: word deletions in {m['precision']} "
-        f"({m['verdict']}; {m['draws']} random rankings; second opinion {m['second']}, rank "
+        f"({m['verdict']}; {rankings} random rankings; second opinion {m['second']}, rank "
         f"correlation {m['rho']:.2f}) | {m['reliability_s']['auto']:.1f} | at most 3 |",
         f"| the same check in the model's float32 ({m['verdicts']['model']}) | "
         f"{m['reliability_s']['model']:.1f} | |",
@@ -148,8 +151,9 @@ def main() -> None:
         f"The reliability check {_met(m['reliability_s']['auto'], 3)} its goal here, and "
         f"Explain to the badge {_met(both, 10)} its own. The check runs {prompts} perturbed "
         f"prompts (the explanation's top {listed}% deleted or kept alone, and the same for "
-        f"one antithetic pair of random rankings), and {more} more when that pair leaves a close "
-        f"call ({'as here' if m['draws'] > 2 else 'not here'}); fewer levels "
+        f"one antithetic pair of random rankings), and {more} more for each figure that pair "
+        f"leaves close to a threshold ({' and '.join(again) + ' here' if again else 'none here'})"
+        "; fewer levels "
         "were tried and did not hold up on held-out cases (docs/evaluation.md, \"Reliability "
         "check: how many deletion levels\"). Each runs only from its first "
         "changed token on, on the unperturbed prompt's keys and values, but each must run the "

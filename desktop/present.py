@@ -170,11 +170,20 @@ def verdict_view(check: Reliability) -> VerdictView:
         f"{check.random_sufficiency:+.4f} (lower is better)",
         levels_note(check),
         f"Rank correlation with {check.second_method}: {check.rank_correlation:.2f}",
-        f"Random: {check.random_draws} rankings, in pairs of a ranking and its reverse; "
+        f"Random: {draws_note(check)}, in pairs of a ranking and its reverse; "
         f"checked in {check.seconds:.1f} s",
         *((note,) if (note := precision_note(check)) else ()))
     return VerdictView(check.verdict, VERDICT_NAMES.get(check.verdict, check.verdict),
                        check.summary, back, ink, details, check.seconds)
+
+
+def draws_note(check: Reliability) -> str:
+    """How many random rankings chance's figures average, in words: a close call draws a second
+    pair for the figure near a threshold alone."""
+    comp, suff = check.draws
+    if comp == suff:
+        return f"{comp} rankings"
+    return f"{comp} rankings for comprehensiveness, {suff} for sufficiency"
 
 
 def levels_note(check: Reliability) -> str:

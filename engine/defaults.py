@@ -28,7 +28,7 @@ CHECK_PRECISIONS = ("auto", "model")
 # drop with the top k% of the case deleted or kept alone, over these k (METHODS.md).
 PERCENTS = (1, 5, 10, 20, 50)
 # The reliability check's levels: all five. Fewer would be cheaper (three of them, 1, 5 and 50%,
-# run 0.60x the perturbed prompts' tokens), but the three that best matched the verdict of five
+# run 0.59x the perturbed prompts' tokens), but the three that best matched the verdict of five
 # levels and 12 random rankings on the 20 demo cases (78 of 80 checks against 75) matched it less
 # often on 16 held-out cases (47 of 64 against 54): docs/evaluation.md, "how many deletion levels".
 CHECK_PERCENTS = PERCENTS

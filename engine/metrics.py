@@ -319,37 +319,47 @@ def faithfulness(model, problem: AttributionInput, scores: torch.Tensor, baselin
     return Faithfulness(values, per_token, curves, by_percent)
 
 
+DELETIONS = ("delete", "keep")  # comprehensiveness deletes the top words, sufficiency keeps them
+
+
 def deletion_aopc(model, problem: AttributionInput, rankings: Sequence[torch.Tensor],
                   percents: Sequence[int] = PERCENTS, state: TaskState | None = None,
-                  batch_size: int | None = None) -> list[tuple[float, float]]:
-    """(comprehensiveness, sufficiency) AOPC for each whole-answer ranking [n], exactly as
+                  batch_size: int | None = None,
+                  kinds: Sequence[str] = DELETIONS) -> list[tuple[float, ...]]:
+    """For each whole-answer ranking [n], its AOPC for each of ``kinds`` ("delete":
+    comprehensiveness, "keep": sufficiency; both by default, in that order), exactly as
     :func:`faithfulness` computes them, sharing one reference forward and one batched pass
-    over every ranking's perturbed prompts (1 + 2 x levels x rankings prompts: the
+    over every ranking's perturbed prompts (1 + len(kinds) x levels x rankings prompts: the
     reliability check's 31 by default)."""
-    aopc = deletion_drops(model, problem, rankings, percents, state, batch_size).mean(1)
-    return [(float(comp), float(suff)) for comp, suff in aopc]
+    aopc = deletion_drops(model, problem, rankings, percents, state, batch_size, kinds).mean(1)
+    return [tuple(float(value) for value in ranking) for ranking in aopc]
 
 
 def deletion_drops(model, problem: AttributionInput, rankings: Sequence[torch.Tensor],
                    percents: Sequence[int] = PERCENTS, state: TaskState | None = None,
-                   batch_size: int | None = None) -> torch.Tensor:
-    """[R, K, 2]: for each ranking and each percent k, the mean drop of the answer tokens'
-    probability when its top k% of the case is deleted (comprehensiveness) or kept alone
-    (sufficiency); their mean over k is :func:`deletion_aopc`."""
+                   batch_size: int | None = None,
+                   kinds: Sequence[str] = DELETIONS) -> torch.Tensor:
+    """[R, K, len(kinds)]: for each ranking and each percent k, the mean drop of the answer
+    tokens' probability when its top k% of the case is deleted (comprehensiveness) or kept
+    alone (sufficiency); their mean over k is :func:`deletion_aopc`."""
     state = state or TaskState()
-    prompts = perturbed_prompts(problem, rankings, percents)
+    prompts = perturbed_prompts(problem, rankings, percents, kinds)
     scorer = _Scorer(model, problem, batch_size, state)
     with cancellable(model, state):
         logp = scorer.log_probs_of_ids(prompts)
     p = logp[0].exp()
-    drops = (p - logp[1:].exp()).view(len(rankings), len(percents), 2, -1)  # [R, K, 2, T]
+    drops = (p - logp[1:].exp()).view(len(rankings), len(percents), len(kinds), -1)
     return drops.mean(-1)
 
 
 def perturbed_prompts(problem: AttributionInput, rankings: Sequence[torch.Tensor],
-                      percents: Sequence[int] = PERCENTS) -> list[torch.Tensor]:
+                      percents: Sequence[int] = PERCENTS,
+                      kinds: Sequence[str] = DELETIONS) -> list[torch.Tensor]:
     """The unperturbed prompt, then for each ranking and percent k the prompt with its top k%
-    of the case deleted and with only those kept (ranking-major, then k, then the two)."""
+    of the case deleted and with only those kept, or those of ``kinds`` (ranking-major, then
+    k, then the kinds)."""
+    if not kinds or any(kind not in DELETIONS for kind in kinds):
+        raise ValueError(f"deletion kinds must be some of {DELETIONS} (got {tuple(kinds)})")
     case = torch.nonzero(problem.attributable.cpu(), as_tuple=True)[0]
     if len(case) == 0:
         raise InvalidSettingsError("the case has no attributable tokens to evaluate")
@@ -360,7 +370,7 @@ def perturbed_prompts(problem: AttributionInput, rankings: Sequence[torch.Tensor
         for k in percents:
             count = max(1, math.ceil(k / 100 * len(case)))
             prompts += [_perturbed(prompt, order[:count], case, kind, baseline_id=-1)
-                        for kind in ("delete", "keep")]
+                        for kind in kinds]
     return prompts
 
 

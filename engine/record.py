@@ -170,7 +170,7 @@ class Reliability:
     random_sufficiency: float
     second_method: str
     rank_correlation: float  # Spearman, over the case tokens
-    random_draws: int
+    random_draws: int  # random rankings behind random_comprehensiveness
     seconds: float
     # What the perturbed prompts ran in: the model's own dtype, or "bfloat16-twin" for a float32
     # model's rounded twin (engine/precision.py); "" in records from before it was recorded.
@@ -178,6 +178,14 @@ class Reliability:
     # The levels (% of the case) its AOPC averages; records from before they were recorded were
     # checked at all five.
     percents: tuple[int, ...] = PERCENTS
+    # Random rankings behind random_sufficiency: a close call draws more for the figure that is
+    # close alone; 0 in records from before, whose two figures share random_draws.
+    sufficiency_draws: int = 0
+
+    @property
+    def draws(self) -> tuple[int, int]:
+        """Random rankings behind chance's (comprehensiveness, sufficiency)."""
+        return self.random_draws, self.sufficiency_draws or self.random_draws
 
 
 @dataclass(frozen=True)
@@ -419,8 +427,9 @@ def _judged(check: Reliability) -> Reliability:
                check.random_sufficiency, check.rank_correlation)
     if not all(math.isfinite(value) for value in figures):
         raise ValueError("a reliability figure is not a finite number")
-    if not -1 <= check.rank_correlation <= 1 or not 1 <= check.random_draws <= MAX_DRAWS \
-            or not 0 <= check.seconds < MAX_SECONDS:
+    if not -1 <= check.rank_correlation <= 1 or not 0 <= check.seconds < MAX_SECONDS \
+            or not all(1 <= draws <= MAX_DRAWS for draws in check.draws) \
+            or check.sufficiency_draws < 0:
         raise ValueError("a reliability figure is out of its range")
     if not isinstance(check.precision, str) or check.precision not in CHECK_PRECISION_NAMES:
         raise ValueError(f"unknown reliability precision {check.precision!r}")

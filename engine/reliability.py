@@ -24,7 +24,11 @@ a uniformly random ranking, so the pair's mean estimates the same chance level a
 independent draws; but the two delete disjoint words (the same words' complement at 50%), so
 when one happens to delete a word the answer rests on, the other does not. On a close call
 (:func:`close_call`: the explanation within about one pair's spread of a threshold that
-decides the verdict) a second pair is drawn and chance is the mean of all four rankings.
+decides the verdict) a second pair is drawn for the figure that is close (engine/verdict.py,
+:func:`close_figures`), and its chance is the mean of all four rankings; the other keeps the
+first pair's (its next pair could move it across no threshold that decides the verdict:
+sufficiency decides nothing while strong is out of reach). The record says how many rankings
+each figure averages.
 
 Measured on the 20 demo cases (64-token answers, IFR; ``python -m benchmarks.reliability_draws``,
 docs/evaluation.md "Reliability check: random rankings"), against the verdict from 12
@@ -33,18 +37,21 @@ rankings: a pair's chance AOPC varied 0.81 times as much as two independent draw
 pair and a second on a close call in 94% (a second pair on 30% of checks), three independent
 rankings, the check's design before, in 82%. The design was chosen on those cases; on 16
 held-out cases written later (benchmarks/data/heldout_cases.jsonl) one pair and a second on a
-close call matched in 84% (``python -m benchmarks.check_levels --held-out``).
+close call matched in 84% (``python -m benchmarks.check_levels --held-out``). Drawing the
+second pair for the close figure alone gave the same verdicts on both sets as drawing it for
+both, with 5% fewer tokens per check on average (11 prompts fewer on the demo case).
 
 Levels: the check averages the evaluation's five levels. Fewer would be cheaper, but the
 three that best matched the verdict of five levels and 12 rankings on the 20 demo cases (1, 5
-and 50%: 78 of 80 checks against 75, with 0.60x the perturbed prompts' tokens) matched it less
+and 50%: 78 of 80 checks against 75, with 0.59x the perturbed prompts' tokens) matched it less
 often on 16 held-out cases (47 of 64 against 54; ``python -m benchmarks.check_levels``,
 docs/evaluation.md "Reliability check: how many deletion levels"). ``percents`` takes some of
 them, and a record keeps the levels its figures were taken at.
 
 Cost: 1 + 2 x levels x (1 + 2 x pairs) perturbed prompts, each with the whole answer (31 by
-default, 21 more on a close call; a pair's "delete half" and "keep half" coincide on a case of
-even length and run once). Every one runs only from its first changed token on, on the
+default; on a close call 10 more for one figure, 20 for both, in a pass with its own reference
+forward; a pair's "delete half" and "keep half" coincide on a case of even length and run once
+when both run). Every one runs only from its first changed token on, on the
 unperturbed prompt's keys and values (one forward over the prompt), and they are batched by
 the length left to run. Then the second method (one forward for IFR; one forward and one
 backward for input x gradient). The answer's tokens in each prompt are about half of the
@@ -67,11 +74,11 @@ import torch
 from engine.defaults import CHECK_PERCENTS, PERCENTS
 from engine.errors import InvalidInputError, InvalidSettingsError, TokenTraceError
 from engine.methods import METHODS, AttributionInput, get_method, second_opinion
-from engine.metrics import deletion_aopc, random_scores
+from engine.metrics import DELETIONS, deletion_aopc, random_scores
 from engine.precision import scoring_model
 from engine.record import Explanation, Reliability, is_check_levels
 from engine.task import Silent, TaskState
-from engine.verdict import close_call, not_checkable, summary_of, verdict_of
+from engine.verdict import close_figures, not_checkable, summary_of, verdict_of
 
 
 def check_usable(record: Explanation, model: Any) -> None:
@@ -164,9 +171,11 @@ def check_reliability(model: Any, tokenizer: Any, record: Explanation, *, pairs:
     state.progressed("reliability", 0, 3)
     scorer, precision_used = scoring_model(model, precision)  # the twin: made at a first check
     state.check()
-    (comp, suff), *chance = deletion_aopc(
+    (comp, suff), *first = deletion_aopc(
         scorer, problem, [scores, *antithetic_rankings(scores.shape, pairs)], percents,
         state=Silent(state))
+    # Chance's comprehensiveness and sufficiency, one figure per random ranking each.
+    chance = {kind: [figures[index] for figures in first] for index, kind in enumerate(DELETIONS)}
     state.progressed("reliability", 1, 3)
 
     second = second_opinion(record.method.name)
@@ -178,27 +187,33 @@ def check_reliability(model: Any, tokenizer: Any, record: Explanation, *, pairs:
                                other.sequence[case], spec.signed))
     state.progressed("reliability", 2, 3)
 
-    def mean(index: int) -> float:
-        return sum(found[index] for found in chance) / len(chance)
+    def mean(kind: str) -> float:
+        return sum(chance[kind]) / len(chance[kind])
 
-    if close_pairs and close_call(comp, mean(0), suff, mean(1), rho):
+    close = close_figures(comp, mean("delete"), suff, mean("keep"), rho) if close_pairs \
+        else (False, False)
+    kinds = [kind for kind, again in zip(DELETIONS, close, strict=True) if again]
+    if kinds:  # only the figure that is close: the other's next pair could change nothing
         more = antithetic_rankings(scores.shape, close_pairs, first_seed=pairs)
-        chance += deletion_aopc(scorer, problem, more, percents, state=Silent(state))
+        for figures in deletion_aopc(scorer, problem, more, percents, state=Silent(state),
+                                     kinds=kinds):
+            for kind, value in zip(kinds, figures, strict=True):
+                chance[kind].append(value)
     state.progressed("reliability", 3, 3)
     case_scores = scores[case]
     if bool((case_scores == case_scores[0]).all()):
         # Every case word scored alike ranks nothing: its deletions would follow the text's
         # order (age and sex come first in a note, and can beat chance). Any order of equal
         # words is a random ranking, so what it is worth is chance's own figures.
-        comp, suff = mean(0), mean(1)
+        comp, suff = mean("delete"), mean("keep")
 
-    figures = (comp, mean(0), suff, mean(1), rho)
+    figures = (comp, mean("delete"), suff, mean("keep"), rho)
     if not all(math.isfinite(value) for value in figures):
         raise TokenTraceError("the reliability check gave a figure that is not a number (an "
                               "overflow at this precision?): no verdict; float32 avoids it")
     return Reliability(
         verdict=verdict_of(*figures), summary=summary_of(*figures, second),
-        comprehensiveness=comp, random_comprehensiveness=mean(0), sufficiency=suff,
-        random_sufficiency=mean(1), second_method=second, rank_correlation=rho,
-        random_draws=len(chance), seconds=time.perf_counter() - start, precision=precision_used,
-        percents=percents)
+        comprehensiveness=comp, random_comprehensiveness=mean("delete"), sufficiency=suff,
+        random_sufficiency=mean("keep"), second_method=second, rank_correlation=rho,
+        random_draws=len(chance["delete"]), sufficiency_draws=len(chance["keep"]),
+        seconds=time.perf_counter() - start, precision=precision_used, percents=percents)

@@ -21,9 +21,10 @@ STRONG_RATIO = 2.0
 AGREEMENT = 0.3
 MARGIN = 0.1  # "better than random" means better by at least 10% of random's value
 FLOOR = 0.003  # ... and by at least this much (AOPC: a mean fall of the answer's probability)
-# A close call, on which the check draws more random rankings: comprehensiveness within 10% of
-# a threshold (one antithetic pair's chance varies by about that much), sufficiency within 2.5%
-# (its chance varies about a quarter as much), at the five deletion levels the check takes.
+# A close call, on which the check draws more random rankings for the figure that is close:
+# comprehensiveness within 10% of a threshold (one antithetic pair's chance varies by about that
+# much), sufficiency within 2.5% (its chance varies about a quarter as much), at the five
+# deletion levels the check takes.
 CLOSE, CLOSE_SUFF = 0.10, 0.025
 
 
@@ -60,21 +61,30 @@ def verdict_of(comp: float, chance_comp: float, suff: float, chance_suff: float,
     return "fair"
 
 
-def close_call(comp: float, chance_comp: float, suff: float, chance_suff: float,
-               rho: float) -> bool:
-    """Whether more random rankings could change the verdict: comprehensiveness within CLOSE
-    of a threshold that decides it (beating chance; twice chance's when the second method
-    agrees), or, when strong is within reach, sufficiency within CLOSE_SUFF of beating
-    chance's."""
+def close_figures(comp: float, chance_comp: float, suff: float, chance_suff: float,
+                  rho: float) -> tuple[bool, bool]:
+    """Which of chance's two figures more random rankings could move across a threshold that
+    decides the verdict: (comprehensiveness, sufficiency).
+
+    Comprehensiveness is close within CLOSE of beating chance, or, when strong is within reach
+    (the second method agrees, and comprehensiveness is near twice chance's or above), within
+    CLOSE of the strong threshold; sufficiency is close only when strong is within reach, within
+    CLOSE_SUFF of beating chance's. Far from strong, sufficiency decides nothing (fair or weak
+    follow from comprehensiveness alone), so its chance is not drawn again."""
     def near(value: float, threshold: float, band: float) -> bool:
         return abs(value - threshold) < band * abs(threshold)
 
-    if near(comp, beats_chance_at(chance_comp), CLOSE):
-        return True
-    if rho < AGREEMENT or comp < strong_at(chance_comp) * (1 - CLOSE):
-        return False  # fair or weak, whatever chance's next pair says
-    return (near(comp, strong_at(chance_comp), CLOSE)
-            or near(suff, keeps_at(chance_suff), CLOSE_SUFF))
+    strong_in_reach = rho >= AGREEMENT and comp >= strong_at(chance_comp) * (1 - CLOSE)
+    comp_close = (near(comp, beats_chance_at(chance_comp), CLOSE)
+                  or (strong_in_reach and near(comp, strong_at(chance_comp), CLOSE)))
+    return comp_close, strong_in_reach and near(suff, keeps_at(chance_suff), CLOSE_SUFF)
+
+
+def close_call(comp: float, chance_comp: float, suff: float, chance_suff: float,
+               rho: float) -> bool:
+    """Whether more random rankings could change the verdict (either of
+    :func:`close_figures`)."""
+    return any(close_figures(comp, chance_comp, suff, chance_suff, rho))
 
 
 def summary_of(comp: float, chance_comp: float, suff: float, chance_suff: float, rho: float,

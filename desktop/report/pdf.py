@@ -141,17 +141,17 @@ def _reliability_html(view: ExplanationView) -> str:
                 "<i>tokentrace explain --reliability</i>, or keep <i>Check reliability</i> on "
                 "in the window, to add the check.</p>")
     rows = "".join(
-        f"<tr><td>{esc(what)}</td><td align='right'>{ours}</td><td align='right'>{chance}</td>"
-        f"</tr>" for what, ours, chance in (
+        f"<tr><td>{esc(what)}</td><td align='right'>{ours}</td><td align='right'>{chance:+.4f}"
+        f" (mean of {draws})</td></tr>" for what, ours, chance, draws in (
             ("Comprehensiveness, AOPC (higher is better)", f"{check.comprehensiveness:+.4f}",
-             f"{check.random_comprehensiveness:+.4f}"),
+             check.random_comprehensiveness, check.draws[0]),
             ("Sufficiency, AOPC (lower is better)", f"{check.sufficiency:+.4f}",
-             f"{check.random_sufficiency:+.4f}")))
+             check.random_sufficiency, check.draws[1])))
     return (f"<h2>How far to trust this explanation</h2>"
             f"<p style='background-color:{verdict.background}; color:{verdict.ink}; "
             f"padding:6px;'><b>Reliability: {esc(verdict.name)}</b> — {esc(verdict.summary)}</p>"
             "<table border='1' cellspacing='0' cellpadding='3'><tr><th>check</th>"
-            f"<th>this explanation</th><th>random words (mean of {check.random_draws})</th></tr>"
+            "<th>this explanation</th><th>random words</th></tr>"
             f"{rows}</table><p>Rank correlation with {esc(check.second_method)} over the case "
             f"words: {check.rank_correlation:.2f}. {esc(levels_note(check))}. Checked in "
             f"{check.seconds:.1f} s."

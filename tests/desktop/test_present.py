@@ -124,3 +124,20 @@ def test_completeness_hints_show_only_plain_numbers_from_a_file():
                                                       "the attribution more faithful)")
     assert completeness_hint({"steps": 8}, 0.5, "--steps") == (
         " (high: the path integral has not converged; try --steps 16)")
+
+
+@pytest.mark.parametrize(("draws", "said"), [
+    ((2, 0), "Random: 2 rankings, in pairs"),  # saved before each figure had its own
+    ((4, 4), "Random: 4 rankings, in pairs"),
+    ((4, 2), "Random: 4 rankings for comprehensiveness, 2 for sufficiency, in pairs"),
+])
+def test_the_badge_says_how_many_rankings_each_chance_figure_averages(draws, said):
+    from desktop.report.pdf import report_html
+
+    check = Reliability("fair", "Use with care: ...", 0.2, 0.1, 0.3, 0.32, "ifr", 0.4, draws[0],
+                        5.0, "float32", sufficiency_draws=draws[1])
+    assert any(line.startswith(said) for line in verdict_view(check).details)
+    record = replace(long_record(30), reliability=check)
+    page = report_html(record)
+    comp, suff = check.draws
+    assert f"+0.1000 (mean of {comp})" in page and f"+0.3200 (mean of {suff})" in page

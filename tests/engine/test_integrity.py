@@ -313,6 +313,9 @@ RELIABILITY = {"verdict": "strong", "summary": "Trustworthy here: ...", "compreh
     ("rank_correlation", 7.0, "out of its range"),
     ("random_draws", 0, "out of its range"),
     ("random_draws", 10**30, "out of its range"),
+    ("sufficiency_draws", -1, "out of its range"),
+    ("sufficiency_draws", 10**30, "out of its range"),
+    ("sufficiency_draws", 2.0, "expected an integer, got a number"),
     ("seconds", float("inf"), "out of its range"),
     ("seconds", -1.0, "out of its range"),
     ("precision", "int4", "unknown reliability precision"),
@@ -342,6 +345,7 @@ def test_an_opened_badge_says_what_its_figures_say(loaded, field, value, verdict
     assert check.verdict == verdict and check.summary.startswith(lead)
     assert "<b>" not in check.summary and "rank correlation" in check.summary
     assert check.precision == ""  # saved before the precision was recorded: the model's own
+    assert check.draws == (2, 2)  # saved before each figure had its own: they shared theirs
 
 
 _RECORDS = {}

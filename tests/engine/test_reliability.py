@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
 from tiny import CASE
 
-from engine import verdict
 from engine.defaults import CHECK_PERCENTS
 from engine.errors import Cancelled, InvalidSettingsError
 from engine.explain import ExplainRequest, explain
@@ -25,7 +25,7 @@ from engine.reliability import (
     spearman,
 )
 from engine.task import TaskState
-from engine.verdict import close_call, summary_of, verdict_of
+from engine.verdict import close_call, close_figures, summary_of, verdict_of
 
 
 @pytest.fixture(scope="module")
@@ -106,11 +106,13 @@ def test_check_on_a_real_explanation(loaded, method, second):
 
     first_pair = (ours.values["comprehensiveness"], mean("comprehensiveness", 2),
                   ours.values["sufficiency"], mean("sufficiency", 2), check.rank_correlation)
-    assert check.random_draws == (4 if close_call(*first_pair) else 2)
+    again = close_figures(*first_pair)  # a second pair for each figure that is close
+    assert check.draws == tuple(4 if close else 2 for close in again)
+    assert check.sufficiency_draws == check.draws[1]
     assert check.random_comprehensiveness == pytest.approx(
-        mean("comprehensiveness", check.random_draws), abs=1e-7)
+        mean("comprehensiveness", check.draws[0]), abs=1e-7)
     assert check.random_sufficiency == pytest.approx(
-        mean("sufficiency", check.random_draws), abs=1e-7)
+        mean("sufficiency", check.draws[1]), abs=1e-7)
     # Agreement: IFR's shares against the signed method's magnitudes (and the other way).
     spec = get_method(second)
     other = spec.run(loaded.model, loaded.tokenizer, problem_of(record, "cpu"),
@@ -123,7 +125,6 @@ def test_check_on_a_real_explanation(loaded, method, second):
     assert check.verdict == verdict_of(check.comprehensiveness, check.random_comprehensiveness,
                                        check.sufficiency, check.random_sufficiency,
                                        check.rank_correlation)
-    from dataclasses import replace
 
     checked = replace(record, reliability=check)
     assert Explanation.from_json(checked.to_json()) == checked
@@ -142,18 +143,33 @@ def test_close_calls():
     assert not close_call(0.30, 0.10, 0.040, 0.05, 0.6)
     assert not close_call(0.30, 0.10, 0.0449, 0.05, 0.1)
     assert not close_call(0.15, 0.10, 0.0449, 0.05, 0.6)  # far from strong: fair either way
+    # Which figure is close: only its chance is drawn again.
+    assert close_figures(0.105, 0.10, 0.0449, 0.05, 0.9) == (True, False)  # strong far off
+    assert close_figures(0.21, 0.10, 0.01, 0.05, 0.6) == (True, False)
+    assert close_figures(0.30, 0.10, 0.0449, 0.05, 0.6) == (False, True)
+    assert close_figures(0.21, 0.10, 0.0449, 0.05, 0.6) == (True, True)
+    assert close_figures(0.21, 0.10, 0.0449, 0.05, 0.1) == (False, False)
 
 
-@pytest.mark.parametrize(("band", "draws"), [(1e9, 4), (0.0, 2)])
-def test_a_close_call_draws_a_second_pair(loaded, monkeypatch, band, draws):
+@pytest.mark.parametrize(("close", "draws"), [((True, True), (4, 4)), ((False, False), (2, 2)),
+                                              ((True, False), (4, 2)), ((False, True), (2, 4))])
+def test_a_close_call_draws_a_second_pair_for_the_close_figure(loaded, monkeypatch, close,
+                                                                draws):
+    import engine.reliability
+
     record = explain(ExplainRequest(CASE, target="recommend endocrine therapy"), loaded)
-    monkeypatch.setattr(verdict, "CLOSE", band)  # every call close, or none
-    monkeypatch.setattr(verdict, "CLOSE_SUFF", band)
+    first = check_reliability(loaded.model, loaded.tokenizer, record, close_pairs=0)
+    monkeypatch.setattr(engine.reliability, "close_figures", lambda *figures: close)
     check = check_reliability(loaded.model, loaded.tokenizer, record)
-    assert check.random_draws == draws
-    assert check.comprehensiveness == pytest.approx(
-        check_reliability(loaded.model, loaded.tokenizer, record, close_pairs=0
-                          ).comprehensiveness, abs=1e-9)
+    assert check.draws == draws
+    assert check.comprehensiveness == pytest.approx(first.comprehensiveness, abs=1e-9)
+    # A figure not drawn again keeps the first pair's chance; one drawn again moves.
+    for name, again in zip(("random_comprehensiveness", "random_sufficiency"), close,
+                           strict=True):
+        assert (getattr(check, name) == pytest.approx(getattr(first, name), abs=1e-9)) \
+            is not again
+    reopened = Explanation.from_json(replace(record, reliability=check).to_json()).reliability
+    assert reopened.draws == draws
 
 
 def test_random_rankings_come_in_antithetic_pairs():
@@ -192,7 +208,6 @@ def test_check_reports_its_three_parts_in_order(loaded):
 def test_an_explanation_that_ranks_nothing_is_worth_chance(loaded):
     # Every case word scored alike: deleting "the top words" would delete the first words of
     # the text, which can beat chance; a ranking of equal words is a random ranking.
-    from dataclasses import replace
 
     record = explain(ExplainRequest(CASE, target="recommend surgery"), loaded)
     flat = tuple(0.5 if a else 0.0 for a in record.prompt.attributable)
@@ -245,7 +260,6 @@ def test_the_check_averages_the_levels_it_is_given_and_records_them(loaded):
 
 @pytest.fixture(scope="module")
 def checked_file(loaded) -> dict:
-    from dataclasses import replace
 
     record = explain(ExplainRequest(CASE, target="recommend surgery"), loaded)
     check = check_reliability(loaded.model, loaded.tokenizer, record, close_pairs=0)
