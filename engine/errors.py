@@ -6,6 +6,8 @@ not an error to report: callers treat it as the user's choice.
 
 from __future__ import annotations
 
+EXIT_INTERNAL = 70  # an error no one raised on purpose: a bug
+
 
 class TokenTraceError(Exception):
     """Base of every error the engine raises on purpose. ``exit_code`` is used by the CLI."""

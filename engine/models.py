@@ -6,10 +6,10 @@
 * a Hugging Face model folder (``config.json`` plus ``*.safetensors`` and a tokenizer).
 * a single ``.gguf`` file.
 
-A GGUF is dequantized by transformers on first use (about 25 s for the embedded model on a
-2-core CPU), in a child process that a cancel ends at once; the dequantized weights are cached as
-safetensors under the user cache directory, keyed by the GGUF's sha256 and verified against their
-manifest on every load, and every GGUF load reads them from there.
+A GGUF is dequantized by transformers on first use (26.5 s for the embedded model on a
+2-core CPU, docs/benchmarks.md), in a child process that a cancel ends at once; the dequantized
+weights are cached as safetensors under the user cache directory, keyed by the GGUF's sha256
+and verified against their manifest on every load, and every GGUF load reads them from there.
 """
 
 from __future__ import annotations

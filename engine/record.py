@@ -218,7 +218,8 @@ class Claims:
 
     sentences: tuple[tuple[int, int], ...]  # character spans in prompt.case_text
     claims: tuple[Claim, ...]
-    evidence_method: str  # the attribution that ranks the sentences (one pass per claim)
+    evidence_method: str  # what ranks the sentences: "leave-one-out" (each removed in turn; up
+    # to 64 sentences, the default) or an attribution method (one pass per claim)
     candidates: int  # top sentences per claim tested by removal
     threshold: float  # nats per token: a claim supported less rests on nothing in the case
     seconds: float

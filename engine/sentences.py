@@ -5,10 +5,11 @@ splitters in the same few ways):
 
 - A sentence ends at ``.``, ``!`` or ``?`` followed by blank space, unless the word before the
   point is an abbreviation (``e.g.``, ``i.e.``, ``Dr.``, ``vs.``, ``approx.``, ``b.i.d.``...) or
-  a single letter (an initial). A decimal point ("2.3 cm") is never followed by a space, so it
-  never ends a sentence.
+  a single capital letter (an initial: "J. Smith"). A decimal point ("2.3 cm") is never
+  followed by a space, so it never ends a sentence.
 - A line break ends a sentence, and so does the start of a list item ("- ", "* ", "• ",
-  "1. ", "2) ") at the start of a line or after a colon.
+  "1. ", "2) ") at the start of a line or after a colon, and an inline numbered item within a
+  line ("1) ... 2) ...", only in runs that count up from 1, so "(grade 3)" is no item).
 - Claims (``split_claims``) are sentences further split at ``;``: a sentence that joins two
   statements with a semicolon makes two claims. Clauses joined by "and" stay one claim.
 

@@ -4,8 +4,9 @@
 ``strong`` when the explanation beats chance on comprehensiveness and on sufficiency, its
 comprehensiveness is at least twice chance's, and a second method agrees (rank correlation at
 least 0.3); ``weak`` when it does not beat chance on comprehensiveness; ``fair`` otherwise.
-Beating chance means by at least 10% of chance's value, so a tie within noise is no win, and
-by at least ``FLOOR`` of the answer's probability (AOPC, on average over the levels), so that on
+Beating chance means by at least 10% of chance's value, so a tie within noise is no win; on
+comprehensiveness also by at least ``FLOOR`` of the answer's probability (AOPC, on average over
+the levels; sufficiency has no floor), so that on
 an answer the model is all but certain of (every deletion moves it by a hair) a ratio of two
 noises decides nothing; for the same reason a strong verdict needs comprehensiveness of at least
 ``FLOOR`` above chance and above zero. The floor was chosen so that it changes none of the

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from engine.defaults import CHECK_PRECISIONS, DEFAULT_METHOD
+from engine.errors import EXIT_INTERNAL
 
-EXIT_INTERNAL = 70
 EXIT_CANCELLED = 130
 
 
@@ -222,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_commands(commands, explain)
     methods = commands.add_parser("methods", help="list attribution methods and their cost")
     methods.add_argument("--json", action="store_true", help="machine-readable output")
+    for command in commands.choices.values():  # also after the command, where users put it
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show tracebacks on errors")
     return parser
 
 

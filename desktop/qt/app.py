@@ -117,8 +117,10 @@ def run_app(case_file: Path | None, model: str, method: str, steps: int | None,
         case = read_case(None, case_file)
     if screenshot is not None:
         from engine.files import check_distinct
+        from engine.record import check_writable
 
         check_distinct({"case file": case_file}, {"screenshot": screenshot})
+        check_writable(screenshot, "screenshot")
 
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
@@ -168,13 +170,15 @@ def run_app(case_file: Path | None, model: str, method: str, steps: int | None,
         def save_and_quit() -> None:
             app.processEvents()
             if not window.grab().save(str(screenshot)):
+                from engine.errors import OutputError
+
                 print(f"tokentrace: cannot write {screenshot}", file=sys.stderr)
-                outcome["code"] = 1
+                outcome["code"] = OutputError.exit_code
             window.close()
 
-        def fail(message: str) -> None:
+        def fail(message: str, code: int) -> None:
             print(f"tokentrace: {message}", file=sys.stderr)
-            outcome["code"] = 1
+            outcome["code"] = code
             window.close()
 
         # Window signals, emitted on the GUI thread (the worker's are emitted on its own).

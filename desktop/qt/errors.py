@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from engine.errors import (
+    EXIT_INTERNAL,
     ContextTooLongError,
     InvalidInputError,
     InvalidSettingsError,
@@ -52,6 +53,12 @@ def start_logging() -> Path | None:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     return path
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The exit code ``tokentrace`` gives for ``exc`` (README, "Bad input"): ``app
+    --screenshot`` ends with it."""
+    return exc.exit_code if isinstance(exc, TokenTraceError) else EXIT_INTERNAL
 
 
 def message_for(exc: BaseException) -> str:

@@ -68,7 +68,7 @@ class MainWindow(QMainWindow):
     claims_shown = Signal()  # the statements list shows found claims
     whatif_shown = Signal()  # a what-if or a sensitivity ranking is in the What if dock
     model_ready = Signal(object)  # ModelInfo, after a load finished
-    failed = Signal(str)  # an error message, after it was shown
+    failed = Signal(str, int)  # an error message, after it was shown, and its exit code
 
     def __init__(self, model: ModelRequest | None = None, settings: QSettings | None = None
                  ) -> None:
@@ -676,7 +676,7 @@ class MainWindow(QMainWindow):
             self._show_selection()
             self.row_shown.emit(found.row)
 
-    def _on_errored(self, request_id: int, message: str) -> None:
+    def _on_errored(self, request_id: int, message: str, code: int) -> None:
         request = self.requests.settle(request_id)
         if request is None:
             return
@@ -698,7 +698,7 @@ class MainWindow(QMainWindow):
         if self.model_label.text().startswith("Loading"):
             self.model_label.setText("No model loaded")
         self._show_error(message)
-        self.failed.emit(message)
+        self.failed.emit(message, code)
 
     def _on_cancelled(self, request_id: int) -> None:
         request = self.requests.settle(request_id)

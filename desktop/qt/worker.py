@@ -14,7 +14,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
-from desktop.qt.errors import message_for
+from desktop.qt.errors import exit_code_for, message_for
 from engine.errors import Cancelled
 from engine.prompting import is_panic
 from engine.task import TaskState
@@ -63,7 +63,7 @@ class EngineWorker(QObject):
     whatif_ready = Signal(int, object)  # id, engine.whatif.WhatIf
     sensitivity_ready = Signal(int, object)  # id, list of engine.whatif.SentenceEffect
     row_ready = Signal(int, object)  # id, AnswerRow
-    errored = Signal(int, str)  # id, one readable message
+    errored = Signal(int, str, int)  # id, one readable message, the command line's exit code
     cancelled = Signal(int)  # id
 
     def __init__(self) -> None:
@@ -231,7 +231,7 @@ class EngineWorker(QObject):
         if isinstance(exc, Cancelled):
             self.cancelled.emit(request_id)
         else:
-            self.errored.emit(request_id, message_for(exc))
+            self.errored.emit(request_id, message_for(exc), exit_code_for(exc))
 
 
 class EngineThread(QObject):

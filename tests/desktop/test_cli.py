@@ -11,6 +11,7 @@ import textwrap
 import pytest
 
 from desktop.cli import main
+from engine.errors import TokenTraceError
 
 TARGET = ["--target", "endocrine therapy", "--quiet"]
 
@@ -440,3 +441,13 @@ def test_a_replacement_may_hold_an_equals_sign_written_escaped():
     assert _replacement("grade 3=") == ("grade 3", "")
     with pytest.raises(argparse.ArgumentTypeError, match=r"write an = inside OLD or NEW as \\="):
         _replacement(r"Ki-67\=30%")
+
+
+@pytest.mark.parametrize("before", [True, False])
+def test_debug_shows_the_traceback_before_or_after_the_command(tmp_path, before, capsys):
+    # The README lists --debug among explain's options, and the error line sends users to it.
+    missing = str(tmp_path / "no-such-model")
+    args = ["explain", "ER positive", "--model", missing, "--quiet"]
+    assert main(args) == 3 and "Traceback" not in capsys.readouterr().err
+    with pytest.raises(TokenTraceError):
+        main(["--debug", *args] if before else [*args, "--debug"])

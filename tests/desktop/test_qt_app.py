@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -269,6 +270,26 @@ def test_screenshot_command(tiny_model_folder, tmp_path, with_case):
 
     image = QImage(str(shot))
     assert image.width() >= 800 and image.height() >= 600
+
+
+@pytest.mark.parametrize(("problem", "code"), [("model", 3), ("screenshot", 6)])
+def test_screenshot_command_ends_with_the_documented_exit_codes(tmp_path, problem, code):
+    # A model that cannot be loaded is 3, an unwritable picture 6 and before the window opens,
+    # as for every command (README, "Bad input"); both were 1.
+    case = tmp_path / "case.txt"
+    case.write_text(CASE)
+    model = tmp_path / "no-such-model" if problem == "model" else "embedded"
+    shot = tmp_path / ("window.png" if problem == "model" else "folder.png")
+    if problem == "screenshot":
+        shot.mkdir()  # a folder where the picture should go
+    done = subprocess.run(
+        [sys.executable, "-m", "desktop.cli", "app", "--model", str(model), "--case-file",
+         str(case), "--screenshot", str(shot)],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+    assert done.returncode == code, done.stderr
+    said = [line for line in done.stderr.splitlines() if line.startswith("tokentrace:")]
+    assert len(said) == 1 and "Traceback" not in done.stderr
 
 
 def test_app_without_display_says_how_to_run_headless(tmp_path):
