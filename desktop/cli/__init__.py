@@ -190,8 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--methods", default="ig,grad-ellm,random",
                           help="comma-separated methods; 'random' is the reference "
                                "(default: ig,grad-ellm,random)")
-    evaluate.add_argument("--json", type=output_file, metavar="OUT", help="write the full results")
-    evaluate.add_argument("--csv", type=output_file, metavar="OUT", help="write one row per method")
+    evaluate.add_argument("--json", type=output_file, metavar="OUT",
+                          help="write the full results (--json or --csv is needed; the "
+                               "progress file is OUT.progress.jsonl)")
+    evaluate.add_argument("--csv", type=output_file, metavar="OUT",
+                          help="write one row per method (the progress file is "
+                               "OUT.progress.jsonl without --json)")
     evaluate.add_argument("--markdown", type=output_file, metavar="OUT",
                           help="write the summary as a Markdown table")
     evaluate.add_argument("--plot", type=output_file, metavar="PNG",
