@@ -14,18 +14,13 @@ import json
 import os
 import stat
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from engine.errors import TokenTraceError
+from engine.files import AUDIT_LOG, audit_path
 from engine.record import Explanation
 
-ENVIRONMENT = "TOKENTRACE_AUDIT_LOG"
-
-
-def audit_path() -> Path | None:
-    value = os.environ.get(ENVIRONMENT, "").strip()
-    return Path(value).expanduser() if value else None
+ENVIRONMENT = AUDIT_LOG
 
 
 def audited(event: str, record: Explanation, **extra: Any) -> None:

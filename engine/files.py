@@ -15,6 +15,30 @@ from typing import Any
 
 from engine.errors import InvalidInputError
 
+AUDIT_LOG = "TOKENTRACE_AUDIT_LOG"  # the hospital's audit log, when one is switched on
+
+
+def audit_path() -> Path | None:
+    """The audit log (engine/audit.py), or None when it is off."""
+    value = os.environ.get(AUDIT_LOG, "").strip()
+    return Path(value).expanduser() if value else None
+
+
+def file_identity(path: Path) -> tuple:
+    """What makes two names one file: device and inode for a file that exists (hard links,
+    names differing only in case), else the resolved path (relative names, ``..``, links)."""
+    try:
+        found = os.stat(path)
+    except (OSError, ValueError):  # not there yet (or not a name the system takes)
+        return ("path", os.path.normcase(os.path.realpath(path)))
+    return ("file", found.st_dev, found.st_ino)
+
+
+def is_audit_log(path: Path) -> bool:
+    """Whether writing ``path`` would replace the audit log."""
+    log = audit_path()
+    return log is not None and file_identity(path) == file_identity(log)
+
 
 def check_regular_file(path: Path, what: str, limit: int | None = None) -> None:
     """Raise :class:`InvalidInputError` (one line) unless ``path`` is a regular file (links are
@@ -69,13 +93,9 @@ def check_distinct(inputs: dict[str, Path | None], outputs: dict[str, Path | Non
     def resolved(path: Path) -> str:
         return os.path.normcase(os.path.realpath(path))
 
-    def identity(path: Path) -> tuple:
-        try:
-            found = os.stat(path)
-        except (OSError, ValueError):
-            return ("path", resolved(path))  # not there yet (or not a name the system takes)
-        return ("file", found.st_dev, found.st_ino)
-
+    identity = file_identity
+    # The audit log is an input of every run: an output over it would erase the trail.
+    inputs = {**inputs, f"audit log ({AUDIT_LOG})": audit_path()}
     seen: dict[tuple, str] = {}
     for what, path in inputs.items():
         if path is not None:

@@ -25,7 +25,7 @@ from typing import Any
 from engine.defaults import PERCENTS
 from engine.errors import InvalidInputError, OutputError
 from engine.fields import field_scores
-from engine.files import check_regular_file, parse_json
+from engine.files import AUDIT_LOG, check_regular_file, is_audit_log, parse_json
 from engine.verdict import VERDICTS, summary_of, verdict_of
 
 SCHEMA_VERSION = 1
@@ -493,7 +493,11 @@ def check_writable(path: Path, what: str = "output") -> None:
 
 def _refuse_special(path: Path, what: str) -> None:
     """A device, pipe or socket is never replaced by the file written in its place (as root,
-    ``--json /dev/null`` would otherwise swap the real device node for a plain file)."""
+    ``--json /dev/null`` would otherwise swap the real device node for a plain file), and nor
+    is the audit log (its trail would be gone)."""
+    if is_audit_log(path):
+        raise OutputError(f"the {what} {path} is the audit log ({AUDIT_LOG}): writing it would "
+                          "replace the log; choose another name")
     if os.path.lexists(path) and not path.is_file() and not path.is_dir():
         raise OutputError(f"the {what} {path} is a device, pipe or socket, not a file; give a "
                           "file name")

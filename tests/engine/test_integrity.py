@@ -150,6 +150,27 @@ def test_audit_log_appends_one_line_per_explanation_and_export(loaded, tmp_path,
         os.close(reader)
 
 
+@pytest.mark.parametrize("flag", ["--json", "--pdf"])
+def test_no_output_replaces_the_audit_log(loaded, tmp_path, monkeypatch, capsys, flag):
+    # `--json audit.jsonl` replaced the hospital's log with a record, with exit 0.
+    from desktop.cli import main
+    from desktop.session import ViewState, save_session
+    from engine.record import write_text_atomic
+
+    log = tmp_path / "audit.jsonl"
+    monkeypatch.setenv("TOKENTRACE_AUDIT_LOG", str(log))
+    record = explain(ExplainRequest(CASE, max_new_tokens=2, matrix=False), loaded)
+    before = log.read_text()
+    assert main(["explain", CASE, "--quiet", flag, str(tmp_path / "." / "audit.jsonl")]) == 2
+    assert "is also the audit log (TOKENTRACE_AUDIT_LOG)" in capsys.readouterr().err
+    os.link(log, tmp_path / "other-name.json")  # another name of the same file
+    with pytest.raises(TokenTraceError, match="is the audit log"):
+        write_text_atomic(tmp_path / "other-name.json", "{}")
+    with pytest.raises(TokenTraceError, match="is the audit log"):  # the window's Save
+        save_session(log, record, ViewState(None, "word", False, 10), ())
+    assert log.read_text() == before
+
+
 @pytest.mark.parametrize(("arguments", "message"), [
     (["--method", "ig", "--steps", "100000000"], "steps must be from 1 to 4096"),
     (["--max-new-tokens", "1000000000"], "max new tokens must be from 1 to 4096"),
