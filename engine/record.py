@@ -100,6 +100,15 @@ class Prompt:
             if not 0 <= start <= end <= len(self.text):
                 raise ValueError(f"a token span ({start}, {end}) lies outside the prompt's "
                                  f"{len(self.text)} characters")
+        # Each token shows its own characters (a special token, with none, shows its name),
+        # and the tokens follow the text's order: spans swapped between two words would show
+        # one word's score on the other.
+        starts = [start for start, _ in self.offsets]
+        if starts != sorted(starts) or any(
+                end > start and token != self.text[start:end]
+                for token, (start, end) in zip(self.tokens, self.offsets, strict=True)):
+            raise ValueError("the prompt's tokens are not its text's characters in order (the "
+                             "file was altered)")
         if any(self.attributable):  # only the case's own tokens are coloured
             first = self.text.rfind(self.case_text)
             last = first + len(self.case_text)

@@ -96,6 +96,30 @@ def check_usable(record: Explanation, model: Any) -> None:
                                 f"{record.model.vocab_size}, this model has {rows}")
 
 
+def check_tokenized(record: Explanation, tokenizer: Any) -> None:
+    """An opened record's case text must be what its token ids say, for this tokenizer: its
+    case is prompted and tokenized again exactly as it was explained, and text, ids, spans and
+    attributable flags must all match. ``case_sha256`` only catches an edit that forgot it: an
+    edited "HER2 negative" -> "positive" with its hash recomputed would otherwise be shown,
+    coloured by scores computed for the ids of "negative", and a what-if on it would run on
+    those ids."""
+    from engine.prompting import build_prompt
+
+    prompt = record.prompt
+    try:
+        again = build_prompt(tokenizer, prompt.case_text, system_prompt=prompt.system_prompt,
+                             raw=prompt.format == "raw")
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"the explanation's case cannot be prompted again with this "
+                                f"model's tokenizer ({exc}): the file was altered, or made "
+                                "with another tokenizer") from None
+    if (again.text, again.token_ids, again.offsets, again.attributable) != (
+            prompt.text, prompt.token_ids, prompt.offsets, prompt.attributable):
+        raise InvalidInputError("the explanation's case text is not what its token ids say "
+                                "with this model's tokenizer: the file was altered, or made "
+                                "with another tokenizer")
+
+
 def problem_of(record: Explanation, device: torch.device | str) -> AttributionInput:
     return AttributionInput(torch.tensor(record.prompt.token_ids, device=device),
                             torch.tensor(record.prompt.attributable, device=device),

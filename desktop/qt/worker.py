@@ -69,6 +69,7 @@ class EngineWorker(QObject):
     def __init__(self) -> None:
         super().__init__()
         self._loaded: Any = None  # engine.models.LoadedModel, touched only on this thread
+        self._checked: tuple[Any, Any] = (None, None)  # record and model check_tokenized passed
         self._lock = threading.Lock()
         self._state: TaskState | None = None
         self._latest = 0  # the newest request id the GUI has issued
@@ -168,6 +169,11 @@ class EngineWorker(QObject):
             raise ModelLoadError(f"this explanation was made in {record.model.dtype}, the "
                                  f"model is loaded in {self._loaded.info.dtype}; load it in "
                                  f"{record.model.dtype} to {what}")
+        if self._checked[0] is not record or self._checked[1] is not self._loaded:
+            from engine.reliability import check_tokenized
+
+            check_tokenized(record, self._loaded.tokenizer)  # an opened record's text and ids
+            self._checked = (record, self._loaded)
         return self._loaded
 
     @Slot(int, object)

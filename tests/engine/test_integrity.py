@@ -556,3 +556,33 @@ def test_a_weight_whose_header_says_integers_is_refused(tiny_model_folder, tmp_p
     weights.write_bytes(raw[:8] + text + raw[8 + size:])
     with pytest.raises(ModelLoadError, match=r"lm_head\.weight .* is stored as I32"):
         load_model(ModelRequest(str(folder)))
+
+
+def test_an_edited_case_whose_ids_were_left_is_refused_where_it_meets_the_model(loaded):
+    # "HER2 negative" edited to "positive" in the text, the tokens and the recomputed sha256,
+    # its token ids left: it opened as genuine, coloured by the ids of "negative", and a what-if
+    # on it ran on those ids.
+    import hashlib
+
+    from engine.reliability import check_tokenized
+
+    record = explain(ExplainRequest(CASE, max_new_tokens=2, matrix=False), loaded)
+    check_tokenized(record, loaded.tokenizer)  # the genuine record passes
+    data = record.to_dict()
+    prompt = data["prompt"]
+    word, other = "negative", "positive"
+    assert word in prompt["case_text"]
+    swap = lambda text: text.replace(word, other)  # noqa: E731  (same length: spans hold)
+    prompt["case_text"], prompt["text"] = swap(prompt["case_text"]), swap(prompt["text"])
+    prompt["tokens"] = [swap(token) for token in prompt["tokens"]]
+    prompt["case_sha256"] = hashlib.sha256(prompt["case_text"].encode()).hexdigest()
+    forged = Explanation.from_dict(data)  # consistent in itself: only the tokenizer can tell
+    with pytest.raises(InvalidInputError, match="not what its token ids say"):
+        check_tokenized(forged, loaded.tokenizer)
+    # Spans swapped between two tokens (one word's score shown on the other) fail on opening.
+    data = record.to_dict()
+    offsets = data["prompt"]["offsets"]
+    k = next(i for i, a in enumerate(data["prompt"]["attributable"]) if a)
+    offsets[k], offsets[k + 1] = offsets[k + 1], offsets[k]
+    with pytest.raises(InvalidInputError, match="not its text's characters in order"):
+        Explanation.from_dict(data)
