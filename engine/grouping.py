@@ -8,8 +8,13 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import regex
+
+# A letter, digit or underscore, or a combining mark: a vowel sign of Hindi, Thai or Tamil, a
+# vowel mark of Arabic or an accent of decomposed Latin ("e" + U+0301) belongs to its word.
+WORD_CHAR = r"[\w\p{M}]"
 # A word keeps clinical tokens whole: "Ki-67", "HER2", "2.3", "60%", "biopsy-proven", "T2N1".
-_WORD = re.compile(r"\w+(?:[-./+]\w+)*%?|[^\w\s]")
+_WORD = regex.compile(rf"{WORD_CHAR}+(?:[-./+]{WORD_CHAR}+)*%?|[^\w\p{{M}}\s]")
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,7 @@ def top_spans(spans: Sequence[Span], k: int = 10) -> list[Span]:
     return sorted(spans, key=lambda span: abs(span.score), reverse=True)[:k]
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?;])\s+|\n+")
+_SENTENCE_END = re.compile(r"(?<=[.!?;])\s+|\n+|(?<=[\u3002\uff01\uff1f\u0964\u0965\u061f])\s*")
 
 
 def token_scores(text: str, offsets: Sequence[tuple[int, int]], scores: Sequence[float],
@@ -67,7 +72,8 @@ def token_scores(text: str, offsets: Sequence[tuple[int, int]], scores: Sequence
 
 def sentence_scores(text: str, offsets: Sequence[tuple[int, int]], scores: Sequence[float],
                     attributable: Sequence[bool]) -> list[Span]:
-    """Token scores summed per sentence (split after . ! ? ; and at line breaks)."""
+    """Token scores summed per sentence (split after . ! ? ; and at line breaks, and after the
+    sentence ends of Chinese, Japanese, Hindi and Arabic)."""
     tokens = token_scores(text, offsets, scores, attributable)
     if not tokens:
         return []

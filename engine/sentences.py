@@ -3,7 +3,8 @@
 Rules, not a trained model (offline, predictable, and clinical text defeats general-purpose
 splitters in the same few ways):
 
-- A sentence ends at ``.``, ``!`` or ``?`` followed by blank space, unless the word before the
+- A sentence ends at ``.``, ``!`` or ``?`` followed by blank space, or at "。", "！", "？",
+  "।", "॥" or "؟" (no space needed in those scripts), unless the word before the
   point is an abbreviation (``e.g.``, ``i.e.``, ``Dr.``, ``vs.``, ``approx.``, ``b.i.d.``...) or
   a single capital letter (an initial: "J. Smith"). A decimal point ("2.3 cm") is never
   followed by a space, so it never ends a sentence.
@@ -29,7 +30,10 @@ ABBREVIATIONS = frozenset({
     "yrs", "wk", "wks", "mo", "mos", "hx", "dx", "tx", "rx", "sx", "fx", "u.s", "jr", "sr",
 })
 
-_END = re.compile(r"[.!?]+[\"')\]]*(?=\s)")
+# Latin ends need a space after them ("2.3 cm" is one sentence); the ideographic full stop and
+# full-width marks (Chinese, Japanese), the danda (Hindi) and the Arabic question mark do not.
+_END = re.compile(r"[.!?]+[\"')\]]*(?=\s)|[\u3002\uff01\uff1f\u0964\u0965\u061f]+"
+                  r"[\"')\]\u300d\u300f\u201d\uff09]*")
 _LIST_ITEM = re.compile(r"(?:^|(?<=:))[ \t]*(?:[-*\u2022]|\d{1,2}[.)])[ \t]+", re.MULTILINE)
 _INLINE_ITEM = re.compile(r"(?<![\w(.,])(\d{1,2})[.)]\s")
 _LIST_NUMBER = re.compile(r"(?:[\n:]|[.!?;]\s)[ \t]*\d{1,2}$")

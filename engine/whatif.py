@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import regex
 import torch
 
 from engine.errors import (
@@ -37,6 +38,7 @@ from engine.errors import (
 )
 from engine.files import check_regular_file, parse_json
 from engine.generation import generate_answer
+from engine.grouping import WORD_CHAR
 from engine.metrics import answer_log_probs
 from engine.prompting import MAX_CASE_CHARS, answer_pieces, build_prompt, validate_case_text
 from engine.record import (
@@ -184,13 +186,14 @@ def _unique_edit(original: str, edited: str, words: list[re.Match], new_words: l
     return None
 
 
-def _occurrence(target: str) -> re.Pattern[str]:
+def _occurrence(target: str) -> regex.Pattern[str]:
     """Where ``target`` occurs as written, never inside a longer word: "ER" is not the "ER"
-    of "HER2" (a target that begins or ends with a letter or digit must begin or end a word
-    there)."""
-    before = r"(?<!\w)" if re.match(r"\w", target) else ""
-    after = r"(?!\w)" if re.search(r"\w$", target) else ""
-    return re.compile(before + re.escape(target) + after)
+    of "HER2" (a target that begins or ends with a letter, digit or combining mark must begin
+    or end a word there). A combining mark (a vowel sign in Hindi or Thai, an accent in
+    decomposed Latin) is part of its word: "र" is not the first letter of "रोगी"."""
+    before = rf"(?<!{WORD_CHAR})" if regex.match(WORD_CHAR, target) else ""
+    after = rf"(?!{WORD_CHAR})" if regex.search(WORD_CHAR + "$", target) else ""
+    return regex.compile(before + regex.escape(target) + after)
 
 
 def _apply_one(text: str, edit: Edit) -> str:
@@ -198,7 +201,7 @@ def _apply_one(text: str, edit: Edit) -> str:
     one of them; the rest of the case keeps its spacing."""
     if edit.kind == "replace":
         return _occurrence(edit.target).sub(lambda _: edit.replacement, text)
-    gap = re.compile(r"([ \t]?)" + _occurrence(edit.target).pattern + r"([ \t]?)")
+    gap = regex.compile(r"([ \t]?)" + _occurrence(edit.target).pattern + r"([ \t]?)")
     return gap.sub(lambda m: m.group(1) if m.group(1) and m.group(2)
                    else m.group(1) + m.group(2), text)
 

@@ -31,6 +31,12 @@ def _pieces(text, split=split_sentences):
       "Dose b.i.d. for 5 days i.e. a week."]),
     ("Is it HER2 positive? No! Re-test.", ["Is it HER2 positive?", "No!", "Re-test."]),
     ("  \n", []),
+    # Scripts whose sentence ends take no space after them: one "sentence" before.
+    ("患者为58岁女性，乳腺癌。ER阳性，HER2阴性。下一步治疗是什么？",
+     ["患者为58岁女性，乳腺癌。", "ER阳性，HER2阴性。", "下一步治疗是什么？"]),
+    ("58 वर्षीय महिला। ER पॉजिटिव। अगला कदम क्या है?",
+     ["58 वर्षीय महिला।", "ER पॉजिटिव।", "अगला कदम क्या है?"]),
+    ("هل هو إيجابي؟ نعم", ["هل هو إيجابي؟", "نعم"]),
 ])
 def test_clinical_text_splits_into_sentences(text, expected):
     assert _pieces(text) == expected

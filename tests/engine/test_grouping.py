@@ -38,3 +38,24 @@ def test_sentences_sum_their_tokens():
     spans = sentence_scores(text, offsets, scores, [True] * len(offsets))
     assert [s.text for s in spans] == ["ER positive.", "HER2 negative.", "Nodes 0"]
     assert [s.score for s in spans] == [3.5, -2.75, 5.0]
+
+
+@pytest.mark.parametrize("text", ["58 वर्षीय महिला, स्तन कैंसर", "ผู้ป่วยหญิง อายุ",
+                                  "receptor de estro\u0301geno, an\u0303os", "மார்பக புற்றுநோய்"])
+def test_a_combining_mark_belongs_to_its_word(text):
+    # Vowel signs and decomposed accents are marks, not letters: "महिला" was listed as "मह"
+    # and "estrógeno" (decomposed) as "estro" and "geno", the marks' shares dropped.
+    offsets = [(k, k + 1) for k in range(len(text))]
+    spans = word_scores(text, offsets, [1.0] * len(text), [True] * len(text))
+    words = [s.text for s in spans if s.text != ","]
+    assert words == [w.strip(",") for w in text.split()]
+    assert sum(s.score for s in spans) == len(text) - text.count(" ")  # no character dropped
+
+
+def test_sentences_of_scripts_without_spaces_after_their_ends():
+    from engine.grouping import sentence_scores
+
+    text = "ER阳性。HER2阴性。下一步？"
+    offsets = [(k, k + 1) for k in range(len(text))]
+    spans = sentence_scores(text, offsets, [1.0] * len(text), [True] * len(text))
+    assert [s.text for s in spans] == ["ER阳性。", "HER2阴性。", "下一步？"]

@@ -176,3 +176,15 @@ def test_a_session_s_what_ifs_are_checked_against_its_explanation(tiny, tmp_path
     path.write_text(json.dumps(data))
     with pytest.raises(InvalidInputError, match=message):
         load_session(path)
+
+
+@pytest.mark.parametrize(("case", "target", "edited"), [
+    # "र" is the first letter of "रोगी" (its vowel sign a mark), then a word of its own.
+    ("रोगी र में", "र", "रोगी में"),
+    # Decomposed "estrógeno" begins with "estro", then a combining accent.
+    ("de estro\u0301geno; estro", "estro", "de estro\u0301geno;"),
+])
+def test_an_edit_never_cuts_a_word_at_a_combining_mark(case, target, edited):
+    from engine.whatif import Edit, apply_edits
+
+    assert apply_edits(case, [Edit("remove", target)]) == edited
