@@ -115,6 +115,12 @@ def _csv_entries(path: Path, raw: str) -> list[tuple[int, dict[str, Any]]]:
                                     "more than once")
         entries = []
         for row in reader:
+            nameless = [k for k, v in row.items() if k is not None and not k.strip()
+                        and (v or "").strip()]
+            if nameless:  # its values would be dropped, silently
+                raise InvalidInputError(
+                    f"{path}, line {reader.line_num}: a value in a column with no name in the "
+                    f"header (column {columns.index(nameless[0]) + 1}); name the column")
             if None in row:  # an unquoted comma in the text: the case would be cut there
                 raise InvalidInputError(
                     f"{path}, line {reader.line_num}: {len(columns) + len(row[None])} values "

@@ -30,7 +30,13 @@ KNOWN_VALUES = {
 
 
 def label_of(name: str) -> str:
-    return LABELS.get(name, name.replace("_", " ").capitalize())
+    """A field's label as the model reads it: the known fields' own ("her2" -> "HER2"), else
+    the name as written, with "_" as a space and only an all lower-case name capitalised
+    ("tumour_site" -> "Tumour site"; "ER", "pT" and "ECOG PS" stay as they are)."""
+    if name in LABELS:
+        return LABELS[name]
+    spaced = name.replace("_", " ")
+    return spaced.capitalize() if spaced.islower() else spaced
 
 
 def render_fields(fields: Mapping[str, object], question: str = DEFAULT_QUESTION
@@ -45,6 +51,13 @@ def render_fields(fields: Mapping[str, object], question: str = DEFAULT_QUESTION
     for name, value in fields.items():
         if value is None or str(value).strip() == "":
             continue
+        if len(f"{name}: {value}".splitlines()) > 1:
+            from engine.errors import InvalidInputError
+
+            # A line break would make a line of its own, read (and scored) as another field:
+            # "positive\nHER2: positive" under ER.
+            raise InvalidInputError(f"field {name[:40]!r}: its name and value must be on one "
+                                    "line")
         line = f"{label_of(name)}: {value}"
         spans.append((name, cursor, cursor + len(line)))
         lines.append(line)

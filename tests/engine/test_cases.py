@@ -72,3 +72,13 @@ def test_a_utf16_case_file_is_named_as_such(tmp_path):
                          + "A 52-year-old woman, ER positive.".encode(encoding))
         with pytest.raises(InvalidInputError, match=r"UTF-16 text.*save the case as UTF-8"):
             read_case(None, path)
+
+
+def test_a_value_under_a_nameless_column_is_refused(tmp_path):
+    # "HER2 negative" under an empty header cell was dropped, silently.
+    path = tmp_path / "cases.csv"
+    path.write_text('id,text,ER,\nc1,"breast cancer case",positive,HER2 negative\n')
+    with pytest.raises(InvalidInputError, match="column 4"):
+        load_cases(path)
+    path.write_text('id,text,ER,\nc1,"breast cancer case",positive,\n')  # a trailing comma
+    assert load_cases(path)[0].fields == {"ER": "positive"}

@@ -41,3 +41,20 @@ def test_attribution_is_summed_per_field(tiny_model_folder):
         assert per_field[name] == pytest.approx(expected)
     assert any(abs(v) > 0 for v in per_field.values())
     assert Explanation.from_json(record.to_json()) == record
+
+
+def test_field_names_are_read_as_written():
+    # "ER" was rendered "Er", "HER2" "Her2", "ECOG PS" "Ecog ps" before the model read them.
+    text, _ = render_fields({"ER": "positive", "pT": "pT2N1a", "ECOG PS": 1,
+                             "tumour_site": "left", "her2": "negative"})
+    assert text.splitlines()[:5] == ["ER: positive", "pT: pT2N1a", "ECOG PS: 1",
+                                     "Tumour site: left", "HER2: negative"]
+
+
+@pytest.mark.parametrize("fields", [{"er": "positive\nHER2: positive (IHC 3+)"},
+                                    {"er": "positive\r\nHER2: positive"},
+                                    {"er\nHER2": "positive"}])
+def test_a_field_on_two_lines_is_refused(fields):
+    # The second line read, and was scored, as a field of its own ("HER2" under "ER").
+    with pytest.raises(InvalidInputError, match="on one line"):
+        render_fields(fields)
