@@ -74,6 +74,9 @@ def load_cases(path: str | Path) -> list[Case]:
         case_id = str(raw_id).strip()
         if not case_id or not isinstance(text, str) or not text.strip():
             raise InvalidInputError(f"{path}, {where} {number}: each case needs an id and text")
+        if not case_id.isprintable():  # a line break in an id forges a line of the run's log
+            raise InvalidInputError(f"{path}, {where} {number}: a case id must be printable "
+                                    "text on one line (no line breaks or control characters)")
         if case_id in seen:
             raise InvalidInputError(f"{path}, {where} {number}: duplicate case id {case_id!r}")
         if len(text) > MAX_CASE_FILE_BYTES:

@@ -60,6 +60,10 @@ class EvaluationSettings:
     def validate(self) -> None:
         if not self.methods:
             raise InvalidSettingsError("name at least one method to evaluate")
+        twice = sorted({name for name in self.methods if self.methods.count(name) > 1})
+        if twice:  # it would run twice and count each case twice in its mean
+            raise InvalidSettingsError(f"{', '.join(twice)} is listed more than once in "
+                                       "--methods")
         for name in self.methods:
             if name != RANDOM:
                 self.method_params(name)

@@ -26,6 +26,7 @@ from desktop.present import (
     html_text,
     levels_note,
     precision_note,
+    printable,
     whatif_view,
 )
 from desktop.report.charts import chart_image
@@ -213,7 +214,7 @@ def write_pdf(record: Explanation, path: str | os.PathLike[str],
     writer.setPageLayout(QPageLayout(QPageSize(QPageSize.PageSizeId.A4),
                                      QPageLayout.Orientation.Portrait,
                                      QMarginsF(18, 18, 18, 18), QPageLayout.Unit.Millimeter))
-    writer.setTitle(f"TokenTrace report: {record.answer.text[:60]}")
+    writer.setTitle(f"TokenTrace report: {printable(record.answer.text[:60])}")
     writer.setCreator(f"TokenTrace {record.versions.tokentrace}")
     document = QTextDocument()
     document.setDefaultFont(QFont(font_family(), 10))

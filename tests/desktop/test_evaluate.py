@@ -99,6 +99,8 @@ def test_evaluate_writes_the_table_plot_and_resumes(tiny_model_folder, case_file
 
 @pytest.mark.parametrize(("extra", "message"), [
     (["--methods", "ig,magic"], "unknown method 'magic'"),
+    # Ran twice, and each case counted twice in its mean ("random, 2 cases" of 1).
+    (["--methods", "random,ifr,random"], "random is listed more than once in --methods"),
     (["--option", "steps=3"], "evaluate options name their method"),
     (["--option", "heta.samples=2"], "options given for methods not evaluated: heta"),
     (["--option", "ig.depth=2"], "method ig has no option 'depth'"),

@@ -107,3 +107,14 @@ def test_claims_section_quotes_the_evidence_flagged_claims_first(tiny_model_fold
         best = max(range(len(claim.evidence)), key=claim.evidence.__getitem__)
         start, end = record.claims.sentences[best]
         assert f"{100 * claim.evidence[best]:.0f}% \u201c{case[start:end]}\u201d" in section
+
+
+def test_the_pdf_title_shows_no_bidirectional_override(tmp_path):
+    # The body showed U+FFFD, the title (a viewer's title bar) read "negative" for "evitagen".
+    base = long_record(30)
+    text = "HER2 \u202eevitagen\u202c status"
+    assert len(base.answer.tokens) == 1
+    record = dataclasses.replace(base, answer=dataclasses.replace(base.answer, text=text,
+                                                                   tokens=(text,)))
+    title = PdfReader(write_pdf(record, tmp_path / "bidi.pdf")).metadata.title
+    assert "\u202e" not in title and "\ufffd" in title

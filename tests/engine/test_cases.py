@@ -82,3 +82,14 @@ def test_a_value_under_a_nameless_column_is_refused(tmp_path):
         load_cases(path)
     path.write_text('id,text,ER,\nc1,"breast cancer case",positive,\n')  # a trailing comma
     assert load_cases(path)[0].fields == {"ER": "positive"}
+
+
+@pytest.mark.parametrize("case_id", ["c1: done in 0.4 s\ncase c1-retry", "c1\tx", "c1\x1b[2K"])
+def test_a_case_id_with_a_line_break_or_control_character_is_refused(tmp_path, case_id):
+    # A line break in an id printed a forged "done" line in the batch's log.
+    import json
+
+    path = tmp_path / "cases.jsonl"
+    path.write_text(json.dumps({"id": case_id, "text": "ER positive"}) + "\n")
+    with pytest.raises(InvalidInputError, match="printable text on one line"):
+        load_cases(path)
