@@ -334,7 +334,22 @@ def run_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+WINDOW_MAX_STEPS = 1024  # the settings panel's steps box holds no more
+
+
 def run_app_command(args: argparse.Namespace) -> int:
+    from engine.errors import InvalidSettingsError
+    from engine.explain import ExplainRequest
+
+    # The window's settings, checked as explain checks them before anything starts: an unknown
+    # method aborted the window after it had started its engine thread, and a steps or answer
+    # length out of range was clamped by the settings boxes, or dropped, silently.
+    ExplainRequest("case", method=args.method, steps=args.steps,
+                   max_new_tokens=args.max_new_tokens or 64).validate()
+    _refuse_settings_the_method_lacks(args)
+    if args.steps is not None and args.steps > WINDOW_MAX_STEPS:
+        raise InvalidSettingsError(f"the window takes at most {WINDOW_MAX_STEPS} steps (got "
+                                   f"{args.steps:,}); tokentrace explain takes more")
     from desktop.qt.app import run_app
 
     return run_app(args.case_file, args.model, args.method, args.steps, args.max_new_tokens,
@@ -476,9 +491,9 @@ def _refuse_settings_the_method_lacks(args: argparse.Namespace) -> None:
     from engine.methods import METHODS, get_method
 
     taken = get_method(args.method).defaults()
-    given = (("--steps", "steps", args.steps is not None),
-             ("--batch-size", "batch_size", args.batch_size is not None),
-             ("--baseline", "baseline", args.baseline != "pad"))
+    given = (("--steps", "steps", args.steps is not None),  # app takes only the first
+             ("--batch-size", "batch_size", getattr(args, "batch_size", None) is not None),
+             ("--baseline", "baseline", getattr(args, "baseline", "pad") != "pad"))
     for flag, key, present in given:
         if present and key not in taken:
             takers = ", ".join(name for name, spec in METHODS.items() if key in spec.defaults())

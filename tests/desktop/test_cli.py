@@ -451,3 +451,17 @@ def test_debug_shows_the_traceback_before_or_after_the_command(tmp_path, before,
     assert main(args) == 3 and "Traceback" not in capsys.readouterr().err
     with pytest.raises(TokenTraceError):
         main(["--debug", *args] if before else [*args, "--debug"])
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--method", "nosuch"], "unknown method 'nosuch'"),  # aborted the window (134) before
+    (["--max-new-tokens", "999999"], "max new tokens must be from 1 to 4096"),  # was clamped
+    (["--method", "ig", "--steps", "2000"], "the window takes at most 1024 steps"),
+    (["--method", "ifr", "--steps", "4"], "ifr takes no --steps"),  # was dropped
+])
+def test_app_settings_are_checked_before_the_window_starts(tmp_path, capsys, arguments,
+                                                           message):
+    shot = tmp_path / "window.png"
+    assert main(["app", *arguments, "--screenshot", str(shot)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and not shot.exists()
