@@ -130,6 +130,8 @@ def coerce_option(key: str, value: Any, default: Any) -> Any:
     try:
         if isinstance(default, str):
             return text
+        if not text.isascii() or "_" in text:  # int() and float() read "٣" as 3, "1_0" as 10
+            raise ValueError(text)
         if default is None:
             return None if text.lower() in ("", "none") else int(text)
         if isinstance(default, bool):

@@ -25,7 +25,7 @@ EXIT_CANCELLED = 130
 
 def _whole(text: str, least: int) -> int:
     try:
-        if not text.strip().isascii():  # int() also reads other scripts' digits ("٣")
+        if not text.strip().isascii() or "_" in text:  # int() also reads "٣" and "1_0"
             raise ValueError
         value = int(text)
     except ValueError:

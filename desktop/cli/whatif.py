@@ -7,7 +7,7 @@ import argparse
 import re
 from typing import Any
 
-from desktop.cli import output_file
+from desktop.cli import _positive_int, output_file
 
 
 def _replacement(text: str) -> tuple[str, str]:
@@ -52,7 +52,7 @@ def add_commands(commands: Any, explain: argparse.ArgumentParser) -> None:
                              "NEW is written \\=)")
     whatif.add_argument("--remove", action=_EditAction, metavar="TEXT",
                         help="remove every TEXT (whole words only)")
-    whatif.add_argument("--remove-sentence", type=int, action=_EditAction, metavar="N",
+    whatif.add_argument("--remove-sentence", type=_positive_int, action=_EditAction, metavar="N",
                         help="remove sentence N (from 1; `tokentrace sensitivity` numbers them)")
     whatif.add_argument("--json", type=output_file, metavar="OUT", help="write the what-if record")
     whatif.add_argument("--pdf", type=output_file, metavar="OUT",

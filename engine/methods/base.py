@@ -322,10 +322,10 @@ def parse_baseline(spec: str, tokenizer: Any, vocab_size: int) -> int | None:
         raise InvalidSettingsError("baseline 'pad': this tokenizer has neither a pad nor an eos "
                                    "token; use --baseline zero or --baseline token:ID")
     if spec.startswith("token:"):
-        try:
-            token_id = int(spec.removeprefix("token:"))
-        except ValueError:
-            token_id = -1
+        digits = spec.removeprefix("token:")
+        # ASCII digits alone: int() also reads "٣", "1_0" and " 5", and the record would keep
+        # a baseline written in a way nothing else reads back.
+        token_id = int(digits) if digits.isascii() and digits.isdigit() else -1
         if not 0 <= token_id < vocab_size:
             raise InvalidSettingsError(f"baseline {spec!r}: the id must be an integer from 0 to "
                                        f"{vocab_size - 1}")

@@ -16,7 +16,7 @@ import shutil
 import pytest
 from safetensors.torch import load_file, save_file
 
-from engine.errors import InvalidInputError, ModelLoadError, TokenTraceError
+from engine.errors import InvalidInputError, InvalidSettingsError, ModelLoadError, TokenTraceError
 from engine.explain import ExplainRequest, explain
 from engine.jobs.batch import BatchSettings, run_batch, safe_name
 from engine.models import ModelRequest, load_model
@@ -586,3 +586,24 @@ def test_an_edited_case_whose_ids_were_left_is_refused_where_it_meets_the_model(
     offsets[k], offsets[k + 1] = offsets[k + 1], offsets[k]
     with pytest.raises(InvalidInputError, match="not its text's characters in order"):
         Explanation.from_dict(data)
+
+
+@pytest.mark.parametrize(("key", "value", "default"), [
+    ("hops", "\u0663", 1), ("max_steps", "1_0", 128), ("beta", "\u0663", 0.5),
+    ("layers", "\u0663", None)])
+def test_option_numbers_are_ascii_digits(key, value, default):
+    # int() and float() read Arabic-Indic digits and underscores: "hops=٣" ran with 3 hops.
+    from engine.explain import coerce_option
+
+    with pytest.raises(InvalidSettingsError, match=f"option {key}="):
+        coerce_option(key, value, default)
+    assert coerce_option(key, "3", default) == 3
+
+
+@pytest.mark.parametrize("spec", ["token:\u0663", "token:1_0", "token: 5", "token:+5"])
+def test_a_baseline_token_id_is_ascii_digits(spec):
+    from engine.methods.base import parse_baseline
+
+    with pytest.raises(InvalidSettingsError, match="the id must be an integer"):
+        parse_baseline(spec, None, 100)
+    assert parse_baseline("token:5", None, 100) == 5
