@@ -74,6 +74,34 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        arguments = list(sys.argv[1:] if args is None else args)
+        self._refuse_repeats(arguments)
+        return super().parse_known_args(arguments, namespace)
+
+    def _refuse_repeats(self, arguments: list[str]) -> None:
+        """An option that keeps one value, given twice: argparse keeps the last silently
+        (``--case-file a.txt --case-file b.txt`` explained b.txt alone)."""
+        single = [action for action in self._actions if type(action) is argparse._StoreAction
+                  and action.option_strings]
+        seen: dict[int, str] = {}
+        for argument in arguments:
+            if argument == "--":
+                break
+            if not argument.startswith("-") or argument == "-":
+                continue
+            name = argument.split("=", 1)[0]
+            found = [action for action in single if name in action.option_strings] or [
+                action for action in single if name.startswith("--") and any(
+                    option.startswith(name) for option in action.option_strings)]
+            if len(found) != 1:
+                continue  # not one of them (argparse says so if it is no option at all)
+            if id(found[0]) in seen:
+                first = seen[id(found[0])]
+                also = f" (also as {first})" if first != name else ""
+                self.error(f"{name} is given more than once{also}; give it once")
+            seen[id(found[0])] = name
+
 
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version

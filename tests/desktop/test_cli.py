@@ -465,3 +465,25 @@ def test_app_settings_are_checked_before_the_window_starts(tmp_path, capsys, arg
     assert main(["app", *arguments, "--screenshot", str(shot)]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and not shot.exists()
+
+
+@pytest.mark.parametrize("arguments", [
+    ["explain", "--case-file", "a.txt", "--case-file", "b.txt"],  # explained b.txt alone
+    ["explain", "ER positive", "--json=a.json", "--json", "b.json"],
+    ["explain", "ER positive", "--method", "ifr", "--meth", "ig"],  # an abbreviation
+    ["evaluate", "--cases", "c.jsonl", "--methods", "ig", "--methods", "ifr"],
+])
+def test_an_option_that_keeps_one_value_given_twice_is_refused(capsys, arguments):
+    with pytest.raises(SystemExit) as exited:
+        main(arguments)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "is given more than once" in err and err.count("\n") == 1
+
+
+def test_repeatable_options_stay_repeatable():
+    from desktop.cli import build_parser
+
+    args = build_parser().parse_args(["explain", "x", "--option", "mode=exact", "--option",
+                                      "layers=all", "--quiet", "--quiet"])
+    assert args.option == [("mode", "exact"), ("layers", "all")]
