@@ -325,13 +325,29 @@ def _check_config(config: Any, path: Path) -> None:
                              "number")
 
 
+# The largest a file transformers reads whole may be: settings, then vocabularies (a 256k-token
+# tokenizer.json is about 35 MB). A 3 GB config.json (sparse: no disk) took 6.6 GB to read.
+SETTINGS_FILES = ("config.json", "generation_config.json", "tokenizer_config.json",
+                  "special_tokens_map.json", "chat_template.json", "chat_template.jinja")
+MAX_SETTINGS_BYTES = 10_000_000
+MAX_VOCABULARY_BYTES = 200_000_000
+READ_WHOLE = (".json", ".txt", ".model", ".jinja")
+
+
 def _only_plain_files(folder: Path) -> None:
     """Refuse a model folder holding a pipe, socket or device where a file belongs (reading it
-    would block the load forever, beyond any cancel)."""
+    would block the load forever, beyond any cancel), or a file read whole that is larger than
+    any model's (its reading would take the machine's memory)."""
     for entry in folder.iterdir():
         if not (entry.is_file() or entry.is_dir()):
             raise ModelLoadError(f"{entry} is not a regular file (a pipe, socket, device or "
                                  "broken link); a model folder holds plain files")
+        if entry.is_file() and entry.suffix in READ_WHOLE:
+            limit = MAX_SETTINGS_BYTES if entry.name in SETTINGS_FILES else MAX_VOCABULARY_BYTES
+            size = entry.stat().st_size
+            if size > limit:
+                raise ModelLoadError(f"{entry} is {size / 1e6:,.0f} MB; no model's "
+                                     f"{entry.name} is larger than {limit / 1e6:,.0f} MB")
 
 
 def _load_gguf(path: Path, dtype: torch.dtype, state: TaskState) -> tuple[Any, Any, str, bool]:

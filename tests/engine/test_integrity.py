@@ -607,3 +607,23 @@ def test_a_baseline_token_id_is_ascii_digits(spec):
     with pytest.raises(InvalidSettingsError, match="the id must be an integer"):
         parse_baseline(spec, None, 100)
     assert parse_baseline("token:5", None, 100) == 5
+
+
+@pytest.mark.parametrize(("name", "size"), [("config.json", 3 * 10**9),
+                                            ("tokenizer.json", 3 * 10**9),
+                                            ("generation_config.json", 20 * 10**6)])
+def test_a_model_file_larger_than_any_model_has_is_refused_unread(tiny_model_folder, tmp_path,
+                                                                  name, size):
+    # A 3 GB config.json (sparse: no disk) took 6.6 GB of memory to read, then exit 3.
+    import tracemalloc
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_folder, folder)
+    os.truncate(folder / name, size)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ModelLoadError, match=f"no model's {name} is larger than"):
+            load_model(ModelRequest(str(folder)))
+        assert tracemalloc.get_traced_memory()[1] < 50_000_000
+    finally:
+        tracemalloc.stop()
