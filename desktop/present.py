@@ -221,7 +221,7 @@ def scale_of(units: Sequence[Span]) -> float:
 def case_bounds(record: Explanation) -> tuple[int, int]:
     """Where the case text sits in the prompt text."""
     prompt = record.prompt
-    start = max(prompt.text.rfind(prompt.case_text), 0)
+    start = max(prompt.case_start, 0)
     return start, start + len(prompt.case_text)
 
 

@@ -83,7 +83,7 @@ def segment(record: Explanation) -> Segments:
     """
     prompt = record.prompt
     case = prompt.case_text
-    shift = prompt.text.rfind(case) if prompt.offsets else -1
+    shift = prompt.case_start if prompt.offsets else -1
     if shift < 0:
         raise InvalidInputError("this explanation has no character offsets for its case; "
                                 "explain the case again to find its claims")

@@ -43,6 +43,7 @@ from engine.record import (
     Prompt,
     Timings,
     Versions,
+    case_start,
 )
 from engine.reliability import check_usable
 from engine.task import TaskState
@@ -231,7 +232,7 @@ def explain(request: ExplainRequest, loaded: LoadedModel,
     answer_text, answer_tokens = answer_pieces(tokenizer, answer_ids)
     per_field = {}
     if request.fields:
-        shift = prompt.text.rfind(prompt.case_text)
+        shift = case_start(prompt.text, prompt.case_text, prompt.offsets, prompt.attributable)
         per_field = field_scores(prompt.offsets, output.sequence.tolist(), prompt.attributable,
                                  request.fields, shift)
     mask = torch.tensor(prompt.attributable, dtype=torch.bool)

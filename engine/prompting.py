@@ -103,7 +103,7 @@ def build_prompt(tokenizer: Any, case_text: str, *, system_prompt: str | None,
         if system_prompt:
             messages.insert(0, {"role": "system", "content": system_prompt})
         text = render_chat_template(tokenizer, messages, state or TaskState())
-        start = text.rfind(case)
+        start = _case_position(tokenizer, messages, text, case, state or TaskState())
         if start < 0:
             raise InvalidInputError("this model's chat template rewrites the case text, so its "
                                     "tokens cannot be located; use --raw-prompt")
@@ -124,6 +124,24 @@ def build_prompt(tokenizer: Any, case_text: str, *, system_prompt: str | None,
         raise InvalidInputError("no token of the case could be located in the prompt")
     return PromptParts(text, case, ids, offsets, attributable, "chat" if use_chat else "raw",
                        system_prompt if use_chat else None)
+
+
+CASE_MARK = "TOKENTRACECASEMARK"  # stands for the case in a second rendering
+
+
+def _case_position(tokenizer: Any, messages: list[dict[str, str]], text: str, case: str,
+                   state: TaskState) -> int:
+    """Where the template put the case in ``text``: the template is rendered again with a mark
+    for the case, and the case sits where the mark does when everything before it is the same.
+    Searching the text for the case would find a short case ("assistant", "user") in the
+    template's own words after it, and colour those. -1 when the template rewrites the case."""
+    marked = [{**m, "content": CASE_MARK} if m["role"] == "user" else m for m in messages]
+    rendered = render_chat_template(tokenizer, marked, state)
+    at = rendered.find(CASE_MARK)
+    if at >= 0 and rendered.count(CASE_MARK) == 1 and text.startswith(rendered[:at]) \
+            and text[at:at + len(case)] == case:
+        return at
+    return text.rfind(case)  # a template whose head depends on the case
 
 
 def control_tokens(tokenizer: Any) -> list[str]:

@@ -17,6 +17,7 @@ import os
 import tempfile
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,6 +68,21 @@ class MethodInfo:
     params: dict[str, Any] = field(default_factory=dict)
 
 
+def case_start(text: str, case_text: str, offsets: Sequence[tuple[int, int]],
+               attributable: Sequence[bool]) -> int:
+    """Where ``case_text`` begins in the prompt ``text``: the occurrence of it that holds the
+    case's (attributable) tokens, since a short case may also occur in the chat template ("Hi"
+    before the template's own "Hi"); -1 if none does."""
+    spans = [span for span, case in zip(offsets, attributable, strict=True) if case]
+    found = text.find(case_text)
+    while found >= 0:
+        end = found + len(case_text)
+        if all(e > found and s < end for s, e in spans):
+            return found
+        found = text.find(case_text, found + 1)
+    return -1
+
+
 @dataclass(frozen=True)
 class Prompt:
     text: str  # exactly what was tokenized
@@ -80,6 +96,11 @@ class Prompt:
     # Clinical fields the case was rendered from: (name, start, end) in ``case_text``.
     fields: tuple[tuple[str, int, int], ...] = ()
     case_sha256: str = ""  # of case_text, UTF-8: what an audit log names the case by
+
+    @property
+    def case_start(self) -> int:
+        """Where the case text begins in ``text`` (see :func:`case_start`)."""
+        return case_start(self.text, self.case_text, self.offsets, self.attributable)
 
     def __post_init__(self) -> None:
         n = len(self.token_ids)
@@ -109,12 +130,10 @@ class Prompt:
                 for token, (start, end) in zip(self.tokens, self.offsets, strict=True)):
             raise ValueError("the prompt's tokens are not its text's characters in order (the "
                              "file was altered)")
-        if any(self.attributable):  # only the case's own tokens are coloured
-            first = self.text.rfind(self.case_text)
-            last = first + len(self.case_text)
-            if first < 0 or not all(e > s and s < last and e > first for (s, e), a in zip(
-                    self.offsets, self.attributable, strict=True) if a):
-                raise ValueError("a token outside the case text is marked as the case's")
+        # Only the case's own tokens are coloured.
+        if any(self.attributable) and (self.case_start < 0 or not all(
+                e > s for (s, e), a in zip(self.offsets, self.attributable, strict=True) if a)):
+            raise ValueError("a token outside the case text is marked as the case's")
         for name, start, end in self.fields:
             if not 0 <= start <= end <= len(self.case_text):
                 raise ValueError(f"field {name!r} ({start}, {end}) lies outside the case's "
@@ -304,8 +323,7 @@ class Explanation:
         if record.attribution.per_field:  # each field's score as its tokens' scores sum
             prompt = record.prompt
             worked = field_scores(prompt.offsets, record.attribution.sequence,
-                                  prompt.attributable, prompt.fields,
-                                  prompt.text.rfind(prompt.case_text))
+                                  prompt.attributable, prompt.fields, prompt.case_start)
             record = dataclasses.replace(record, attribution=dataclasses.replace(
                 record.attribution, per_field=worked))
         return record

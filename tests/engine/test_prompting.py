@@ -171,3 +171,17 @@ def test_cancel_stops_template_rendering_within_a_second(tiny_tokenizer):
         build_prompt(_with_template(tiny_tokenizer, NESTED), CASE, system_prompt=None,
                      state=state)
     assert time.perf_counter() - started < 1.3
+
+
+@pytest.mark.parametrize("case", ["assistant", "user", "system"])
+def test_a_case_that_is_also_a_word_of_the_template_is_found_where_the_case_is(tiny_tokenizer,
+                                                                               case):
+    # The case was searched for from the end, so "assistant" coloured the template's own
+    # generation prompt ("<|im_start|>assistant"), and the case's tokens stayed fixed.
+    from engine.prompting import build_prompt
+
+    parts = build_prompt(tiny_tokenizer, case, system_prompt="You help.")
+    spans = [span for span, a in zip(parts.offsets, parts.attributable, strict=True) if a]
+    user_turn = parts.text.index("<|im_start|>user ") + len("<|im_start|>user ")
+    assert parts.text[user_turn:user_turn + len(case)] == case
+    assert spans and all(user_turn <= s < e <= user_turn + len(case) for s, e in spans)
