@@ -69,9 +69,55 @@ def _check_complete(written: Path, target: Path) -> None:
         raise OutputError(f"the report {target} was not written completely (is the disk full?)")
 
 
+MAX_UNSHOWN_LISTED = 12
+
+
+def unshown_characters(document: Any) -> str:
+    """The characters of the laid-out QTextDocument that no font here can draw: those Qt
+    found no glyph for in the report's font or any font it falls back on, which print as empty
+    boxes (Chinese or Japanese, or emoji, on a machine without such fonts). Format characters
+    and variation selectors, which draw nothing anyway, are left out."""
+    import unicodedata
+
+    from PySide6.QtGui import QTextLayout
+
+    flags = (QTextLayout.GlyphRunRetrievalFlag.RetrieveGlyphIndexes
+             | QTextLayout.GlyphRunRetrievalFlag.RetrieveStringIndexes)
+    missing: dict[str, None] = {}
+    block = document.begin()
+    while block.isValid():
+        document.documentLayout().blockBoundingRect(block)  # lays the block out
+        # Qt counts UTF-16 units: a character beyond U+FFFF (an emoji) takes two.
+        units = [c for c in block.text() for _ in range(2 if ord(c) > 0xFFFF else 1)]
+        layout = block.layout()
+        for line in range(layout.lineCount()):
+            for run in layout.lineAt(line).glyphRuns(-1, -1, flags):
+                for glyph, at in zip(run.glyphIndexes(), run.stringIndexes(), strict=False):
+                    if glyph == 0 and at < len(units) and not units[at].isspace() \
+                            and unicodedata.category(units[at]) != "Cf" \
+                            and not "\ufe00" <= units[at] <= "\ufe0f":
+                        missing[units[at]] = None
+        block = block.next()
+    return "".join(missing)
+
+
+def _unshown_html(unshown: str) -> str:
+    if not unshown:
+        return ""
+    # By code point: the characters themselves would print as the same empty boxes.
+    listed = ", ".join(f"U+{ord(c):04X}" for c in unshown[:MAX_UNSHOWN_LISTED]) + (
+        ", …" if len(unshown) > MAX_UNSHOWN_LISTED else "")
+    return ("<p style='background-color:#fde0dd; padding:6px;'><b>Some characters cannot be "
+            f"shown here.</b> {len(unshown)} different characters of this report "
+            f"({html_text(listed)}) have no glyph in the report's font or any font installed "
+            "on this machine, and print as empty boxes. The explanation record (--json, or "
+            "Save in the window) holds the text exactly.</p>")
+
+
 def report_html(record: Explanation, created: datetime | None = None,
-                what_ifs: Sequence[Any] = ()) -> str:
-    """The report as Qt rich text. Images are referenced as ``chart`` (see :func:`write_pdf`)."""
+                what_ifs: Sequence[Any] = (), unshown: str = "") -> str:
+    """The report as Qt rich text. Images are referenced as ``chart`` (see :func:`write_pdf`);
+    ``unshown``: characters no font here can draw, said in a note at the top."""
     created = created or datetime.now()
     esc = html_text
     view = ExplanationView.from_record(record, top=15)
@@ -104,6 +150,7 @@ def report_html(record: Explanation, created: datetime | None = None,
 <h1>TokenTrace explanation report</h1>
 <p>{esc(created.strftime('%Y-%m-%d %H:%M'))} · explanation recorded {esc(record.created_at)}</p>
 <p style="background-color:#fff4d6; padding:6px;"><b>{esc(NOTICE)}</b></p>
+{_unshown_html(unshown)}
 <h2>Case, coloured by attribution to the whole answer</h2>
 <p style="line-height:160%;">{case_html}</p>
 <table cellspacing="0" cellpadding="2"><tr>{legend}</tr></table>
@@ -222,6 +269,9 @@ def write_pdf(record: Explanation, path: str | os.PathLike[str],
     document.addResource(QTextDocument.ResourceType.ImageResource, QUrl("chart"),
                          chart.scaledToWidth(900))
     document.setHtml(report_html(record, what_ifs=what_ifs))
+    unshown = unshown_characters(document)
+    if unshown:  # said where the reader looks first, not left as empty boxes
+        document.setHtml(report_html(record, what_ifs=what_ifs, unshown=unshown))
     document.print_(writer)  # lays the document out again for the page, and paginates
     del writer  # flushes and closes the file
     _finish(tmp, target)

@@ -118,3 +118,33 @@ def test_the_pdf_title_shows_no_bidirectional_override(tmp_path):
                                                                    tokens=(text,)))
     title = PdfReader(write_pdf(record, tmp_path / "bidi.pdf")).metadata.title
     assert "\u202e" not in title and "\ufffd" in title
+
+
+def test_characters_no_font_can_draw_are_named_not_left_as_boxes(tmp_path):
+    # Chinese and emoji printed as empty boxes with no word of it ("HER2陰性" unreadable).
+    from PySide6.QtGui import QFont, QTextDocument
+
+    from desktop.report.pdf import unshown_characters
+    from desktop.report.qt import ensure_gui_application, font_family
+
+    ensure_gui_application()
+    document = QTextDocument()
+    document.setDefaultFont(QFont(font_family(), 10))
+    document.setHtml("<p>ER positive, café, مريضة, \u03b2-blocker</p>")
+    assert unshown_characters(document) == ""  # Latin, Arabic, Greek: the bundled font
+    # Private-use characters: no font has them, on any machine (unlike Chinese or emoji, which
+    # print as boxes only where no font has them, as on this one).
+    unknown = "\U0010fffd\U000ffffd"
+    document.setHtml(f"<p>HER2{unknown}\ufe0f\u200d x</p>")
+    assert unshown_characters(document) == unknown  # a selector or joiner draws nothing
+    base = long_record(30)
+    case = f"HER2{unknown} breast"
+    record = dataclasses.replace(base, prompt=dataclasses.replace(
+        base.prompt, case_text=case, text=case, tokens=(case,), token_ids=(1,),
+        offsets=((0, len(case)),), attributable=(True,), case_sha256="", format="raw",
+        system_prompt=None, fields=()),
+        attribution=dataclasses.replace(base.attribution, sequence=(1.0,), per_token=None,
+                                        per_field={}))
+    text = " ".join(" ".join(p.extract_text() for p in PdfReader(
+        write_pdf(record, tmp_path / "r.pdf")).pages).split())
+    assert "Some characters cannot be shown here" in text and "U+10FFFD, U+FFFFD" in text
