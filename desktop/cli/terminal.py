@@ -3,6 +3,8 @@ method list and an evaluation's summary."""
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 from rich.color import Color
@@ -50,6 +52,15 @@ class SafeConsole(Console):
         # Rich drops a form feed, a carriage return or a bell from text silently ("HER2
         # negative\fER positive" read "HER2 negativeER positive"); shown as U+FFFD instead.
         return super().render_str(printable(text), **kwargs)
+
+    def on_broken_pipe(self) -> None:
+        """The reader went away (``| head -1``): the rest of the output is dropped, and the run
+        goes on and ends with its own exit code. Rich's default exits 1 without a word, after
+        the record was saved, so a script read a saved run as failed."""
+        self.quiet = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
     def _render_buffer(self, buffer: Any) -> str:
         return super()._render_buffer(

@@ -487,3 +487,20 @@ def test_repeatable_options_stay_repeatable():
     args = build_parser().parse_args(["explain", "x", "--option", "mode=exact", "--option",
                                       "layers=all", "--quiet", "--quiet"])
     assert args.option == [("mode", "exact"), ("layers", "all")]
+
+
+def test_a_reader_that_goes_away_does_not_fail_a_saved_run(tiny_model_folder, tmp_path):
+    # `tokentrace explain ... | head -1` exited 1 without a word, after saving the record.
+    import subprocess
+    import sys
+
+    out = tmp_path / "r.json"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "desktop.cli", "explain", "ER positive , HER2 negative .",
+         "--model", str(tiny_model_folder), "--max-new-tokens", "2", "--json", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    run.stdout.readline()
+    run.stdout.close()  # as head -1 does
+    _, err = run.communicate(timeout=300)
+    assert run.returncode == 0, err
+    assert out.is_file() and b"Traceback" not in err
