@@ -495,6 +495,18 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
+# Files written beside an output before they take its name: a short fixed prefix, so that an
+# output whose name is as long as the file system allows can still be written.
+SCRATCH = ".tokentrace-"
+
+
+def scratch_beside(target: Path, suffix: str) -> Path:
+    """A new empty file in ``target``'s folder to write before renaming it to ``target``."""
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=SCRATCH, suffix=suffix)
+    os.close(fd)
+    return Path(name)
+
+
 def check_writable(path: Path, what: str = "output") -> None:
     """Fail now, before any compute, if ``path`` (a file to be written) cannot be written: a
     scratch file is created and removed in its folder, or, where that folder does not exist
@@ -511,7 +523,7 @@ def check_writable(path: Path, what: str = "output") -> None:
         if not folder.is_dir():
             raise OutputError(f"cannot write the {what} {path}: {folder} is a file, not a "
                               "folder")
-        fd, scratch = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".check")
+        fd, scratch = tempfile.mkstemp(dir=folder, prefix=SCRATCH, suffix=".check")
         os.close(fd)
         os.unlink(scratch)
     except OSError as exc:
@@ -521,7 +533,9 @@ def check_writable(path: Path, what: str = "output") -> None:
 def _refuse_special(path: Path, what: str) -> None:
     """A device, pipe or socket is never replaced by the file written in its place (as root,
     ``--json /dev/null`` would otherwise swap the real device node for a plain file), and nor
-    is the audit log (its trail would be gone)."""
+    is the audit log (its trail would be gone). A link to nothing is replaced by the file."""
+    if os.path.islink(path) and not os.path.exists(path):
+        return
     if is_audit_log(path):
         raise OutputError(f"the {what} {path} is the audit log ({AUDIT_LOG}): writing it would "
                           "replace the log; choose another name")
@@ -533,7 +547,7 @@ def _refuse_special(path: Path, what: str) -> None:
 def _write_atomic(path: Path, text: str) -> None:
     _refuse_special(path, "output")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=SCRATCH, suffix=".tmp")
     try:
         os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600; keep what a plain write gives
         with os.fdopen(fd, "w", encoding="utf-8") as handle:

@@ -33,7 +33,7 @@ from desktop.report.charts import chart_image
 from desktop.report.qt import ensure_gui_application, font_family
 from engine.audit import audited
 from engine.errors import OutputError
-from engine.record import Explanation, check_writable
+from engine.record import Explanation, check_writable, scratch_beside
 
 NOTICE = ("Decision support, not a diagnosis. The colours show what the language model's answer "
           "rested on, not whether the answer is right.")
@@ -255,7 +255,10 @@ def write_pdf(record: Explanation, path: str | os.PathLike[str],
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot write the report {target}: {exc.strerror or exc}") from None
-    tmp = target.with_name(f".{target.name}.partial")
+    try:
+        tmp = scratch_beside(target, ".pdf.partial")
+    except OSError as exc:
+        raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
     writer = QPdfWriter(str(tmp))
     writer.setResolution(300)
     writer.setPageLayout(QPageLayout(QPageSize(QPageSize.PageSizeId.A4),
@@ -308,7 +311,10 @@ RSS {mean('peak_rss_mb'):,.0f} MiB (max {max(float(r['peak_rss_mb']) for r in ro
     # written beside it and renamed only when complete (a full disk leaves the old one).
     target = Path(path)
     check_writable(target, "batch summary")
-    tmp = target.with_name(f".{target.name}.partial")
+    try:
+        tmp = scratch_beside(target, ".pdf.partial")
+    except OSError as exc:
+        raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
     writer = QPdfWriter(str(tmp))
     writer.setPageSize(QPageSize(QPageSize.PageSizeId.A4))
     writer.setPageOrientation(QPageLayout.Orientation.Landscape)

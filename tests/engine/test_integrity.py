@@ -627,3 +627,23 @@ def test_a_model_file_larger_than_any_model_has_is_refused_unread(tiny_model_fol
         assert tracemalloc.get_traced_memory()[1] < 50_000_000
     finally:
         tracemalloc.stop()
+
+
+def test_outputs_with_the_longest_names_and_dangling_links_are_written(tmp_path):
+    # A 250-byte name failed ("File name too long": the scratch file added 15 bytes); a link
+    # to nothing was refused as "a device, pipe or socket".
+    from engine.record import check_writable, write_text_atomic
+
+    longest = os.pathconf(tmp_path, "PC_NAME_MAX")
+    name = tmp_path / ("r" * (longest - 5) + ".json")
+    check_writable(name)
+    write_text_atomic(name, "{}")
+    assert name.read_text() == "{}"
+    with pytest.raises(TokenTraceError, match="File name too long"):  # before any work
+        check_writable(tmp_path / ("r" * (longest + 1)))
+    link = tmp_path / "link.json"
+    link.symlink_to(tmp_path / "gone" / "nowhere.json")
+    check_writable(link)
+    write_text_atomic(link, "{}")
+    assert link.is_file() and not link.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name.name, "link.json"])
