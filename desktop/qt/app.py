@@ -6,6 +6,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 NO_DISPLAY = (
     "no display found. Run TokenTrace on a desktop, or headless with a screenshot: "
@@ -101,6 +102,23 @@ def _has_display() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
+OFFSCREEN_NOTES = ("This plugin does not support propagateSizeHints()",)
+
+
+def _quiet_offscreen_notes() -> None:
+    """Headless (``--screenshot``), the offscreen platform says twice per window that it cannot
+    pass size hints on, lines that stood before the command's own one-line error. Only those
+    are dropped; every other Qt message is printed as before."""
+    from PySide6.QtCore import qInstallMessageHandler
+
+    def handler(kind: Any, context: Any, message: str) -> None:
+        if message not in OFFSCREEN_NOTES:
+            print(message, file=sys.stderr)
+
+    if os.environ.get("QT_QPA_PLATFORM") == "offscreen":
+        qInstallMessageHandler(handler)
+
+
 def run_app(case_file: Path | None, model: str, method: str, steps: int | None,
             max_new_tokens: int | None, screenshot: Path | None) -> int:
     from engine.errors import WindowUnavailableError
@@ -131,6 +149,7 @@ def run_app(case_file: Path | None, model: str, method: str, steps: int | None,
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
     start_logging()  # unexpected errors are logged with their traceback
+    _quiet_offscreen_notes()
     app.setApplicationName("TokenTrace")
     app.setOrganizationName("TokenTrace")
     apply_style(app)
