@@ -288,11 +288,15 @@ def _model_or_pool(args: argparse.Namespace, state: Any) -> Iterator[Any]:
 
     request = ModelRequest(args.model, args.device, args.dtype)
     if args.workers is None and args.ray is None:
-        if args.threads is not None:
-            import torch
+        import torch
 
+        before = torch.get_num_threads()
+        if args.threads is not None:
             torch.set_num_threads(args.threads)
-        yield load_model(request, state)
+        try:
+            yield load_model(request, state)
+        finally:  # the command's own setting ends with it (a test suite runs many in one process)
+            torch.set_num_threads(before)
         return
     ClusterSettings, RayPool = _cluster("ClusterSettings", "RayPool")
     cluster = ClusterSettings(workers=args.workers, address=args.ray, tries=args.tries,
