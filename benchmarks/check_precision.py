@@ -27,6 +27,11 @@ HEADING = "## Reliability check: float32 or a bfloat16 twin"
 FIGURES = ("comprehensiveness", "random_comprehensiveness", "sufficiency", "random_sufficiency")
 
 
+def _draws(row: dict) -> str:
+    """The rankings behind chance's comprehensiveness and sufficiency, as "4" or "4 / 2"."""
+    return " / ".join(map(str, dict.fromkeys(row["draws"])))
+
+
 def collect(limit: int | None) -> tuple[list[dict], float]:
     from engine.cases import load_cases
     from engine.explain import ExplainRequest, explain
@@ -53,7 +58,7 @@ def collect(limit: int | None) -> tuple[list[dict], float]:
             raise SystemExit(f"auto ran in {checks['auto'].precision}, not the twin (too little "
                              "free memory?): nothing to compare")
         rows.append({precision: {**{name: getattr(check, name) for name in FIGURES},
-                                 "verdict": check.verdict, "draws": check.random_draws,
+                                 "verdict": check.verdict, "draws": check.draws,
                                  "seconds": check.seconds, "precision": check.precision}
                      for precision, check in checks.items()})
         print(f"{number}/{len(cases)} {case.id}: float32 {rows[-1]['model']['verdict']} "
@@ -82,7 +87,7 @@ def report(rows: list[dict], twin_s: float, minutes: float) -> str:
             "/".join(str(sum(r["verdict"] == v for r in side)) for v in ("strong", "fair", "weak"))
             for side in (exact, rounded)) + " |",
         "| close calls (a second pair drawn) | " + " | ".join(
-            str(sum(r["draws"] > 2 for r in side)) for side in (exact, rounded)) + " |",
+            str(sum(max(r["draws"]) > 2 for r in side)) for side in (exact, rounded)) + " |",
         "| check seconds, median (range) | " + " | ".join(
             f"{statistics.median(r['seconds'] for r in side):.1f} "
             f"({min(r['seconds'] for r in side):.1f} to {max(r['seconds'] for r in side):.1f})"
@@ -104,8 +109,8 @@ def report(rows: list[dict], twin_s: float, minutes: float) -> str:
               if a["verdict"] != b["verdict"]]
     if differ:
         lines += ["", "Where the verdicts differ: " + "; ".join(
-            f"case {number}, float32 {a['verdict']} with {a['draws']} rankings, bfloat16 "
-            f"{b['verdict']} with {b['draws']}" for number, a, b in differ) + "."]
+            f"case {number}, float32 {a['verdict']} with {_draws(a)} rankings, bfloat16 "
+            f"{b['verdict']} with {_draws(b)}" for number, a, b in differ) + "."]
     return "\n".join(lines) + "\n"
 
 

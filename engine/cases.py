@@ -119,7 +119,7 @@ def _csv_entries(path: Path, raw: str) -> list[tuple[int, dict[str, Any]]]:
         entries = []
         for row in reader:
             nameless = [k for k, v in row.items() if k is not None and not k.strip()
-                        and (v or "").strip()]
+                        and (v or "").strip() and not _row_number(columns, k, v)]
             if nameless:  # its values would be dropped, silently
                 raise InvalidInputError(
                     f"{path}, line {reader.line_num}: a value in a column with no name in the "
@@ -136,6 +136,13 @@ def _csv_entries(path: Path, raw: str) -> list[tuple[int, dict[str, Any]]]:
                 f"{path}, after line {reader.line_num}: a field is longer than a case may be "
                 f"(at most {MAX_CASE_FILE_BYTES:,} characters)") from None
         raise InvalidInputError(f"{path}, line {reader.line_num}: not valid CSV ({exc})") from None
+
+
+def _row_number(columns: list[str], name: str, value: str) -> bool:
+    """A nameless first column of whole numbers: the row index pandas (``to_csv()``) and R
+    (``write.csv``) write by default, dropped as before."""
+    text = value.strip()
+    return columns.index(name) == 0 and text.isascii() and text.isdigit()
 
 
 def _from_csv_row(row: dict[str, str]) -> dict[str, Any]:

@@ -51,7 +51,8 @@ def render_fields(fields: Mapping[str, object], question: str = DEFAULT_QUESTION
     for name, value in fields.items():
         if value is None or str(value).strip() == "":
             continue
-        if len(f"{name}: {value}".splitlines()) > 1:
+        line = f"{name}: {value}"
+        if line.splitlines() != [line]:  # any line break, a trailing one too
             from engine.errors import InvalidInputError
 
             # A line break would make a line of its own, read (and scored) as another field:

@@ -10,11 +10,12 @@ from dataclasses import dataclass
 
 import regex
 
-# A letter, digit or underscore, or a combining mark: a vowel sign of Hindi, Thai or Tamil, a
-# vowel mark of Arabic or an accent of decomposed Latin ("e" + U+0301) belongs to its word.
-WORD_CHAR = r"[\w\p{M}]"
+# A letter, digit or underscore, a combining mark or any other number: a vowel sign of Hindi,
+# Thai or Tamil, a vowel mark of Arabic, an accent of decomposed Latin ("e" + U+0301) and a
+# superscript ("mg/m²", "10⁹/L") belong to their word.
+WORD_CHAR = r"[\w\p{M}\p{N}]"
 # A word keeps clinical tokens whole: "Ki-67", "HER2", "2.3", "60%", "biopsy-proven", "T2N1".
-_WORD = regex.compile(rf"{WORD_CHAR}+(?:[-./+]{WORD_CHAR}+)*%?|[^\w\p{{M}}\s]")
+_WORD = regex.compile(rf"{WORD_CHAR}+(?:[-./+]{WORD_CHAR}+)*%?|[^\w\p{{M}}\p{{N}}\s]")
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,8 @@ def top_spans(spans: Sequence[Span], k: int = 10) -> list[Span]:
     return sorted(spans, key=lambda span: abs(span.score), reverse=True)[:k]
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?;])\s+|\n+|(?<=[\u3002\uff01\uff1f\u0964\u0965\u061f])\s*")
+_SENTENCE_END = re.compile(r"(?<=[.!?;])\s+|\n+|[\u3002\uff01\uff1f\u0964\u0965\u061f]+"
+                           r"[\"')\]\u300d\u300f\u201d\uff09]*\s*")
 
 
 def token_scores(text: str, offsets: Sequence[tuple[int, int]], scores: Sequence[float],

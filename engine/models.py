@@ -328,10 +328,12 @@ def _check_config(config: Any, path: Path) -> None:
 # The largest a file transformers reads whole may be: settings, then vocabularies (a 256k-token
 # tokenizer.json is about 35 MB). A 3 GB config.json (sparse: no disk) took 6.6 GB to read.
 SETTINGS_FILES = ("config.json", "generation_config.json", "tokenizer_config.json",
-                  "special_tokens_map.json", "chat_template.json", "chat_template.jinja")
+                  "special_tokens_map.json", "chat_template.json", "chat_template.jinja",
+                  "added_tokens.json", "model.safetensors.index.json")
+VOCABULARY_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "vocab.txt", "tokenizer.model",
+                    "spiece.model", "sentencepiece.bpe.model")
 MAX_SETTINGS_BYTES = 10_000_000
 MAX_VOCABULARY_BYTES = 200_000_000
-READ_WHOLE = (".json", ".txt", ".model", ".jinja")
 
 
 def _only_plain_files(folder: Path) -> None:
@@ -342,7 +344,7 @@ def _only_plain_files(folder: Path) -> None:
         if not (entry.is_file() or entry.is_dir()):
             raise ModelLoadError(f"{entry} is not a regular file (a pipe, socket, device or "
                                  "broken link); a model folder holds plain files")
-        if entry.is_file() and entry.suffix in READ_WHOLE:
+        if entry.is_file() and entry.name in SETTINGS_FILES + VOCABULARY_FILES:
             limit = MAX_SETTINGS_BYTES if entry.name in SETTINGS_FILES else MAX_VOCABULARY_BYTES
             size = entry.stat().st_size
             if size > limit:

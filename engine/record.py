@@ -124,7 +124,7 @@ class Prompt:
         # Each token shows its own characters (a special token, with none, shows its name),
         # and the tokens follow the text's order: spans swapped between two words would show
         # one word's score on the other.
-        starts = [start for start, _ in self.offsets]
+        starts = [start for start, end in self.offsets if end > start]  # an appended EOS: (0, 0)
         if starts != sorted(starts) or any(
                 end > start and token != self.text[start:end]
                 for token, (start, end) in zip(self.tokens, self.offsets, strict=True)):
@@ -501,9 +501,13 @@ SCRATCH = ".tokentrace-"
 
 
 def scratch_beside(target: Path, suffix: str) -> Path:
-    """A new empty file in ``target``'s folder to write before renaming it to ``target``."""
+    """A new empty file in ``target``'s folder to write before renaming it to ``target``, with
+    the mode a plain write of ``target`` gives (mkstemp makes it owner-only)."""
     fd, name = tempfile.mkstemp(dir=target.parent, prefix=SCRATCH, suffix=suffix)
-    os.close(fd)
+    try:
+        os.chmod(name, _file_mode(target))
+    finally:
+        os.close(fd)
     return Path(name)
 
 
@@ -534,11 +538,11 @@ def _refuse_special(path: Path, what: str) -> None:
     """A device, pipe or socket is never replaced by the file written in its place (as root,
     ``--json /dev/null`` would otherwise swap the real device node for a plain file), and nor
     is the audit log (its trail would be gone). A link to nothing is replaced by the file."""
-    if os.path.islink(path) and not os.path.exists(path):
-        return
     if is_audit_log(path):
         raise OutputError(f"the {what} {path} is the audit log ({AUDIT_LOG}): writing it would "
                           "replace the log; choose another name")
+    if os.path.islink(path) and not os.path.exists(path):
+        return
     if os.path.lexists(path) and not path.is_file() and not path.is_dir():
         raise OutputError(f"the {what} {path} is a device, pipe or socket, not a file; give a "
                           "file name")

@@ -97,24 +97,26 @@ def check_usable(record: Explanation, model: Any) -> None:
 
 
 def check_tokenized(record: Explanation, tokenizer: Any) -> None:
-    """An opened record's case text must be what its token ids say, for this tokenizer: its
-    case is prompted and tokenized again exactly as it was explained, and text, ids, spans and
-    attributable flags must all match. ``case_sha256`` only catches an edit that forgot it: an
-    edited "HER2 negative" -> "positive" with its hash recomputed would otherwise be shown,
-    coloured by scores computed for the ids of "negative", and a what-if on it would run on
-    those ids."""
-    from engine.prompting import build_prompt
+    """An opened record's prompt text must be what its token ids say, for this tokenizer: the
+    stored text is tokenized again as it was explained (the template is not rendered again: one
+    that prints today's date would differ tomorrow), and its ids, spans and case tokens must
+    all match. ``case_sha256`` only catches an edit that forgot it: an edited "HER2 negative" ->
+    "positive" with its hash recomputed would otherwise be shown, coloured by scores computed
+    for the ids of "negative", and a what-if on it would run on those ids."""
+    from engine.prompting import tokenize
 
     prompt = record.prompt
-    try:
-        again = build_prompt(tokenizer, prompt.case_text, system_prompt=prompt.system_prompt,
-                             raw=prompt.format == "raw")
-    except InvalidInputError as exc:
-        raise InvalidInputError(f"the explanation's case cannot be prompted again with this "
-                                f"model's tokenizer ({exc}): the file was altered, or made "
-                                "with another tokenizer") from None
-    if (again.text, again.token_ids, again.offsets, again.attributable) != (
-            prompt.text, prompt.token_ids, prompt.offsets, prompt.attributable):
+    encoded = tokenize(tokenizer, prompt.text, "case", add_special_tokens=prompt.format == "raw",
+                       return_offsets_mapping=True)
+    ids = tuple(int(i) for i in encoded["input_ids"])
+    offsets = tuple((int(s), int(e)) for s, e in encoded["offset_mapping"])
+    special = set(getattr(tokenizer, "all_special_ids", ()))
+    start = prompt.case_start
+    end = start + len(prompt.case_text)
+    case = tuple(e > s and s < end and e > start and i not in special
+                 for i, (s, e) in zip(ids, offsets, strict=True))
+    if start < 0 or (ids, offsets, case) != (prompt.token_ids, prompt.offsets,
+                                             prompt.attributable):
         raise InvalidInputError("the explanation's case text is not what its token ids say "
                                 "with this model's tokenizer: the file was altered, or made "
                                 "with another tokenizer")

@@ -213,6 +213,8 @@ class EngineWorker(QObject):
         def work(state: TaskState) -> Any:
             if self._loaded is None:
                 raise ModelLoadError("no model is loaded yet; open a model first")
+            if record.attribution.per_token is None:  # computed: the model meets the record
+                self._same_model(record, "explain single answer tokens")
             return AnswerRow(record.created_at, row, answer_row(record, row, self._loaded, state))
 
         found = self._run(request_id, "row", work)

@@ -259,24 +259,28 @@ def write_pdf(record: Explanation, path: str | os.PathLike[str],
         tmp = scratch_beside(target, ".pdf.partial")
     except OSError as exc:
         raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
-    writer = QPdfWriter(str(tmp))
-    writer.setResolution(300)
-    writer.setPageLayout(QPageLayout(QPageSize(QPageSize.PageSizeId.A4),
-                                     QPageLayout.Orientation.Portrait,
-                                     QMarginsF(18, 18, 18, 18), QPageLayout.Unit.Millimeter))
-    writer.setTitle(f"TokenTrace report: {printable(record.answer.text[:60])}")
-    writer.setCreator(f"TokenTrace {record.versions.tokentrace}")
-    document = QTextDocument()
-    document.setDefaultFont(QFont(font_family(), 10))
-    chart = chart_image(record)
-    document.addResource(QTextDocument.ResourceType.ImageResource, QUrl("chart"),
-                         chart.scaledToWidth(900))
-    document.setHtml(report_html(record, what_ifs=what_ifs))
-    unshown = unshown_characters(document)
-    if unshown:  # said where the reader looks first, not left as empty boxes
-        document.setHtml(report_html(record, what_ifs=what_ifs, unshown=unshown))
-    document.print_(writer)  # lays the document out again for the page, and paginates
-    del writer  # flushes and closes the file
+    try:
+        writer = QPdfWriter(str(tmp))
+        writer.setResolution(300)
+        writer.setPageLayout(QPageLayout(QPageSize(QPageSize.PageSizeId.A4),
+                                         QPageLayout.Orientation.Portrait,
+                                         QMarginsF(18, 18, 18, 18), QPageLayout.Unit.Millimeter))
+        writer.setTitle(f"TokenTrace report: {printable(record.answer.text[:60])}")
+        writer.setCreator(f"TokenTrace {record.versions.tokentrace}")
+        document = QTextDocument()
+        document.setDefaultFont(QFont(font_family(), 10))
+        chart = chart_image(record)
+        document.addResource(QTextDocument.ResourceType.ImageResource, QUrl("chart"),
+                             chart.scaledToWidth(900))
+        document.setHtml(report_html(record, what_ifs=what_ifs))
+        unshown = unshown_characters(document)
+        if unshown:  # said where the reader looks first, not left as empty boxes
+            document.setHtml(report_html(record, what_ifs=what_ifs, unshown=unshown))
+        document.print_(writer)  # lays the document out again for the page, and paginates
+        del writer  # flushes and closes the file
+    except BaseException:  # no half-written scratch file left beside the report
+        tmp.unlink(missing_ok=True)
+        raise
     _finish(tmp, target)
     audited("export", record, file=str(target))
     return target
@@ -315,11 +319,15 @@ RSS {mean('peak_rss_mb'):,.0f} MiB (max {max(float(r['peak_rss_mb']) for r in ro
         tmp = scratch_beside(target, ".pdf.partial")
     except OSError as exc:
         raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
-    writer = QPdfWriter(str(tmp))
-    writer.setPageSize(QPageSize(QPageSize.PageSizeId.A4))
-    writer.setPageOrientation(QPageLayout.Orientation.Landscape)
-    writer.setTitle("TokenTrace batch summary")
-    writer.setCreator("TokenTrace")
-    document.print_(writer)
-    del writer
+    try:
+        writer = QPdfWriter(str(tmp))
+        writer.setPageSize(QPageSize(QPageSize.PageSizeId.A4))
+        writer.setPageOrientation(QPageLayout.Orientation.Landscape)
+        writer.setTitle("TokenTrace batch summary")
+        writer.setCreator("TokenTrace")
+        document.print_(writer)
+        del writer
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _finish(tmp, target)

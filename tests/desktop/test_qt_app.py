@@ -262,7 +262,7 @@ def test_screenshot_command(tiny_model_folder, tmp_path, with_case):
     shot = tmp_path / "window.png"
     done = subprocess.run(
         [sys.executable, "-m", "desktop.cli", "app", "--model", str(tiny_model_folder),
-         "--steps", "2", "--max-new-tokens", "3", "--screenshot", str(shot),
+         "--max-new-tokens", "3", "--screenshot", str(shot),
          *(["--case-file", str(case)] if with_case else [])],
         capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -940,3 +940,32 @@ def test_striking_out_a_word_or_sentence_on_the_coloured_case_asks_what_if(ready
     (found,) = window.whatif_panel.found
     assert found.edited_case == case.replace("HER2 ", "")  # the word struck, spaces tidied
     assert window.case_edit.toPlainText() == found.edited_case
+
+
+def test_an_opened_explanation_whose_text_is_not_its_ids_is_refused_where_it_meets_the_model(
+        ready_window, qtbot, tmp_path):
+    # The case edited with its tokens and sha256, its ids left: a token click or a sentence
+    # ranking ran on the ids of the original text, shown under the edited one.
+    import hashlib
+
+    window = ready_window
+    window.settings_panel.reliability.setChecked(False)
+    window.settings_panel.claims.setChecked(False)
+    _explain(window, qtbot, method="ifr", matrix=False)
+    data = json.loads(window.record.to_json())
+    prompt = data["prompt"]
+    swap = lambda text: text.replace("negative", "positive")  # noqa: E731
+    prompt["case_text"], prompt["text"] = swap(prompt["case_text"]), swap(prompt["text"])
+    prompt["tokens"] = [swap(token) for token in prompt["tokens"]]
+    prompt["case_sha256"] = hashlib.sha256(prompt["case_text"].encode()).hexdigest()
+    opened = tmp_path / "edited.json"
+    opened.write_text(json.dumps(data))
+    window.open_session(opened)
+    assert window.last_error is None  # shown as written: only the tokenizer can tell
+    window.select_answer_token(0)
+    qtbot.waitUntil(lambda: window.last_error is not None, timeout=30_000)
+    assert "is not what its token ids say" in window.last_error
+    window.last_error = None
+    window.sensitivity()
+    qtbot.waitUntil(lambda: window.last_error is not None, timeout=30_000)
+    assert "is not what its token ids say" in window.last_error

@@ -148,3 +148,15 @@ def test_characters_no_font_can_draw_are_named_not_left_as_boxes(tmp_path):
     text = " ".join(" ".join(p.extract_text() for p in PdfReader(
         write_pdf(record, tmp_path / "r.pdf")).pages).split())
     assert "Some characters cannot be shown here" in text and "U+10FFFD, U+FFFFD" in text
+
+
+def test_a_report_has_the_mode_of_a_plain_write_and_leaves_no_scratch_file(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = write_pdf(long_record(30), tmp_path / "r.pdf")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644  # mkstemp's 0600 before
+    assert [p.name for p in tmp_path.iterdir()] == ["r.pdf"]

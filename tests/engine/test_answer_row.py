@@ -41,7 +41,10 @@ def test_a_row_on_its_own_equals_the_matrix_row(loaded, method):
         alone = torch.tensor(answer_row(without, row, loaded))
         assert alone.shape == matrix[row].shape
         scale = float(matrix[row].abs().max())
-        assert float((alone - matrix[row]).abs().max()) <= 1e-5 * scale, (method, row)
+        # Within float32 rounding: relative to the row, and one float32 step of a sum near 1
+        # (2^-23, met on an AVX-512 CPU for IFR's shares).
+        tolerance = 1e-5 * scale + torch.finfo(torch.float32).eps
+        assert float((alone - matrix[row]).abs().max()) <= tolerance, (method, row)
         # Template tokens stay at zero, as in the record's matrix.
         assert not alone[~torch.tensor(full.prompt.attributable)].any()
 

@@ -93,3 +93,14 @@ def test_a_case_id_with_a_line_break_or_control_character_is_refused(tmp_path, c
     path.write_text(json.dumps({"id": case_id, "text": "ER positive"}) + "\n")
     with pytest.raises(InvalidInputError, match="printable text on one line"):
         load_cases(path)
+
+
+def test_a_row_index_written_by_pandas_or_r_is_dropped(tmp_path):
+    # df.to_csv() and write.csv() write a nameless first column of row numbers by default.
+    path = tmp_path / "cases.csv"
+    path.write_text(',id,text,ER\n0,c1,"breast cancer case",positive\n1,c2,"another",negative\n')
+    assert [(c.id, c.fields) for c in load_cases(path)] == [("c1", {"ER": "positive"}),
+                                                          ("c2", {"ER": "negative"})]
+    path.write_text(',id,text\nx,c1,"breast cancer case"\n')  # not a row number: refused
+    with pytest.raises(InvalidInputError, match="column 1"):
+        load_cases(path)

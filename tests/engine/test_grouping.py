@@ -59,3 +59,12 @@ def test_sentences_of_scripts_without_spaces_after_their_ends():
     offsets = [(k, k + 1) for k in range(len(text))]
     spans = sentence_scores(text, offsets, [1.0] * len(text), [True] * len(text))
     assert [s.text for s in spans] == ["ER阳性。", "HER2阴性。", "下一步？"]
+
+
+def test_superscripts_stay_in_their_word():
+    # The regex module's \w has no superscript digits: "mg/m²" was cut into "mg/m" and "²".
+    text = "docetaxel 75 mg/m\u00b2 and neutrophils 1.5 x 10\u2079/L"
+    offsets = [(k, k + 1) for k in range(len(text))]
+    spans = word_scores(text, offsets, [1.0] * len(text), [True] * len(text))
+    assert [s.text for s in spans] == ["docetaxel", "75", "mg/m\u00b2", "and", "neutrophils",
+                                       "1.5", "x", "10\u2079/L"]

@@ -52,7 +52,9 @@ def test_flashtrace_equals_the_package(float32_model, tiny_tokenizer, hops):
                             hops=hops, stop_tokens=True)
     assert ours.sequence.shape == reference.shape
     assert reference.abs().max() > 1e-3
-    assert relative_difference(ours.sequence, reference.double()) < 1e-5
+    # float32 in both, the same sums in another order: 1.4e-5 apart on an AVX-512 CPU, within
+    # 1e-5 on others (and a wrong score is off by far more: see the hops test below).
+    assert relative_difference(ours.sequence, reference.double()) < 5e-5
     # Stop tokens of the case get no score, as in the package.
     pieces = [tiny_tokenizer.decode([i]) for i in tiny_tokenizer.encode(CASE)]
     stops = torch.tensor([is_stop_token(p) for p in pieces])

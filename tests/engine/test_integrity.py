@@ -647,3 +647,30 @@ def test_outputs_with_the_longest_names_and_dangling_links_are_written(tmp_path)
     write_text_atomic(link, "{}")
     assert link.is_file() and not link.is_symlink()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name.name, "link.json"])
+
+
+def test_a_record_is_checked_against_its_text_not_a_new_rendering_of_the_template(loaded):
+    # A template that prints today's date renders differently tomorrow: the record made today
+    # must still be its own ids then.
+    import copy
+
+    from engine.reliability import check_tokenized
+
+    record = explain(ExplainRequest(CASE, max_new_tokens=2, matrix=False), loaded)
+    tokenizer = copy.deepcopy(loaded.tokenizer)
+    tokenizer.chat_template = "Today is another day.\n" + tokenizer.chat_template
+    check_tokenized(record, tokenizer)
+
+
+def test_a_special_token_appended_at_the_end_has_an_empty_span_and_is_accepted(loaded):
+    # A tokenizer that appends EOS gives it the span (0, 0) after the others.
+    record = explain(ExplainRequest(CASE, max_new_tokens=2, matrix=False, raw_prompt=True),
+                     loaded)
+    data = record.to_dict()
+    prompt = data["prompt"]
+    prompt["token_ids"].append(0)
+    prompt["tokens"].append("</s>")
+    prompt["offsets"].append([0, 0])
+    prompt["attributable"].append(False)
+    data["attribution"]["sequence"].append(0.0)
+    assert Explanation.from_dict(data).prompt.offsets[-1] == (0, 0)

@@ -188,3 +188,11 @@ def test_an_edit_never_cuts_a_word_at_a_combining_mark(case, target, edited):
     from engine.whatif import Edit, apply_edits
 
     assert apply_edits(case, [Edit("remove", target)]) == edited
+
+
+def test_an_edit_never_cuts_a_superscript_from_its_number():
+    from engine.whatif import Edit, apply_edits
+
+    case = "WBC 10, neutrophils 10\u2079/L, docetaxel 75 mg/m\u00b2"
+    assert apply_edits(case, [Edit("replace", "10", "12")]) == \
+        "WBC 12, neutrophils 10\u2079/L, docetaxel 75 mg/m\u00b2"
