@@ -45,27 +45,31 @@ def render_fields(fields: Mapping[str, object], question: str = DEFAULT_QUESTION
 
     Fields whose value is None or empty are left out; the question ends the case.
     """
+    from engine.errors import InvalidInputError
+
     lines: list[str] = []
     spans: list[tuple[str, int, int]] = []
+    labels: dict[str, str] = {}
     cursor = 0
     for name, value in fields.items():
         if value is None or str(value).strip() == "":
             continue
         line = f"{name}: {value}"
         if line.splitlines() != [line]:  # any line break, a trailing one too
-            from engine.errors import InvalidInputError
-
             # A line break would make a line of its own, read (and scored) as another field:
             # "positive\nHER2: positive" under ER.
             raise InvalidInputError(f"field {name[:40]!r}: its name and value must be on one "
                                     "line")
-        line = f"{label_of(name)}: {value}"
+        label = label_of(name)
+        if label in labels:  # "er" and "ER": two lines the model reads as one field, twice
+            raise InvalidInputError(f"fields {labels[label][:40]!r} and {name[:40]!r} are both "
+                                    f"shown as {label[:40]!r}; keep one of them")
+        labels[label] = name
+        line = f"{label}: {value}"
         spans.append((name, cursor, cursor + len(line)))
         lines.append(line)
         cursor += len(line) + 1
     if not lines:
-        from engine.errors import InvalidInputError
-
         raise InvalidInputError("the case has no fields with a value")
     lines.append(question)
     return "\n".join(lines), tuple(spans)

@@ -53,8 +53,14 @@ def test_field_names_are_read_as_written():
 
 @pytest.mark.parametrize("fields", [{"er": "positive\nHER2: positive (IHC 3+)"},
                                     {"er": "positive\r\nHER2: positive"},
-                                    {"er\nHER2": "positive"}])
+                                    {"er\nHER2": "positive"}, {"er": "positive\n"}])
 def test_a_field_on_two_lines_is_refused(fields):
     # The second line read, and was scored, as a field of its own ("HER2" under "ER").
     with pytest.raises(InvalidInputError, match="on one line"):
         render_fields(fields)
+
+
+def test_two_fields_shown_under_one_label_are_refused():
+    # "er" and "ER" both read "ER:": the model saw one field twice, with two values.
+    with pytest.raises(InvalidInputError, match="both shown as 'ER'"):
+        render_fields({"er": "positive", "ER": "negative"})
