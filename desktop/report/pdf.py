@@ -10,8 +10,9 @@ hardware profile.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,22 @@ def _finish(written: Path, target: Path) -> None:
     except OSError as exc:
         written.unlink(missing_ok=True)
         raise OutputError(f"cannot write the report {target}: {exc.strerror or exc}") from None
+
+
+@contextlib.contextmanager
+def _written_beside(target: Path) -> Iterator[Path]:
+    """A scratch file beside ``target`` to print into, put in ``target``'s place when the block
+    ends and the file is complete, removed when it fails (no half-written file is left)."""
+    try:
+        tmp = scratch_beside(target, ".pdf.partial")
+    except OSError as exc:
+        raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _finish(tmp, target)
 
 
 def _check_complete(written: Path, target: Path) -> None:
@@ -255,11 +272,7 @@ def write_pdf(record: Explanation, path: str | os.PathLike[str],
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot write the report {target}: {exc.strerror or exc}") from None
-    try:
-        tmp = scratch_beside(target, ".pdf.partial")
-    except OSError as exc:
-        raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
-    try:
+    with _written_beside(target) as tmp:
         writer = QPdfWriter(str(tmp))
         writer.setResolution(300)
         writer.setPageLayout(QPageLayout(QPageSize(QPageSize.PageSizeId.A4),
@@ -278,10 +291,6 @@ def write_pdf(record: Explanation, path: str | os.PathLike[str],
             document.setHtml(report_html(record, what_ifs=what_ifs, unshown=unshown))
         document.print_(writer)  # lays the document out again for the page, and paginates
         del writer  # flushes and closes the file
-    except BaseException:  # no half-written scratch file left beside the report
-        tmp.unlink(missing_ok=True)
-        raise
-    _finish(tmp, target)
     audited("export", record, file=str(target))
     return target
 
@@ -315,11 +324,7 @@ RSS {mean('peak_rss_mb'):,.0f} MiB (max {max(float(r['peak_rss_mb']) for r in ro
     # written beside it and renamed only when complete (a full disk leaves the old one).
     target = Path(path)
     check_writable(target, "batch summary")
-    try:
-        tmp = scratch_beside(target, ".pdf.partial")
-    except OSError as exc:
-        raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
-    try:
+    with _written_beside(target) as tmp:
         writer = QPdfWriter(str(tmp))
         writer.setPageSize(QPageSize(QPageSize.PageSizeId.A4))
         writer.setPageOrientation(QPageLayout.Orientation.Landscape)
@@ -327,7 +332,3 @@ RSS {mean('peak_rss_mb'):,.0f} MiB (max {max(float(r['peak_rss_mb']) for r in ro
         writer.setCreator("TokenTrace")
         document.print_(writer)
         del writer
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _finish(tmp, target)

@@ -635,19 +635,27 @@ def test_text_from_an_opened_file_is_shown_as_text_never_as_html(ready_window, q
     assert HOSTILE in window.answer_view.toPlainText()  # the answer token, as typed
 
 
-def test_an_opened_explanation_with_text_for_a_number_in_its_settings_is_one_line(
-        ready_window, qtbot, tmp_path):
-    # Clicking an answer token raised ValueError in the window's time estimate before.
-    window = ready_window
+def _open_edited(window, qtbot, tmp_path, edit) -> None:
+    """Explain (IFR, no matrix, nothing after), save the record edited by ``edit(data)`` and
+    open it: it opens without a word."""
     window.settings_panel.reliability.setChecked(False)
     window.settings_panel.claims.setChecked(False)
     _explain(window, qtbot, method="ifr", matrix=False)
     data = json.loads(window.record.to_json())
-    data["method"]["params"]["hops"] = "x"
+    edit(data)
     opened = tmp_path / "edited.json"
     opened.write_text(json.dumps(data))
     window.open_session(opened)
-    assert window.last_error is None and window.record.method.params["hops"] == "x"
+    assert window.last_error is None
+
+
+def test_an_opened_explanation_with_text_for_a_number_in_its_settings_is_one_line(
+        ready_window, qtbot, tmp_path):
+    # Clicking an answer token raised ValueError in the window's time estimate before.
+    window = ready_window
+    _open_edited(window, qtbot, tmp_path,
+                 lambda data: data["method"]["params"].update(hops="x"))
+    assert window.record.method.params["hops"] == "x"
     window.select_answer_token(0)
     qtbot.waitUntil(lambda: window.last_error is not None, timeout=30_000)
     assert "hops='x' is not a valid value for ifr" in window.last_error
@@ -948,20 +956,15 @@ def test_an_opened_explanation_whose_text_is_not_its_ids_is_refused_where_it_mee
     # ranking ran on the ids of the original text, shown under the edited one.
     import hashlib
 
+    def edit(data):
+        prompt = data["prompt"]
+        swap = lambda text: text.replace("negative", "positive")  # noqa: E731
+        prompt["case_text"], prompt["text"] = swap(prompt["case_text"]), swap(prompt["text"])
+        prompt["tokens"] = [swap(token) for token in prompt["tokens"]]
+        prompt["case_sha256"] = hashlib.sha256(prompt["case_text"].encode()).hexdigest()
+
     window = ready_window
-    window.settings_panel.reliability.setChecked(False)
-    window.settings_panel.claims.setChecked(False)
-    _explain(window, qtbot, method="ifr", matrix=False)
-    data = json.loads(window.record.to_json())
-    prompt = data["prompt"]
-    swap = lambda text: text.replace("negative", "positive")  # noqa: E731
-    prompt["case_text"], prompt["text"] = swap(prompt["case_text"]), swap(prompt["text"])
-    prompt["tokens"] = [swap(token) for token in prompt["tokens"]]
-    prompt["case_sha256"] = hashlib.sha256(prompt["case_text"].encode()).hexdigest()
-    opened = tmp_path / "edited.json"
-    opened.write_text(json.dumps(data))
-    window.open_session(opened)
-    assert window.last_error is None  # shown as written: only the tokenizer can tell
+    _open_edited(window, qtbot, tmp_path, edit)  # shown as written: only the tokenizer can tell
     window.select_answer_token(0)
     qtbot.waitUntil(lambda: window.last_error is not None, timeout=30_000)
     assert "is not what its token ids say" in window.last_error
